@@ -1,0 +1,185 @@
+"""The catalog's tables (SQLAlchemy 2). Changes go through alembic migrations in migrations/."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    """Short, URL-safe, unguessable ids (12 hex chars)."""
+    return secrets.token_hex(6)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VideoStatus(str, enum.Enum):
+    UPLOADED = "UPLOADED"
+    PROCESSING = "PROCESSING"
+    READY = "READY"
+    PARTIAL = "PARTIAL"  # some renditions published, others failed
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+
+
+class RenditionStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class UploadStatus(str, enum.Enum):
+    ACTIVE = "ACTIVE"
+    COMPLETE = "COMPLETE"  # all bytes in, validated, handed off
+    FAILED = "FAILED"  # refused by validation
+    TERMINATED = "TERMINATED"  # deleted by the client
+    EXPIRED = "EXPIRED"
+
+
+def _enum(e: type[enum.Enum]) -> Enum:
+    return Enum(e, native_enum=False, length=16, validate_strings=True)
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    original_filename: Mapped[str | None] = mapped_column(String(500))
+    source_url: Mapped[str | None] = mapped_column(Text)
+    source_size: Mapped[int | None] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(128), index=True)
+    status: Mapped[VideoStatus] = mapped_column(_enum(VideoStatus), default=VideoStatus.UPLOADED, index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    # probed metadata
+    duration: Mapped[float | None] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    display_width: Mapped[int | None] = mapped_column(Integer)
+    display_height: Mapped[int | None] = mapped_column(Integer)
+    display_aspect: Mapped[str | None] = mapped_column(String(32))
+    rotation: Mapped[int | None] = mapped_column(Integer)
+    frame_rate: Mapped[float | None] = mapped_column(Float)
+    video_codec: Mapped[str | None] = mapped_column(String(32))
+    pix_fmt: Mapped[str | None] = mapped_column(String(32))
+    bitrate: Mapped[int | None] = mapped_column(BigInteger)
+    audio_codec: Mapped[str | None] = mapped_column(String(32))
+    audio_channels: Mapped[int | None] = mapped_column(Integer)
+    audio_sample_rate: Mapped[int | None] = mapped_column(Integer)
+    probe: Mapped[dict | None] = mapped_column(JSON)
+    # processing
+    current_run: Mapped[str | None] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    poster_url: Mapped[str | None] = mapped_column(Text)
+    thumbnails_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    processing_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    renditions: Mapped[list["Rendition"]] = relationship(
+        back_populates="video", cascade="all, delete-orphan", order_by="Rendition.bandwidth"
+    )
+
+
+class Rendition(Base):
+    __tablename__ = "renditions"
+    __table_args__ = (Index("ix_renditions_video_run", "video_id", "run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"))
+    run: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(32))  # "720p"
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    bandwidth: Mapped[int | None] = mapped_column(Integer)  # peak segment bit rate
+    average_bandwidth: Mapped[int | None] = mapped_column(Integer)
+    codecs: Mapped[str | None] = mapped_column(String(64))
+    frame_rate: Mapped[float | None] = mapped_column(Float)
+    playlist_url: Mapped[str | None] = mapped_column(Text)  # storage URL of index.m3u8
+    segment_count: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[RenditionStatus] = mapped_column(_enum(RenditionStatus), default=RenditionStatus.PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    video: Mapped[Video] = relationship(back_populates="renditions")
+
+
+class UploadSession(Base):
+    """One tus upload (or one-shot POST) in flight. Bytes live in `temp_path` on the web host."""
+
+    __tablename__ = "upload_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    length: Mapped[int | None] = mapped_column(BigInteger)  # None while deferred
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    filename: Mapped[str | None] = mapped_column(String(500))
+    mime_type: Mapped[str | None] = mapped_column(String(128))
+    temp_path: Mapped[str | None] = mapped_column(Text)
+    concat: Mapped[str | None] = mapped_column(String(16))  # None | "partial" | "final"
+    parts: Mapped[list | None] = mapped_column(JSON)  # ids of partial uploads, for "final"
+    status: Mapped[UploadStatus] = mapped_column(_enum(UploadStatus), default=UploadStatus.ACTIVE, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    video_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class PlaybackEvent(Base):
+    __tablename__ = "playback_events"
+    __table_args__ = (Index("ix_playback_video_session", "video_id", "session_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    video_id: Mapped[str] = mapped_column(String(32), index=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    type: Mapped[str] = mapped_column(String(32))
+    client_ts: Mapped[float | None] = mapped_column(Float)  # ms since session start
+    position: Mapped[float | None] = mapped_column(Float)  # seconds into the video
+    data: Mapped[dict | None] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IngestedSource(Base):
+    """A source file seen by bulk ingest, keyed by content hash so copies ingest once."""
+
+    __tablename__ = "ingested_sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    source_url: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    video_id: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="QUEUED")
+    error: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)

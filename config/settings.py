@@ -1,0 +1,140 @@
+"""vodflow settings: environment variables `VODFLOW_*` and an optional `vodflow.toml`.
+
+Precedence (highest first): keyword arguments, environment, `vodflow.toml` (the file named by
+`VODFLOW_CONFIG`, else `./vodflow.toml`), defaults. Values are validated when first read, so a
+bad value stops start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class SettingsError(RuntimeError):
+    """A setting has a value vodflow cannot use; the message names it."""
+
+
+def _toml_path() -> Path:
+    return Path(os.environ.get("VODFLOW_CONFIG", "vodflow.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VODFLOW_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(Path("./var"), description="where local state lives")
+    storage_url: str = Field("", description="fsspec URL of the media store; default file://DATA_DIR/storage")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite in the data dir")
+    dask_address: str | None = Field(None, description="tcp://host:8786 of a Dask scheduler; unset: LocalCluster")
+    dask_workers: int = Field(0, ge=0, description="LocalCluster worker count; 0 = one per core")
+    web_host: str = "0.0.0.0"
+    web_port: int = Field(8000, ge=1, le=65535)
+    web_workers: int = Field(0, ge=0, description="gunicorn workers; 0 = sized to the machine")
+    public_url: str = Field("", description="base URL users reach the web app at (for printed links)")
+    max_upload_bytes: int = Field(20 * 1024**3, gt=0)
+    cors_origins: str = "*"
+    admin_token: str | None = None
+    segment_seconds: float = Field(6.0, gt=0, le=30)
+    keyframe_seconds: float = Field(2.0, gt=0, le=10)
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    ffmpeg_timeout: float = Field(6 * 3600, gt=0, description="seconds one ffmpeg run may take")
+    probe_timeout: float = Field(60, gt=0)
+    upload_expiry_hours: float = Field(24, gt=0)
+    max_concurrent_ingests: int = Field(2, ge=1)
+    bulk_ingest_url: str = Field("", description="watch location for scheduled bulk ingest")
+    bulk_ingest_cron: str = "*/10 * * * *"
+    redirect_segments: bool = False
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path()
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("keyframe_seconds")
+    @classmethod
+    def _keyframe_sane(cls, v: float) -> float:
+        if v < 0.5:
+            raise ValueError("keyframe interval below 0.5 s makes segments too costly")
+        return v
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.storage_url:
+            self.storage_url = f"file://{self.data_dir / 'storage'}"
+        self.storage_url = self.storage_url.rstrip("/")
+        if "://" not in self.storage_url:
+            self.storage_url = f"file://{Path(self.storage_url).expanduser().resolve()}"
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'vodflow.db'}"
+        ratio = self.segment_seconds / self.keyframe_seconds
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(
+                "VODFLOW_SEGMENT_SECONDS must be a whole multiple of VODFLOW_KEYFRAME_SECONDS "
+                f"(got {self.segment_seconds} and {self.keyframe_seconds})"
+            )
+        if not self.public_url:
+            self.public_url = f"http://localhost:{self.web_port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Local, per-machine folder for partial uploads (sparse temp files)."""
+        return self.data_dir / "uploads"
+
+    @property
+    def work_dir(self) -> Path:
+        """Local scratch space for ffmpeg runs on this machine."""
+        return self.data_dir / "work"
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "settings"
+        name = loc if loc.startswith("PREFECT") else f"VODFLOW_{loc.upper()}"
+        value = e.get("input")
+        lines.append(f"{name}: {e['msg']} (got {value!r})" if loc != "settings" else e["msg"])
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and `vodflow` subcommands that change the environment)."""
+    get_settings.cache_clear()

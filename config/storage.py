@@ -1,0 +1,268 @@
+"""The one door to the media store: read, write, list, delete and publish by URL.
+
+Everything in vodflow names stored objects by URL (`file:///…/storage/hls/ab12/…` or
+`s3://bucket/prefix/hls/ab12/…`), so a Dask worker on another machine can run any task with
+the URL and the settings alone. ffmpeg wants local paths: `local_copy()` gives the path itself
+for local storage and a cached download for remote storage; `publish_dir()` uploads a local
+folder with the playlists last, so a reader never sees a playlist before its segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import fsspec
+
+from config.settings import get_settings
+
+PLAYLIST_SUFFIXES = (".m3u8", ".vtt")
+
+
+class StorageError(RuntimeError):
+    """Storage could not be reached or refused an operation (transient unless said otherwise)."""
+
+
+def storage_options(url: str) -> dict:
+    """fsspec options for a URL: the S3 endpoint from settings, listings never cached."""
+    if url.startswith(("s3://", "s3a://")):
+        opts: dict = {"use_listings_cache": False}
+        endpoint = get_settings().s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            opts["client_kwargs"] = {"endpoint_url": endpoint}
+        return opts
+    return {}
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return url.startswith("file://") or "://" not in url
+
+
+def local_path_of(url: str) -> Path:
+    """The filesystem path of a local URL (raises for remote storage)."""
+    if not is_local(url):
+        raise ValueError(f"not a local URL: {url}")
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def root_url() -> str:
+    return get_settings().storage_url
+
+
+def url_for(*parts: str) -> str:
+    """URL of a key under the configured storage root: url_for('hls', vid, run)."""
+    clean = [p.strip("/") for p in parts if p and p.strip("/")]
+    return posixpath.join(root_url(), *clean) if clean else root_url()
+
+
+def join(url: str, *parts: str) -> str:
+    return posixpath.join(url.rstrip("/"), *[p.strip("/") for p in parts])
+
+
+def key_of(url: str) -> str:
+    """The part of a URL below the storage root ('hls/ab12/r1/720p/index.m3u8')."""
+    root = root_url()
+    if not url.startswith(root):
+        raise ValueError(f"{url} is not under the storage root {root}")
+    return url[len(root):].lstrip("/")
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def info(url: str) -> dict:
+    """size, mtime (epoch seconds or None), etag-ish identity; raises FileNotFoundError."""
+    fs, path = filesystem(url)
+    i = fs.info(path)
+    mtime = i.get("mtime") or i.get("LastModified") or i.get("created")
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return {
+        "size": int(i.get("size") or 0),
+        "mtime": float(mtime) if mtime is not None else None,
+        "etag": (i.get("ETag") or "").strip('"') or None,
+        "type": i.get("type", "file"),
+    }
+
+
+def size(url: str) -> int:
+    return info(url)["size"]
+
+
+def open_url(url: str, mode: str = "rb", **kw) -> IO:
+    fs, path = filesystem(url)
+    if "w" in mode and is_local(url):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    return fs.open(path, mode, **kw)
+
+
+def read_bytes(url: str, start: int | None = None, end: int | None = None) -> bytes:
+    fs, path = filesystem(url)
+    return fs.cat_file(path, start=start, end=end)
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = filesystem(url)
+    if is_local(url):
+        # write-then-rename, so a reader never sees half a file
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def list_files(url: str) -> list[str]:
+    """Every file below a folder URL, as URLs, sorted; [] when the folder is absent."""
+    fs, path = filesystem(url)
+    try:
+        found = fs.find(path)
+    except FileNotFoundError:
+        return []
+    proto = url.split("://", 1)[0] if "://" in url else "file"
+    out = []
+    for p in found:
+        out.append(f"{proto}://{p}" if proto != "file" else f"file://{p}")
+    return sorted(out)
+
+
+def list_dir(url: str) -> list[dict]:
+    """Direct children of a folder URL: [{'url', 'name', 'size', 'type'}]."""
+    fs, path = filesystem(url)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    proto = url.split("://", 1)[0] if "://" in url else "file"
+    out = []
+    for e in entries:
+        name = e["name"].rstrip("/")
+        out.append({
+            "url": f"{proto}://{name}",
+            "name": posixpath.basename(name),
+            "size": int(e.get("size") or 0),
+            "type": e.get("type", "file"),
+            "mtime": e.get("mtime") or e.get("LastModified"),
+        })
+    return out
+
+
+def delete(url: str, recursive: bool = True) -> None:
+    """Delete a file or a folder; absent is fine."""
+    fs, path = filesystem(url)
+    try:
+        if is_local(url):
+            p = Path(path)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+        else:
+            fs.rm(path, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def put_file(local: str | os.PathLike, url: str) -> None:
+    """Upload (or copy, for local storage) one local file to a URL, atomically on local disk."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{target.name}")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, target)
+    else:
+        fs.put_file(str(local), path)
+
+
+def move_local_file(local: str | os.PathLike, url: str) -> None:
+    """Move a local file into storage: a rename when both are on one disk, else copy + delete."""
+    if is_local(url):
+        target = local_path_of(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local, target)
+            return
+        except OSError:
+            pass
+    put_file(local, url)
+    os.unlink(local)
+
+
+def get_file(url: str, local: str | os.PathLike) -> None:
+    fs, path = filesystem(url)
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(path, str(local))
+
+
+@contextlib.contextmanager
+def local_copy(url: str, workdir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A local path for reading `url` with ffmpeg: the file itself when storage is local,
+    a temporary download otherwise (removed on exit)."""
+    if is_local(url):
+        yield local_path_of(url)
+        return
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="vodflow-get-") as tmp:
+        dest = Path(tmp) / posixpath.basename(url)
+        get_file(url, dest)
+        yield dest
+
+
+def publish_dir(local_dir: str | os.PathLike, url: str) -> list[str]:
+    """Copy a local folder to `url`: media first, playlists and indexes last. Returns URLs."""
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.suffix in PLAYLIST_SUFFIXES)
+    out = []
+    for p in files:
+        dest = join(url, p.relative_to(local_dir).as_posix())
+        put_file(p, dest)
+        out.append(dest)
+    return out
+
+
+def presigned_url(url: str, expires: int = 3600) -> str | None:
+    """A time-limited direct URL for remote objects (None for local storage)."""
+    if is_local(url):
+        return None
+    fs, path = filesystem(url)
+    return fs.sign(path, expiration=expires)
+
+
+def check() -> dict:
+    """Reachability of the storage root, for /healthz."""
+    try:
+        fs, path = filesystem(root_url())
+        if is_local(root_url()):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        fs.ls(path)
+        return {"ok": True, "url": root_url()}
+    except FileNotFoundError:
+        return {"ok": True, "url": root_url()}
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return {"ok": False, "url": root_url(), "error": str(exc)}

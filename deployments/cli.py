@@ -1,0 +1,154 @@
+"""The `vodflow` command line."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import threading
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from config.settings import SettingsError, get_settings
+
+app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings():
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def gunicorn_command(settings) -> list[str]:
+    workers = settings.web_workers or max(2, (os.cpu_count() or 1) + 1)
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.web_host}:{settings.web_port}",
+        "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", "16",
+        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "5",
+        "--access-logfile", "-",
+        "streaming_app.wsgi:app",
+    ]
+
+
+@app.command()
+def web() -> None:
+    """Run the web app under gunicorn on VODFLOW_WEB_PORT."""
+    settings = _settings()
+    from catalog.db import get_engine
+
+    get_engine()  # migrate once before workers fork
+    os.execv(sys.executable, gunicorn_command(settings))
+
+
+@app.command()
+def up() -> None:
+    """Start the whole stack on this machine and print its URLs."""
+    from deployments.up import run_stack
+
+    raise typer.Exit(run_stack(_settings()))
+
+
+def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
+    from catalog.db import session_scope
+    from catalog.state import get_video
+
+    settings = _settings()
+    failed = 0
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+        bars = {vid: progress.add_task(labels[vid], total=100, status="UPLOADED") for vid in video_ids}
+        pending = set(video_ids)
+        while pending:
+            for vid in list(pending):
+                with session_scope() as s:
+                    v = get_video(s, vid)
+                    status, pct, error = v.status.value, v.progress or 0, v.error
+                progress.update(bars[vid], completed=pct, status=status)
+                if status in ("READY", "PARTIAL", "FAILED", "DELETED"):
+                    pending.discard(vid)
+                    if status in ("FAILED", "DELETED"):
+                        failed += 1
+                        progress.console.print(f"[red]{labels[vid]}: {status}: {error}[/red]")
+            time.sleep(0.5)
+    for vid in video_ids:
+        console.print(f"{vid}  {settings.public_url}/watch/{vid}")
+    return failed
+
+
+@app.command()
+def ingest(
+    sources: list[str] = typer.Argument(..., help="video files (or URLs) to ingest"),
+    wait: bool = typer.Option(False, "--wait", help="wait until every video is READY, with a progress bar"),
+    title: str | None = typer.Option(None, help="title (for a single source)"),
+) -> None:
+    """Validate, store and transcode videos. Prints video ids and watch URLs."""
+    from flows.intake import SourceRejected, ingest_sources
+
+    _settings()
+    try:
+        accepted = ingest_sources(sources, title=title, console=console)
+    except SourceRejected as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if not accepted:
+        raise typer.Exit(1)
+    labels = {vid: name for name, vid in accepted}
+    if not wait:
+        for name, vid in accepted:
+            console.print(f"{vid}  {name}  {_settings().public_url}/watch/{vid}")
+        return
+    raise typer.Exit(1 if _wait_with_progress([vid for _, vid in accepted], labels) else 0)
+
+
+@app.command()
+def videos(status: str | None = typer.Option(None, help="only this status")) -> None:
+    """List the catalog."""
+    from sqlalchemy import select
+
+    from catalog.db import session_scope
+    from catalog.models import Video, VideoStatus
+
+    _settings()
+    table = Table("id", "title", "status", "progress", "duration", "size", "renditions", "error")
+    with session_scope() as s:
+        stmt = select(Video).order_by(Video.created_at.desc())
+        if status:
+            stmt = stmt.where(Video.status == VideoStatus(status.upper()))
+        for v in s.scalars(stmt):
+            rends = ",".join(r.name for r in v.renditions if r.run == v.current_run and r.status == "READY")
+            table.add_row(v.id, v.title or "", v.status.value, f"{v.progress or 0:.0f}%",
+                          f"{v.duration or 0:.1f}s", f"{v.width}x{v.height}" if v.width else "",
+                          rends, (v.error or "")[:60])
+    console.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery")) -> None:
+    """Run a benchmark from bench/ (extra options are passed to it)."""
+    script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    if not script.is_file():
+        err.print(f"[red]no benchmark '{name}'; choose transcode, upload or delivery[/red]")
+        raise typer.Exit(2)
+    sys.argv = [str(script), *ctx.args]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

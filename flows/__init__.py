@@ -1,0 +1,1 @@
+"""Prefect flows that wire the tasks: ingest, bulk_ingest, maintenance."""

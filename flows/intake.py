@@ -1,0 +1,119 @@
+"""Hand a complete, validated upload to the pipeline: store it, catalog it, dispatch ingest."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from catalog.db import session_scope
+from catalog.models import Video, VideoStatus, new_id
+from config import storage
+from tasks.probe import MediaInfo
+
+log = logging.getLogger(__name__)
+
+
+def source_url_for(video_id: str, filename: str | None) -> str:
+    ext = (Path(filename).suffix.lower() if filename else "") or ".bin"
+    return storage.url_for("sources", video_id, f"source{ext}")
+
+
+def video_fields(info: MediaInfo) -> dict:
+    return dict(
+        duration=info.duration,
+        width=info.width,
+        height=info.height,
+        display_width=info.display_width,
+        display_height=info.display_height,
+        display_aspect=info.display_aspect,
+        rotation=info.rotation,
+        frame_rate=info.frame_rate,
+        video_codec=info.video_codec,
+        pix_fmt=info.pix_fmt,
+        bitrate=info.bitrate,
+        audio_codec=info.audio_codec,
+        audio_channels=info.audio_channels,
+        audio_sample_rate=info.audio_sample_rate,
+        probe=info.to_dict(),
+    )
+
+
+def accept(temp_path: str | os.PathLike, *, filename: str | None, title: str | None,
+           info: MediaInfo, video_id: str | None = None, dispatch: bool = True) -> str:
+    """Move the temp file into storage, create the Video (UPLOADED) and dispatch ingest.
+
+    If anything fails before the catalog row is committed, the stored copy is removed again,
+    so a refused or failed hand-off leaves nothing behind."""
+    video_id = video_id or new_id()
+    url = source_url_for(video_id, filename)
+    size = Path(temp_path).stat().st_size
+    storage.move_local_file(temp_path, url)
+    try:
+        with session_scope() as s:
+            s.add(Video(
+                id=video_id,
+                title=(title or Path(filename or "untitled").stem)[:300],
+                original_filename=filename,
+                source_url=url,
+                source_size=size,
+                status=VideoStatus.UPLOADED,
+                **video_fields(info),
+            ))
+    except Exception:
+        storage.delete(storage.url_for("sources", video_id))
+        raise
+    log.info("video %s stored at %s (%d bytes)", video_id, url, size)
+    if dispatch:
+        from flows.dispatch import dispatch_ingest
+
+        dispatch_ingest(video_id)
+    return video_id
+
+
+class SourceRejected(RuntimeError):
+    pass
+
+
+def check_file(path: str | os.PathLike, filename: str | None = None) -> MediaInfo:
+    """All three intake phases on a local file; raises UploadRejected."""
+    from tasks.intake import SNIFF_BYTES, check_complete, check_declared, check_head
+
+    path = Path(path)
+    check_declared(path.stat().st_size, filename or path.name, None)
+    with open(path, "rb") as fh:
+        check_head(fh.read(SNIFF_BYTES), filename or path.name)
+    return check_complete(path)
+
+
+def ingest_sources(sources: list[str], *, title: str | None = None, console=None) -> list[tuple[str, str]]:
+    """CLI intake: validate each local file, copy it into storage, catalog and dispatch it.
+    Returns [(name, video_id)]; a refused file is reported and skipped."""
+    import shutil
+    import tempfile
+
+    from config.settings import get_settings
+    from tasks.intake import UploadRejected
+
+    accepted = []
+    for src in sources:
+        path = Path(src)
+        if not path.is_file():
+            msg = f"{src}: no such file"
+            if console:
+                console.print(f"[red]{msg}[/red]")
+            continue
+        try:
+            info = check_file(path)
+        except UploadRejected as exc:
+            if console:
+                console.print(f"[red]{src}: {exc.message}[/red]")
+            continue
+        tmpdir = get_settings().uploads_dir
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix="cli-", suffix=path.suffix)
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        vid = accept(tmp, filename=path.name, title=title if len(sources) == 1 else None, info=info)
+        accepted.append((path.name, vid))
+    return accepted

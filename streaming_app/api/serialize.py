@@ -1,0 +1,65 @@
+"""How a Video looks in the API."""
+
+from __future__ import annotations
+
+from flask import url_for
+
+from catalog.models import Rendition, Video
+
+
+def rendition_dict(r: Rendition) -> dict:
+    return {
+        "name": r.name,
+        "width": r.width,
+        "height": r.height,
+        "bandwidth": r.bandwidth,
+        "average_bandwidth": r.average_bandwidth,
+        "codecs": r.codecs,
+        "frame_rate": r.frame_rate,
+        "segment_count": r.segment_count,
+        "status": r.status.value if hasattr(r.status, "value") else r.status,
+        "error": r.error,
+        "playlist": url_for("delivery.variant_playlist", video_id=r.video_id, run=r.run, rung=r.name)
+        if r.status == "READY" else None,
+    }
+
+
+def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
+    status = v.status.value if hasattr(v.status, "value") else v.status
+    rends = renditions if renditions is not None else [
+        r for r in v.renditions if r.run == v.current_run
+    ]
+    return {
+        "id": v.id,
+        "title": v.title,
+        "filename": v.original_filename,
+        "status": status,
+        "progress": round(v.progress or 0.0, 1),
+        "stage": v.stage,
+        "error": v.error,
+        "created_at": v.created_at.isoformat() if v.created_at else None,
+        "ready_at": v.ready_at.isoformat() if v.ready_at else None,
+        "metadata": {
+            "duration": v.duration,
+            "width": v.width,
+            "height": v.height,
+            "display_width": v.display_width,
+            "display_height": v.display_height,
+            "display_aspect": v.display_aspect,
+            "rotation": v.rotation,
+            "frame_rate": v.frame_rate,
+            "video_codec": v.video_codec,
+            "pix_fmt": v.pix_fmt,
+            "bitrate": v.bitrate,
+            "audio_codec": v.audio_codec,
+            "audio_channels": v.audio_channels,
+            "audio_sample_rate": v.audio_sample_rate,
+            "size": v.source_size,
+        },
+        "renditions": [rendition_dict(r) for r in rends],
+        "master_url": url_for("delivery.master_playlist", video_id=v.id, _external=True)
+        if status in ("READY", "PARTIAL", "PROCESSING") else None,
+        "watch_url": url_for("pages.watch", video_id=v.id, _external=True),
+        "poster_url": url_for("delivery.run_file", video_id=v.id, run=v.current_run, path="poster.jpg")
+        if v.poster_url and v.current_run else None,
+    }

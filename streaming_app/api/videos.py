@@ -1,0 +1,81 @@
+"""GET/DELETE /api/videos…, GET /healthz."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import jsonify, request
+from sqlalchemy import select
+
+from catalog.db import session_scope
+from catalog.models import Video, VideoStatus
+from catalog.state import InvalidTransition, VideoNotFound, get_video, transition
+from config import storage
+from config.settings import get_settings
+from streaming_app.api import bp
+from streaming_app.api.serialize import video_dict
+from streaming_app.errors import error_response
+
+
+def _admin_ok() -> bool:
+    token = get_settings().admin_token
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given, token)
+
+
+@bp.get("/api/videos")
+def list_videos():
+    status = request.args.get("status")
+    with session_scope() as s:
+        stmt = select(Video).where(Video.status != VideoStatus.DELETED).order_by(Video.created_at.desc())
+        if status:
+            try:
+                stmt = stmt.where(Video.status == VideoStatus(status.upper()))
+            except ValueError:
+                return error_response(400, f"unknown status '{status}'; use one of "
+                                           f"{', '.join(x.value for x in VideoStatus)}")
+        videos = s.scalars(stmt.limit(min(int(request.args.get("limit", 500)), 5000))).all()
+        return jsonify(videos=[video_dict(v) for v in videos])
+
+
+@bp.get("/api/videos/<video_id>", endpoint="get_video")
+def get_video_route(video_id: str):
+    with session_scope() as s:
+        try:
+            v = get_video(s, video_id)
+        except VideoNotFound:
+            return error_response(404, f"no video with id '{video_id}'")
+        if v.status == VideoStatus.DELETED:
+            return error_response(410, f"video '{video_id}' was deleted")
+        return jsonify(video_dict(v))
+
+
+@bp.delete("/api/videos/<video_id>")
+def delete_video(video_id: str):
+    if not _admin_ok():
+        return error_response(401, "deleting needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
+    with session_scope() as s:
+        try:
+            v = get_video(s, video_id, lock=True)
+            transition(s, v, VideoStatus.DELETED)
+        except VideoNotFound:
+            return error_response(404, f"no video with id '{video_id}'")
+        except InvalidTransition:
+            return error_response(410, f"video '{video_id}' was already deleted")
+    # the catalog no longer points at the files; remove them
+    storage.delete(storage.url_for("hls", video_id))
+    storage.delete(storage.url_for("sources", video_id))
+    return "", 204
+
+
+@bp.get("/healthz")
+def healthz():
+    from catalog.db import check as db_check
+
+    checks = {"database": db_check(), "storage": storage.check()}
+    ok = all(c["ok"] for c in checks.values())
+    resp = jsonify(status="ok" if ok else "degraded", checks=checks)
+    resp.status_code = 200 if ok else 503
+    return resp

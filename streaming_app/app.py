@@ -1,0 +1,56 @@
+"""Flask app factory. Blueprints: uploads (tus + one-shot POST), delivery (HLS), api, pages."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from config.logging import setup_logging
+from config.settings import Settings, get_settings
+from streaming_app.request import StreamingRequest
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    setup_logging()
+    settings = settings or get_settings()
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.request_class = StreamingRequest
+    app.config["VODFLOW"] = settings
+    # Uploads stream to disk; Flask must not cap or buffer them.
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.config["JSON_SORT_KEYS"] = False
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    from catalog.db import get_engine
+
+    get_engine()  # applies migrations before the first request
+
+    from streaming_app.api import bp as api_bp
+    from streaming_app.delivery import bp as delivery_bp
+    from streaming_app.pages import bp as pages_bp
+    from streaming_app.uploads import bp as uploads_bp
+
+    app.register_blueprint(uploads_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(delivery_bp)
+    app.register_blueprint(pages_bp)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # JSON for API and media routes; pages keep Flask's HTML
+        if request.path.startswith(("/api/", "/v/", "/files", "/healthz")):
+            resp = jsonify(error=exc.name, message=exc.description, status=exc.code)
+            resp.status_code = exc.code or 500
+            for k, v in (exc.get_response().headers.items() if exc.response is None else exc.response.headers.items()):
+                if k.lower() in ("allow", "retry-after", "tus-version", "tus-resumable"):
+                    resp.headers[k] = v
+            return resp
+        return exc
+
+    return app

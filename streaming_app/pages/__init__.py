@@ -1,0 +1,7 @@
+"""Pages for people: library, upload, watch, stats."""
+
+from flask import Blueprint
+
+bp = Blueprint("pages", __name__)
+
+from streaming_app.pages import views  # noqa: E402,F401

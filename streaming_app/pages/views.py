@@ -1,0 +1,35 @@
+"""/, /watch/{id} (and, as they are built, /upload and /stats/{id})."""
+
+from __future__ import annotations
+
+from flask import abort, render_template
+from sqlalchemy import select
+
+from catalog.db import session_scope
+from catalog.models import Video, VideoStatus
+from catalog.state import VideoNotFound, get_video
+from streaming_app.api.serialize import video_dict
+from streaming_app.pages import bp
+
+
+@bp.get("/")
+def library():
+    with session_scope() as s:
+        videos = s.scalars(
+            select(Video).where(Video.status != VideoStatus.DELETED).order_by(Video.created_at.desc()).limit(500)
+        ).all()
+        items = [video_dict(v) for v in videos]
+    return render_template("library.html", videos=items)
+
+
+@bp.get("/watch/<video_id>")
+def watch(video_id: str):
+    with session_scope() as s:
+        try:
+            v = get_video(s, video_id)
+        except VideoNotFound:
+            abort(404, f"no video with id '{video_id}'")
+        if v.status == VideoStatus.DELETED:
+            abort(410, f"video '{video_id}' was deleted")
+        video = video_dict(v)
+    return render_template("watch.html", video=video)

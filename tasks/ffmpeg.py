@@ -1,0 +1,189 @@
+"""The one door to ffmpeg and ffprobe: safe input options, timeouts, progress, error classes.
+
+Untrusted input: every run reads with `-protocol_whitelist file,pipe` so a "video" that is
+really a playlist pointing at /etc/passwd or a URL cannot make ffmpeg open it. Failures are
+classified: `PermanentMediaError` (the input itself is bad: never retried) or
+`TransientMediaError` (killed, timed out, out of resources: retried with backoff).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FFMPEG = os.environ.get("VODFLOW_FFMPEG", "ffmpeg")
+FFPROBE = os.environ.get("VODFLOW_FFPROBE", "ffprobe")
+SAFE_INPUT = ["-protocol_whitelist", "file,pipe"]
+
+# stderr phrases that mean the input itself is unusable: retrying cannot help
+_PERMANENT = re.compile(
+    r"Invalid data found when processing input|moov atom not found|does not contain any stream"
+    r"|Protocol '.*' not on whitelist|not on whitelist|Unsupported codec|Decoder .* not found"
+    r"|Output file #0 does not contain any stream|Invalid argument|No such file or directory"
+    r"|could not find codec parameters|Error splitting the input into NAL units"
+    r"|Stream map .* matches no streams|Unknown encoder|Invalid NAL unit size|corrupt",
+    re.IGNORECASE,
+)
+
+
+class MediaError(RuntimeError):
+    """ffmpeg or ffprobe failed. `detail` holds the tail of stderr."""
+
+    permanent = False
+
+    def __init__(self, message: str, detail: str = "", returncode: int | None = None):
+        super().__init__(message)
+        self.detail = detail
+        self.returncode = returncode
+
+
+class PermanentMediaError(MediaError):
+    """The input cannot be processed (corrupt, not a video, unsupported): do not retry."""
+
+    permanent = True
+
+
+class TransientMediaError(MediaError):
+    """The run failed for a reason outside the input (killed, timeout, disk): retry."""
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def classify(returncode: int, stderr: str, what: str) -> MediaError:
+    tail = _tail(stderr)
+    if returncode < 0 or returncode in (137, 143, 255) and not _PERMANENT.search(stderr):
+        sig = -returncode if returncode < 0 else None
+        name = signal.Signals(sig).name if sig else f"exit {returncode}"
+        return TransientMediaError(f"{what} was interrupted ({name})", tail, returncode)
+    if _PERMANENT.search(stderr):
+        last = tail.splitlines()[-1] if tail else "unreadable input"
+        return PermanentMediaError(f"{what} cannot read this input: {last}", tail, returncode)
+    return TransientMediaError(f"{what} failed (exit {returncode})", tail, returncode)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(
+    args: Sequence[str],
+    *,
+    timeout: float,
+    what: str = "ffmpeg",
+    on_progress: Callable[[float], None] | None = None,
+    duration: float | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> str:
+    """Run ffmpeg with `args` (without the program name). Returns stderr.
+
+    With `on_progress` and `duration`, ffmpeg's `-progress` stream is read and the callback gets
+    the fraction done (0..1), at most twice a second. The process runs in its own process group
+    and is killed with it on timeout or when the caller is interrupted, so no ffmpeg outlives
+    its task.
+    """
+    cmd = [FFMPEG, "-hide_banner", "-nostdin", "-y"]
+    if on_progress is not None:
+        cmd += ["-progress", "pipe:1", "-nostats"]
+    cmd += list(args)
+    log.debug("running %s", " ".join(cmd))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE if on_progress else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        start_new_session=True,
+        text=True,
+        errors="replace",
+    )
+    stderr_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        if on_progress is not None:
+            last = 0.0
+            for line in proc.stdout:
+                if time.monotonic() > deadline:
+                    break
+                key, _, value = line.strip().partition("=")
+                if key == "out_time_us" and duration and value.isdigit():
+                    now = time.monotonic()
+                    if now - last > 0.5:
+                        last = now
+                        on_progress(min(1.0, int(value) / 1e6 / duration))
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            proc.wait()
+            reader.join(5)
+            raise TransientMediaError(f"{what} timed out after {timeout:.0f} s", _tail("".join(stderr_chunks)))
+    except BaseException:
+        if proc.poll() is None:
+            _kill_group(proc)
+            proc.wait()
+        raise
+    reader.join(5)
+    stderr = "".join(stderr_chunks)
+    if proc.returncode != 0:
+        raise classify(proc.returncode, stderr, what)
+    if on_progress is not None:
+        on_progress(1.0)
+    return stderr
+
+
+def probe_json(path: str | os.PathLike, *, timeout: float, extra: Sequence[str] = ()) -> dict:
+    """ffprobe's JSON for a local file: format and streams (plus `extra` options)."""
+    if not Path(path).exists():
+        raise PermanentMediaError(f"no such file: {path}")
+    cmd = [
+        FFPROBE, "-v", "error", *SAFE_INPUT, "-print_format", "json",
+        "-show_format", "-show_streams", *extra, str(path),
+    ]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, errors="replace")
+    except subprocess.TimeoutExpired:
+        raise TransientMediaError(f"ffprobe timed out after {timeout:.0f} s") from None
+    if out.returncode != 0:
+        err = classify(out.returncode, out.stderr, "ffprobe")
+        if not err.permanent and out.returncode == 1:
+            # ffprobe exits 1 for any unreadable input; that is the file, not the machine
+            err = PermanentMediaError(f"ffprobe cannot read this input: {_tail(out.stderr, 1) or 'unknown format'}",
+                                      _tail(out.stderr), out.returncode)
+        raise err
+    try:
+        return json.loads(out.stdout or "{}")
+    except json.JSONDecodeError:
+        raise PermanentMediaError("ffprobe returned unreadable output") from None
+
+
+def probe_packets(path: str | os.PathLike, *, timeout: float, stream: str = "v:0",
+                  entries: str = "packet=pts_time,dts_time,duration_time,flags,size") -> list[dict]:
+    """Packet list of one stream (timestamps, keyframe flags, sizes) via ffprobe."""
+    data = probe_json(path, timeout=timeout, extra=[
+        "-select_streams", stream, "-show_entries", entries, "-show_packets"])
+    return data.get("packets", [])
+
+
+def probe_frames(path: str | os.PathLike, *, timeout: float, stream: str = "v:0",
+                 entries: str = "frame=pts_time,key_frame,pict_type") -> list[dict]:
+    data = probe_json(path, timeout=timeout, extra=[
+        "-select_streams", stream, "-show_entries", entries, "-show_frames"])
+    return data.get("frames", [])

@@ -1,0 +1,156 @@
+"""Probe a source with ffprobe and normalise what the pipeline needs into `MediaInfo`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from config import storage
+from config.settings import get_settings
+from tasks import ffmpeg
+from tasks.ffmpeg import PermanentMediaError
+
+
+@dataclass
+class MediaInfo:
+    duration: float
+    width: int  # coded (storage) size
+    height: int
+    display_width: int  # after non-square pixels and rotation
+    display_height: int
+    display_aspect: str  # "16:9"
+    sample_aspect: str  # "1:1"
+    rotation: int  # degrees clockwise the player must rotate: 0, 90, 180, 270
+    frame_rate: float
+    frame_rate_fraction: str  # "30000/1001"
+    variable_frame_rate: bool
+    video_codec: str
+    pix_fmt: str
+    bitrate: int | None
+    format_name: str
+    audio_codec: str | None = None
+    audio_channels: int = 0
+    audio_sample_rate: int | None = None
+    audio_layout: str | None = None
+    video_stream_index: int = 0
+    audio_stream_index: int | None = None
+    size_bytes: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MediaInfo":
+        return cls(**d)
+
+
+def _fraction(text: str | None) -> Fraction | None:
+    if not text or text in ("0/0", "N/A"):
+        return None
+    try:
+        f = Fraction(text.replace(":", "/"))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return f if f > 0 else None
+
+
+def _rotation(stream: dict) -> int:
+    rot = None
+    for sd in stream.get("side_data_list") or []:
+        if "rotation" in sd:
+            rot = float(sd["rotation"])
+    if rot is None and "rotate" in (stream.get("tags") or {}):
+        rot = -float(stream["tags"]["rotate"])
+    if rot is None:
+        return 0
+    # display matrix rotation is counter-clockwise; players rotate clockwise by -rot
+    return int(round(-rot)) % 360
+
+
+def _ratio_text(w: int, h: int) -> str:
+    g = math.gcd(w, h) or 1
+    return f"{w // g}:{h // g}"
+
+
+def parse(data: dict, size_bytes: int | None = None) -> MediaInfo:
+    """Normalise ffprobe JSON; raise PermanentMediaError if there is no usable video."""
+    streams = data.get("streams") or []
+    fmt = data.get("format") or {}
+    video = next(
+        (s for s in streams if s.get("codec_type") == "video"
+         and not (s.get("disposition") or {}).get("attached_pic")),
+        None,
+    )
+    if video is None:
+        if any(s.get("codec_type") == "audio" for s in streams):
+            raise PermanentMediaError("this file has audio but no video stream; vodflow needs a video")
+        raise PermanentMediaError("no video stream found: this is not a video file")
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise PermanentMediaError("the video stream has no picture size; the file may be corrupt")
+    duration = None
+    for candidate in (fmt.get("duration"), video.get("duration")):
+        try:
+            if candidate not in (None, "N/A") and float(candidate) > 0:
+                duration = float(candidate)
+                break
+        except ValueError:
+            continue
+    if duration is None:
+        raise PermanentMediaError("the video has no duration; the file may be truncated")
+    sar = _fraction(video.get("sample_aspect_ratio")) or Fraction(1)
+    rotation = _rotation(video)
+    disp_w = int(round(width * sar))
+    disp_h = height
+    if rotation in (90, 270):
+        disp_w, disp_h = disp_h, disp_w
+    avg = _fraction(video.get("avg_frame_rate"))
+    real = _fraction(video.get("r_frame_rate"))
+    rate = avg or real
+    if rate is None or rate > 1000:
+        raise PermanentMediaError("the video has no usable frame rate")
+    vfr = bool(avg and real and abs(float(avg) - float(real)) > 0.01 * float(real))
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    bitrate = fmt.get("bit_rate") or video.get("bit_rate")
+    return MediaInfo(
+        duration=duration,
+        width=width,
+        height=height,
+        display_width=disp_w,
+        display_height=disp_h,
+        display_aspect=_ratio_text(disp_w, disp_h),
+        sample_aspect=f"{sar.numerator}:{sar.denominator}",
+        rotation=rotation,
+        frame_rate=round(float(rate), 3),
+        frame_rate_fraction=f"{rate.numerator}/{rate.denominator}",
+        variable_frame_rate=vfr,
+        video_codec=video.get("codec_name", "unknown"),
+        pix_fmt=video.get("pix_fmt", "unknown"),
+        bitrate=int(bitrate) if bitrate and str(bitrate).isdigit() else None,
+        format_name=fmt.get("format_name", ""),
+        audio_codec=audio.get("codec_name") if audio else None,
+        audio_channels=int(audio.get("channels") or 0) if audio else 0,
+        audio_sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        audio_layout=audio.get("channel_layout") if audio else None,
+        video_stream_index=int(video.get("index", 0)),
+        audio_stream_index=int(audio["index"]) if audio else None,
+        size_bytes=size_bytes or (int(fmt["size"]) if str(fmt.get("size", "")).isdigit() else None),
+    )
+
+
+def probe_path(path: str | Path) -> MediaInfo:
+    data = ffmpeg.probe_json(path, timeout=get_settings().probe_timeout)
+    return parse(data, size_bytes=Path(path).stat().st_size)
+
+
+def probe(source_url: str) -> MediaInfo:
+    """Probe a stored source by URL."""
+    with storage.local_copy(source_url, get_settings().work_dir) as path:
+        return probe_path(path)
