@@ -13,7 +13,13 @@ DEPLOYMENT = "ingest/on-demand"
 
 
 def dispatch_ingest(video_id: str) -> str:
-    """Dispatch once; returns the flow run id or 'local:<pid>'."""
+    """Dispatch once; returns the flow run id or 'local:<pid>'.
+
+    VODFLOW_DISPATCH=off stores and catalogs uploads without starting a transcode (an intake-only
+    web host, or tests of the upload side alone)."""
+    if os.environ.get("VODFLOW_DISPATCH") == "off":
+        log.info("dispatch is off; video %s stays UPLOADED", video_id)
+        return "off"
     if os.environ.get("PREFECT_API_URL") and os.environ.get("VODFLOW_DISPATCH", "deployment") == "deployment":
         try:
             from prefect.deployments import run_deployment
