@@ -42,7 +42,8 @@ class Server:
     def start(self) -> "Server":
         port = free_port()
         cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
-               "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "streaming_app.wsgi:app"]
+               "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "--graceful-timeout", "3",
+               "streaming_app.wsgi:app"]
         env = {**os.environ, **self.env}
         for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
             env.pop(name, None)
