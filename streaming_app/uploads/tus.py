@@ -198,9 +198,9 @@ def _tus_headers(resp: Response) -> Response:
         if resp.status_code == 204 or (resp.status_code == 200 and not resp.content_length
                                        and "Content-Type" in resp.headers and resp.mimetype == "text/html"):
             del resp.headers["Content-Type"]  # nothing to type: HEAD answers and 204s
+    if path.startswith(("/files", "/api/uploads")):
         if request.method in ("PATCH", "POST") and resp.status_code >= 400:
             _drain_body()
-    if path.startswith(("/files", "/api/uploads")):
         cors.apply(resp)
     return resp
 
