@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import requests
 from tusclient.client import TusClient
 
 from tests.upload_support import OFFSET_TYPE, Server, create, head, metadata, sha256
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -115,3 +122,40 @@ def test_kill_9_during_a_checksummed_patch_counts_none_of_it(tmp_path, clip, cli
         assert srv.part_file(upload_id).stat().st_size == 0
     finally:
         srv.stop()
+
+
+def test_hand_off_interrupted_by_a_crash_is_finished_later(tmp_path, clip_bytes):
+    """Two crash points of the last PATCH, recreated on disk and in the catalog as a killed
+    worker leaves them: (a) all bytes written, nothing else done — the client's next HEAD
+    finishes the hand-off; (b) the video id already reserved — housekeeping finishes it with
+    that very id, so a retry can never make a second video."""
+    import subprocess
+    import sys
+
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log") as srv:
+        ids = []
+        for name in ("a.mp4", "b.mp4"):
+            url = create(srv, len(clip_bytes), meta=metadata(filename=name)).headers["Location"]
+            r = requests.patch(url, data=clip_bytes[:-1000], headers={
+                "Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": OFFSET_TYPE})
+            assert r.status_code == 204
+            upload_id = url.rsplit("/", 1)[1]
+            with open(srv.part_file(upload_id), "ab") as fh:
+                fh.write(clip_bytes[-1000:])
+            ids.append((url, upload_id))
+        (url_a, _), (url_b, id_b) = ids
+        r = head(url_a)
+        assert r.status_code == 200 and r.headers["Upload-Offset"] == str(len(clip_bytes))
+        vid_a = r.headers["Vodflow-Video-Id"]
+        assert sha256(srv.stored_source(vid_a)) == sha256(clip_bytes)
+
+        with srv.db() as conn:
+            conn.execute("UPDATE upload_sessions SET video_id = 'c0ffee000001' WHERE id = ?", (id_b,))
+        out = subprocess.run([sys.executable, "-m", "deployments.cli", "cleanup", "--json"],
+                             env={**os.environ, "VODFLOW_DATA_DIR": str(srv.data_dir)},
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["handed_off"] == 1
+        assert head(url_b).headers["Vodflow-Video-Id"] == "c0ffee000001"
+        assert sha256(srv.stored_source("c0ffee000001")) == sha256(clip_bytes)
+        assert len(srv.videos()) == 2
