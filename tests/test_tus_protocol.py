@@ -419,3 +419,32 @@ def test_tuspy_reports_refusal(server, tmp_path):
     with pytest.raises(TusUploadFailed) as err:
         up.upload()
     assert err.value.status_code == 415
+
+
+def test_curl_speaks_tus_too(server, clip_bytes, tmp_path):
+    """The protocol is plain HTTP: a shell script with curl can upload resumably."""
+    import subprocess
+
+    def curl(*args: str) -> str:
+        out = subprocess.run(["curl", "-sS", "-i", "-H", "Tus-Resumable: 1.0.0", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    created = curl("-X", "POST", "-H", f"Upload-Length: {len(clip_bytes)}",
+                   "-H", "Upload-Metadata: " + metadata(filename="curl.mp4"), server.files_url)
+    assert created.startswith("HTTP/1.1 201")
+    url = next(line.split(": ", 1)[1].strip() for line in created.splitlines() if line.lower().startswith("location:"))
+    half = len(clip_bytes) // 2
+    first = tmp_path / "first-half.bin"
+    first.write_bytes(clip_bytes[:half])
+    out = curl("-X", "PATCH", "-H", f"Content-Type: {OFFSET_TYPE}", "-H", "Upload-Offset: 0",
+               "--data-binary", f"@{first}", url)
+    assert out.startswith("HTTP/1.1 204") and f"Upload-Offset: {half}" in out
+    offset = next(line.split(": ", 1)[1].strip() for line in curl("-I", url).splitlines()
+                  if line.startswith("Upload-Offset"))
+    rest = tmp_path / "rest.bin"
+    rest.write_bytes(clip_bytes[int(offset):])
+    out = curl("-X", "PATCH", "-H", f"Content-Type: {OFFSET_TYPE}", "-H", f"Upload-Offset: {offset}",
+               "--data-binary", f"@{rest}", url)
+    assert out.startswith("HTTP/1.1 204") and "Vodflow-Video-Id" in out
