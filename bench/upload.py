@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         with WebServer(data_dir, args.workers, max(args.size * 2, 1 << 30), work / "gunicorn.log") as srv:
             warm = work / "warm.mp4"
             make_source(warm, 2 * MIB)
-            tus_upload(srv.base, warm, args.chunk)
-            post_upload(srv.base, warm)
+            for _ in range(2):  # small chunks, so every worker has served PATCHes before we measure
+                tus_upload(srv.base, warm, 256 * 1024)
+                post_upload(srv.base, warm)
             print(f"server resident memory after warm-up: {srv.rss_bytes()[0] / 1e6:.0f} MB")
             results: dict[str, list[tuple[float, int]]] = {"tus": [], "post": []}
             tools = 0
