@@ -61,12 +61,30 @@ def migrate(engine: Engine) -> None:
     here = Path(__file__).parent
     cfg = Config()
     cfg.set_main_option("script_location", str(here / "migrations"))
-    with engine.begin() as conn:
+    with _sqlite_migration_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # one migrator at a time across processes
             conn.execute(text("SELECT pg_advisory_xact_lock(7215)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrator at a time for a SQLite file: gunicorn workers that boot together on a new
+    database would otherwise both create the tables, and one of them dies."""
+    db_path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not db_path or db_path == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{db_path}.migrate-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

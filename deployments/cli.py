@@ -135,6 +135,31 @@ def videos(status: str | None = typer.Option(None, help="only this status")) -> 
     console.print(table)
 
 
+@app.command()
+def cleanup(
+    dry_run: bool = typer.Option(False, "--dry-run", help="only report what would be removed"),
+    grace_minutes: float = typer.Option(60.0, help="leave temp files touched within this many minutes"),
+    keep_days: float = typer.Option(7.0, help="forget finished upload sessions after this many days"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Remove expired or abandoned uploads and orphaned temporary files (run it on each web host)."""
+    import json
+
+    from streaming_app.uploads.cleanup import cleanup_uploads
+
+    _settings()
+    report = cleanup_uploads(orphan_grace=grace_minutes * 60, keep_days=keep_days, dry_run=dry_run)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    verb = "would free" if dry_run else "freed"
+    console.print(
+        f"uploads: {report.expired} expired, {report.handed_off} interrupted hand-offs finished, "
+        f"{report.orphan_files} orphaned temp files, {report.pruned_sessions} old sessions forgotten; "
+        f"{verb} {report.bytes_freed / 1e6:.1f} MB"
+        + (f" ({report.busy} busy, left for next time)" if report.busy else ""))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery")) -> None:
     """Run a benchmark from bench/ (extra options are passed to it)."""

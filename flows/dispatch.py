@@ -1,5 +1,10 @@
 """Start an ingest run for a stored video: through the Prefect deployment when one is served,
-else in a detached local process (a machine running only the web app)."""
+else in a detached local process (a machine running only the web app).
+
+`VODFLOW_DISPATCH` chooses how: `deployment` (default: the Prefect deployment when
+PREFECT_API_URL is set, else a local process), `local` (always a local process), or `off`
+(record only: the video stays UPLOADED until something else starts it, e.g. a test of the
+upload side, or a web host that must never transcode)."""
 
 from __future__ import annotations
 
@@ -13,14 +18,12 @@ DEPLOYMENT = "ingest/on-demand"
 
 
 def dispatch_ingest(video_id: str) -> str:
-    """Dispatch once; returns the flow run id or 'local:<pid>'.
-
-    VODFLOW_DISPATCH=off stores and catalogs uploads without starting a transcode (an intake-only
-    web host, or tests of the upload side alone)."""
-    if os.environ.get("VODFLOW_DISPATCH") == "off":
-        log.info("dispatch is off; video %s stays UPLOADED", video_id)
+    """Dispatch once; returns the flow run id, 'local:<pid>', or 'off' when dispatch is disabled."""
+    mode = os.environ.get("VODFLOW_DISPATCH", "deployment").strip().lower()
+    if mode in ("off", "none", "0", "false"):
+        log.info("dispatch is off (VODFLOW_DISPATCH=%s): video %s stays UPLOADED", mode, video_id)
         return "off"
-    if os.environ.get("PREFECT_API_URL") and os.environ.get("VODFLOW_DISPATCH", "deployment") == "deployment":
+    if os.environ.get("PREFECT_API_URL") and mode == "deployment":
         try:
             from prefect.deployments import run_deployment
 

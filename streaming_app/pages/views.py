@@ -1,4 +1,4 @@
-"""/, /watch/{id} (and, as they are built, /upload and /stats/{id})."""
+"""/, /upload, /watch/{id} (and, as it is built, /stats/{id})."""
 
 from __future__ import annotations
 
@@ -20,6 +20,24 @@ def library():
         ).all()
         items = [video_dict(v) for v in videos]
     return render_template("library.html", videos=items)
+
+
+@bp.get("/upload")
+def upload():
+    """Drag-and-drop resumable uploads (tus-js-client against /files/)."""
+    from config.settings import get_settings
+    from tasks.intake import SUPPORTED_EXTENSIONS
+
+    limit = get_settings().max_upload_bytes
+    return render_template(
+        "upload.html",
+        max_bytes=limit,
+        max_human=f"{limit / 1e9:.3g} GB" if limit >= 1e9 else f"{limit / 1e6:.3g} MB",
+        # small enough that a proxy's body limit or a retry costs little, big enough that the
+        # per-request overhead is noise on a fast link
+        chunk_size=16 * 1024 * 1024,
+        extensions=sorted(SUPPORTED_EXTENSIONS),
+    )
 
 
 @bp.get("/watch/<video_id>")

@@ -11,13 +11,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from flask import current_app, request, url_for
+from flask import current_app, g, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from config.settings import get_settings
 from streaming_app.errors import error_response
 from flows import intake
-from streaming_app.uploads import bp
+from streaming_app.uploads import bp, store
+from streaming_app.uploads import metadata as meta
 from tasks.intake import (
     SNIFF_BYTES,
     UploadRejected,
@@ -30,11 +31,75 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024
 
 
+class _Refused(Exception):
+    """Raised from inside werkzeug's form parser (which swallows ValueErrors) to stop reading."""
+
+    def __init__(self, rejected: UploadRejected):
+        super().__init__(rejected.message)
+        self.rejected = rejected
+
+
+class _SniffingFile:
+    """The temp file a file part is parsed into: checks the part's name and type before the
+    first byte, and its first bytes as soon as they arrive, so a PNG is refused without
+    reading the rest of the body."""
+
+    def __init__(self, raw, filename: str | None, content_type: str | None):
+        self._raw = raw
+        self._filename = filename
+        self._head = bytearray()
+        self._sniffed = False
+        if filename:
+            try:
+                check_declared(None, Path(filename).name, content_type)
+            except UploadRejected as exc:
+                raise _Refused(exc) from None
+
+    def write(self, data) -> int:
+        if not self._sniffed:
+            self._head += data[: SNIFF_BYTES - len(self._head)]
+            if len(self._head) >= SNIFF_BYTES:
+                self._sniff()
+        return self._raw.write(data)
+
+    def _sniff(self) -> None:
+        self._sniffed = True
+        try:
+            check_head(bytes(self._head), self._filename)
+        except UploadRejected as exc:
+            raise _Refused(exc) from None
+
+    def finish(self) -> None:
+        """End of the part: judge a short file on what there is."""
+        if not self._sniffed and self._head:
+            self._sniff()
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
 def _stream_factory(total_content_length, content_type, filename, content_length=None):
     """Where werkzeug writes an uploaded file part: a real file in the uploads folder."""
     d = get_settings().uploads_dir
     d.mkdir(parents=True, exist_ok=True)
-    return tempfile.NamedTemporaryFile("wb+", dir=d, prefix="post-", suffix=".part", delete=False)
+    raw = tempfile.NamedTemporaryFile("wb+", dir=d, prefix="post-", suffix=".part", delete=False)
+    g.setdefault("post_parts", []).append(raw)
+    try:
+        return _SniffingFile(raw, filename, content_type)
+    except _Refused:
+        raw.close()
+        os.unlink(raw.name)
+        raise
+
+
+def _remove_partial_parts() -> None:
+    """A refused body leaves the parts parsed so far; werkzeug did not hand them back."""
+    for f in g.get("post_parts", []):
+        try:
+            f.close()
+            os.unlink(f.name)
+        except OSError:
+            pass
 
 
 def _cleanup(files) -> None:
@@ -72,23 +137,29 @@ def post_upload():
         files = request.files  # parses the body to disk now
     except RequestEntityTooLarge:
         return error_response(413, f"the upload is over this server's limit of {limit} bytes (VODFLOW_MAX_UPLOAD_BYTES)")
+    except _Refused as exc:
+        _remove_partial_parts()
+        return error_response(exc.rejected.status, exc.rejected.message)
     try:
         upload = files.get("file")
         if upload is None or not upload.filename:
             return error_response(400, "no file: send the video in the multipart field 'file'")
-        filename = Path(upload.filename).name
+        filename = meta.filename_of({"filename": upload.filename})
         upload.stream.flush()
         path = upload.stream.name
         size = os.path.getsize(path)
         try:
             check_declared(size, filename, upload.mimetype)
-            with open(path, "rb") as fh:
-                check_head(fh.read(SNIFF_BYTES), filename)
+            upload.stream.finish()
             info = check_complete(path)
+        except _Refused as exc:
+            return error_response(exc.rejected.status, exc.rejected.message)
         except UploadRejected as exc:
             return error_response(exc.status, exc.message)
         upload.stream.close()
-        video_id = intake.accept(path, filename=filename, title=request.form.get("title"), info=info)
+        store.sync(path)
+        title = meta.clean_text(request.form.get("title"), 300)
+        video_id = intake.accept(path, filename=filename, title=title, info=info)
         resp = video_links(video_id)
         resp["status"] = "UPLOADED"
         out = current_app.json.response(resp)

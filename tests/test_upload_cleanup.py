@@ -1,0 +1,83 @@
+"""Expired uploads answer 410 and lose their bytes; `vodflow cleanup` removes abandoned uploads
+and orphaned temp files, and leaves live uploads alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import requests
+
+from tests.upload_support import Server, create, head, metadata, patch, sha256
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_upload_expires_after_inactivity(tmp_path, clip):
+    data = clip.read_bytes()
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log", VODFLOW_UPLOAD_EXPIRY_HOURS="0.0005") as srv:
+        url = create(srv, len(data), meta=metadata(filename="slow.mp4")).headers["Location"]
+        r = patch(url, 0, data[:100_000])
+        assert r.status_code == 204
+        expires = parsedate_to_datetime(r.headers["Upload-Expires"])
+        assert expires <= datetime.now(timezone.utc) + timedelta(seconds=3)
+        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 1.2)
+        assert head(url).status_code == 410
+        r = patch(url, 100_000, data[100_000:])
+        assert r.status_code == 410 and "expired" in r.json()["message"]
+        assert requests.get(url).json()["status"] == "EXPIRED"
+        assert srv.upload_bytes_on_disk() == []
+
+
+def vodflow_cleanup(data_dir: Path, *args: str) -> dict:
+    env = {**os.environ, "VODFLOW_DATA_DIR": str(data_dir)}
+    out = subprocess.run([sys.executable, "-m", "deployments.cli", "cleanup", "--json", *args], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_vodflow_cleanup_removes_abandoned_and_orphaned_only(tmp_path, clip):
+    data = clip.read_bytes()
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log") as srv:
+        idle = create(srv, len(data), meta=metadata(filename="idle.mp4")).headers["Location"]
+        assert patch(idle, 0, data[:200_000]).status_code == 204
+        live = create(srv, len(data), meta=metadata(filename="live.mp4")).headers["Location"]
+        assert patch(live, 0, data[:300_000]).status_code == 204
+        idle_id = idle.rsplit("/", 1)[1]
+        # a day passes without a byte for the idle upload
+        with srv.db() as conn:
+            conn.execute("UPDATE upload_sessions SET expires_at = ?, updated_at = ? WHERE id = ?",
+                         ((datetime.utcnow() - timedelta(hours=1)).isoformat(" "),
+                          (datetime.utcnow() - timedelta(hours=25)).isoformat(" "), idle_id))
+        uploads = srv.data_dir / "uploads"
+        two_hours_ago = time.time() - 7200
+        stale_post = uploads / "post-dead.part"  # a one-shot POST whose worker died
+        stale_tus = uploads / "tus" / ("ab" * 16 + ".part")  # bytes without a session
+        fresh_post = uploads / "post-now.part"  # a one-shot POST in flight
+        for p in (stale_post, stale_tus, fresh_post):
+            p.write_bytes(b"\0" * 1000)
+        for p in (stale_post, stale_tus):
+            os.utime(p, (two_hours_ago, two_hours_ago))
+
+        dry = vodflow_cleanup(srv.data_dir, "--dry-run")
+        assert dry["expired"] == 1 and dry["orphan_files"] == 2 and dry["dry_run"]
+        assert stale_post.exists() and srv.part_file(idle_id).exists()
+
+        report = vodflow_cleanup(srv.data_dir)
+        assert report["expired"] == 1 and report["orphan_files"] == 2
+        assert report["bytes_freed"] >= 200_000 + 2000
+        assert not srv.part_file(idle_id).exists() and not stale_post.exists() and not stale_tus.exists()
+        assert fresh_post.exists()
+        assert head(idle).status_code == 410
+        # the live upload did not notice
+        assert head(live).headers["Upload-Offset"] == "300000"
+        r = patch(live, 300_000, data[300_000:])
+        assert r.status_code == 204
+        assert sha256(srv.stored_source(r.headers["Vodflow-Video-Id"])) == sha256(data)
