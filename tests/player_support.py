@@ -180,3 +180,39 @@ def make_published_video(title: str, *, duration: float = 30.0, rungs=DEFAULT_RU
 def server_env(data_dir: Path) -> dict:
     return {"VODFLOW_DATA_DIR": str(data_dir), "VODFLOW_WEB_WORKERS": "2",
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run",
+                 # a test browser has no user gesture; viewers' browsers decide for themselves
+                 "--autoplay-policy=no-user-gesture-required"]
+
+
+def launch_chromium(playwright):
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+
+
+def stored_events(data_dir: Path, session_id: str) -> list[dict]:
+    """What the server stored for one player session, in order."""
+    from sqlalchemy import select
+
+    from catalog.db import session_scope
+    from catalog.models import PlaybackEvent
+
+    with catalog_at(data_dir):
+        with session_scope() as s:
+            rows = s.scalars(select(PlaybackEvent).where(PlaybackEvent.session_id == session_id)
+                             .order_by(PlaybackEvent.seq)).all()
+            return [{"seq": r.seq, "type": r.type, "t": r.client_ts, "pos": r.position, "data": r.data or {}}
+                    for r in rows]
+
+
+def set_progress(data_dir: Path, video_id: str, progress: float, stage: str | None = None) -> None:
+    from catalog.db import session_scope
+    from catalog.state import get_video
+
+    with catalog_at(data_dir):
+        with session_scope() as s:
+            v = get_video(s, video_id)
+            v.progress = progress
+            v.stage = stage or v.stage

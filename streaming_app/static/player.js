@@ -223,7 +223,7 @@
       this.els["processing-text"].textContent = what + stage + ": " + pct + "%";
       this.els["processing-bar"].value = pct;
     }
-    if (v.status !== "READY" && v.status !== "FAILED" && v.status !== "DELETED") {
+    if (v.status === "UPLOADED" || v.status === "PROCESSING") {
       this._pollId = this._timeout(this._poll, ready ? POLL_PLAYING_MS : POLL_MS);
     }
   };
@@ -353,23 +353,31 @@
   };
 
   P._onLevelSwitched = function (level) {
-    var prev = this.playingLevel;
     this.playingLevel = level;
     this._renderQuality();
-    if (this.analytics) {
-      this._sample();
-      var to = this.levels[level] || {};
-      var from = this.levels[prev] || null;
-      this.analytics.track("rendition_switch", this.video.currentTime, {
-        from: from ? from.label : undefined,
-        to: to.label || String(level),
-        bitrate: to.bitrate || undefined,
-        mode: this.manualLevel >= 0 ? "manual" : "auto",
-        bandwidth_estimate: this.hls && isFinite(this.hls.bandwidthEstimate) ? Math.round(this.hls.bandwidthEstimate) : undefined,
-        initial: prev < 0,
-      });
-      this.analytics.setRendition(to.label || null);
-    }
+  };
+
+  // A rendition switch is when the picture on screen changes size: that is what the viewer
+  // sees (hls.js's LEVEL_SWITCHED can come a little before or after it).
+  P._onResize = function () {
+    this._renderQuality();
+    var label = this.video.videoHeight ? rungLabel(this.video.videoWidth, this.video.videoHeight) : "";
+    if (!label || label === this.shownLabel) return;
+    var prev = this.shownLabel;
+    this.shownLabel = label;
+    if (!this.analytics) return;
+    this._sample(prev || label);
+    var level = null;
+    for (var i = 0; i < this.levels.length; i++) if (this.levels[i].label === label) level = this.levels[i];
+    this.analytics.track("rendition_switch", this.video.currentTime, {
+      from: prev || undefined,
+      to: label,
+      bitrate: level ? level.bitrate : undefined,
+      mode: this.manualLevel >= 0 ? "manual" : "auto",
+      bandwidth_estimate: this.hls && isFinite(this.hls.bandwidthEstimate) ? Math.round(this.hls.bandwidthEstimate) : undefined,
+      initial: !prev,
+    });
+    this.analytics.setRendition(label);
   };
 
   // Stalls and gap jumps are counted as rebuffering, not as errors.
@@ -512,7 +520,7 @@
     this._on(v, "ratechange", this._renderSpeed);
     this._on(v, "ended", this._onEnded);
     this._on(v, "error", this._onVideoError);
-    this._on(v, "resize", this._renderQuality);
+    this._on(v, "resize", this._onResize);
 
     this._bindSeekBar();
     this._bindMenu(els["speed-button"], els["speed-menu"], this._chooseSpeed);
@@ -813,7 +821,8 @@
       var l = sorted[i];
       menu.appendChild(this._menuItem(l.index, l.label, formatBitrate(l.bitrate), this.manualLevel === l.index));
     }
-    this.els["quality-button"].disabled = levels.length < 2 && !this._nativeSource ? levels.length === 0 : false;
+    // the platform's own HLS (no MSE) chooses the quality itself
+    this.els["quality-button"].disabled = !!this._nativeSource || levels.length === 0;
     this._renderQuality();
   };
 
@@ -822,17 +831,20 @@
     if (!this.hls || isNaN(level)) return;
     this.manualLevel = level;
     if (level < 0) {
-      this.hls.loadLevel = -1; // Auto from the next fragment on, without flushing what is buffered
+      // Auto: keep what plays now, drop what is buffered beyond it, let the ABR choose again
+      this.hls.nextLevel = -1;
     } else {
       this.hls.currentLevel = level; // now: flush and load this rendition at the playhead
     }
     this._renderQuality();
   };
 
+  // The rendition on screen: the picture's own size once a frame is shown (hls.js reports the
+  // level switch a moment before or after the first frame of the new level appears).
   P._currentLabel = function () {
+    if (this.video.videoHeight) return rungLabel(this.video.videoWidth, this.video.videoHeight);
     var l = this.levels[this.playingLevel];
-    if (l) return l.label;
-    return this.video.videoHeight ? rungLabel(this.video.videoWidth, this.video.videoHeight) : "";
+    return l ? l.label : "";
   };
 
   P._renderQuality = function () {
@@ -1016,12 +1028,12 @@
   };
 
   // Tell the analytics whether this moment counts as watching: playing, visible, not stalled.
-  P._sample = function () {
+  P._sample = function (label) {
     if (!this.analytics) return;
     var v = this.video;
     var counting = this.started && !v.paused && !v.ended && !v.seeking && !this.stalledAt &&
       global.document.visibilityState === "visible";
-    this.analytics.sample(v.currentTime, counting, this._currentLabel() || null);
+    this.analytics.sample(v.currentTime, counting, label || this.shownLabel || null);
   };
 
   VodPlayer.formatTime = formatTime;
