@@ -139,7 +139,7 @@ def test_runs_on_a_dask_worker_against_s3(tmp_path, monkeypatch):
         run = storage.url_for("hls", "vid4", "r1")
         assert source.startswith("s3://")
 
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             out = client.submit(make_thumbnails, source, run, pure=False).result(timeout=120)
 

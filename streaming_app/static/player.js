@@ -302,6 +302,7 @@
   P._reloadSource = function () {
     if (!this.hls) return;
     var at = this.video.currentTime, wasPlaying = !this.video.paused, manual = this.manualLevel;
+    this._reloading = true; // the pause this causes is ours, not a stall to report
     this._destroyHls();
     this._createHls(at);
     this._pendingManual = manual;
@@ -464,6 +465,8 @@
 
   P.retry = function () {
     this._hide("error");
+    // a start that failed is measured again from the viewer's retry
+    if (!this.started) this.startupBase = performance.now();
     this.networkRetry = 0;
     this.lastMediaRecovery = 0;
     var at = this.video.currentTime || 0;
@@ -945,6 +948,7 @@
   P._onPlaying = function () {
     this._hide("spinner");
     this.root.setAttribute("data-state", "playing");
+    this._reloading = false;
     this._endStall();
     if (!this.started) this._firstFrame();
     this._sample();
@@ -978,7 +982,7 @@
 
   P._onWaiting = function () {
     this._show("spinner");
-    if (this.started && !this.video.seeking && !this.stalledAt) {
+    if (this.started && !this.video.seeking && !this.stalledAt && !this._reloading) {
       this.stalledAt = performance.now();
       if (this.analytics) this.analytics.track("rebuffer_start", this.video.currentTime);
       this._sample();
