@@ -40,6 +40,7 @@ class Site:
     main: str
     stats: str
     throttle: str
+    encoding: str
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def site(tmp_path_factory):
         for key, title in (("throttle", "Throttled run"), ("stats", "Analytics run"), ("main", "Test pattern")):
             ids[key] = create_video(title, duration=DURATION)
             publish(ids[key], ladder, thumbnails=key != "throttle")
-        create_video("Still encoding", duration=DURATION, progress=40, stage="encoding")
+        ids["encoding"] = create_video("Still encoding", duration=DURATION, progress=40, stage="encoding")
     with gunicorn_app(server_env(data), root / "gunicorn.log") as base:
         yield Site(base=base, data=data, ladder=ladder, **ids)
 
@@ -317,8 +318,14 @@ def test_closing_the_tab_delivers_the_session_to_the_stats(browser, site, artifa
     page.goto(f"{site.base}/")
     cards = page.locator(".card")
     assert cards.count() >= 4
-    processing = page.locator(".card[data-status=PROCESSING]").first
+    processing = page.locator(".card[data-status=PROCESSING]", has_text="Still encoding")
     assert "40%" in processing.inner_text()
+    # the library follows progress without a reload
+    still = site.encoding
+    set_progress(site.data, still, 55.0, "packaging")
+    page.wait_for_function(f"""() => document.querySelector('.card[data-id="{still}"] [data-role=progress-text]')
+                                         .textContent.startsWith('55% · packaging')""", timeout=10_000)
+    assert page.get_attribute(f'.card[data-id="{still}"] progress', "value") == "55"
     assert page.locator(".card img[src$='poster.jpg']").count() >= 2, "ready videos show their poster"
     assert page.get_by_role("link", name="Upload video").count() == 1
     page.screenshot(path=str(artifacts_dir / "library.png"), full_page=True)
