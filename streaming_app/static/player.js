@@ -135,12 +135,6 @@
     return id;
   };
 
-  P._interval = function (fn, ms) {
-    var id = global.setInterval(fn.bind(this), ms);
-    this._timers.set(id, "interval");
-    return id;
-  };
-
   P._clear = function (id) {
     if (id == null) return;
     if (this._timers.get(id) === "interval") global.clearInterval(id); else global.clearTimeout(id);
@@ -158,7 +152,6 @@
     this.destroyed = true;
     if (this.analytics) { this._sample(); this.analytics.end("destroy"); this.analytics.destroy(); }
     this._abort.abort();
-    var self = this;
     this._timers.forEach(function (kind, id) {
       if (kind === "interval") global.clearInterval(id); else global.clearTimeout(id);
     });
@@ -170,7 +163,7 @@
       global.document.exitFullscreen().catch(function () {});
     }
     this.root.setAttribute("data-state", "destroyed");
-    self.cues = [];
+    this.cues = [];
   };
 
   P._destroyHls = function () {
