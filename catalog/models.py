@@ -159,7 +159,11 @@ class UploadSession(Base):
 
 class PlaybackEvent(Base):
     __tablename__ = "playback_events"
-    __table_args__ = (Index("ix_playback_video_session", "video_id", "session_id"),)
+    __table_args__ = (
+        Index("ix_playback_video_session", "video_id", "session_id"),
+        # a batch delivered twice (beacon + retry) is stored once
+        Index("ux_playback_session_seq", "session_id", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     video_id: Mapped[str] = mapped_column(String(32), index=True)

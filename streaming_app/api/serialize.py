@@ -60,6 +60,22 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
         "master_url": url_for("delivery.master_playlist", video_id=v.id, _external=True)
         if status in ("READY", "PARTIAL", "PROCESSING") else None,
         "watch_url": url_for("pages.watch", video_id=v.id, _external=True),
-        "poster_url": url_for("delivery.run_file", video_id=v.id, run=v.current_run, path="poster.jpg")
-        if v.poster_url and v.current_run else None,
+        "poster_url": run_file_url(v.id, v.poster_url),
+        "thumbnails_url": run_file_url(v.id, v.thumbnails_url),
     }
+
+
+def run_file_url(video_id: str, stored_url: str | None) -> str | None:
+    """Delivery URL (/v/{id}/{run}/…) of a file published in one of the video's run folders
+    (`hls/{id}/{run}/poster.jpg`, `…/thumbs/thumbs.vtt`), from its storage URL."""
+    if not stored_url:
+        return None
+    from config import storage
+
+    try:
+        parts = storage.key_of(stored_url).split("/")
+    except ValueError:
+        return None
+    if len(parts) < 4 or parts[0] != "hls" or parts[1] != video_id:
+        return None
+    return url_for("delivery.run_file", video_id=video_id, run=parts[2], path="/".join(parts[3:]))

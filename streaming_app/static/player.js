@@ -1,0 +1,1040 @@
+// vodflow player: hls.js under our own controls.
+//
+// `new VodPlayer(root, config)` takes over the markup of templates/watch.html; `destroy()`
+// removes every listener, timer and the hls.js instance it created. Playback analytics are
+// reported through an optional PlaybackAnalytics (analytics.js).
+(function (global) {
+  "use strict";
+
+  var SPEEDS = [0.5, 0.75, 1, 1.25, 1.5, 2];
+  var SEEK_STEP = 5;
+  var VOLUME_STEP = 0.1;
+  var STORE_VOLUME = "vodflow.volume";
+  var STORE_MUTED = "vodflow.muted";
+  var MEDIA_RECOVERY_INTERVAL_MS = 5000; // hls.js docs: do not call recoverMediaError more often
+  var NETWORK_RETRY_DELAYS_MS = [2000, 5000, 10000];
+  var POLL_MS = 2000;
+  var POLL_PLAYING_MS = 5000;
+  var MAX_NONFATAL_ERROR_REPORTS = 20;
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function formatTime(s) {
+    if (!isFinite(s) || s < 0) s = 0;
+    s = Math.floor(s);
+    var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    return h ? h + ":" + pad(m) + ":" + pad(sec) : m + ":" + pad(sec);
+  }
+
+  function spokenTime(s) {
+    if (!isFinite(s) || s < 0) s = 0;
+    s = Math.floor(s);
+    var h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+    var parts = [];
+    if (h) parts.push(h + (h === 1 ? " hour" : " hours"));
+    if (m) parts.push(m + (m === 1 ? " minute" : " minutes"));
+    parts.push(sec + (sec === 1 ? " second" : " seconds"));
+    return parts.join(" ");
+  }
+
+  function formatBitrate(bps) {
+    if (!bps) return "";
+    return bps >= 1e6 ? (bps / 1e6).toFixed(1) + " Mb/s" : Math.round(bps / 1e3) + " kb/s";
+  }
+
+  // Rungs are named by the short side of the picture ("720p" for 1280x720 and 720x1280).
+  function rungLabel(width, height) {
+    if (!width || !height) return "";
+    return Math.min(width, height) + "p";
+  }
+
+  function parseTimestamp(text) {
+    var parts = text.trim().split(":");
+    var s = 0;
+    for (var i = 0; i < parts.length; i++) s = s * 60 + parseFloat(parts[i]);
+    return s;
+  }
+
+  // WebVTT thumbnail index: cues whose text is "sheet.jpg#xywh=x,y,w,h".
+  function parseThumbnailVtt(text, baseUrl) {
+    var cues = [];
+    var blocks = text.replace(/\r/g, "").split(/\n\n+/);
+    for (var i = 0; i < blocks.length; i++) {
+      var lines = blocks[i].split("\n");
+      for (var j = 0; j < lines.length - 1; j++) {
+        var m = /^\s*([\d:.]+)\s+-->\s+([\d:.]+)/.exec(lines[j]);
+        if (!m) continue;
+        var ref = lines[j + 1].trim();
+        var hash = ref.indexOf("#xywh=");
+        var url = new URL(hash >= 0 ? ref.slice(0, hash) : ref, baseUrl).href;
+        var xywh = hash >= 0 ? ref.slice(hash + 6).split(",").map(Number) : null;
+        cues.push({ start: parseTimestamp(m[1]), end: parseTimestamp(m[2]), url: url,
+                    x: xywh ? xywh[0] : 0, y: xywh ? xywh[1] : 0,
+                    w: xywh ? xywh[2] : 160, h: xywh ? xywh[3] : 90 });
+        break;
+      }
+    }
+    return cues;
+  }
+
+  function storageGet(key) {
+    try { return global.localStorage.getItem(key); } catch (e) { return null; }
+  }
+
+  function storageSet(key, value) {
+    try { global.localStorage.setItem(key, value); } catch (e) { /* private mode: not remembered */ }
+  }
+
+  function VodPlayer(root, config) {
+    this.root = root;
+    this.config = config || {};
+    this.video = root.querySelector("video");
+    this.els = {};
+    var roles = root.querySelectorAll("[data-role]");
+    for (var i = 0; i < roles.length; i++) this.els[roles[i].getAttribute("data-role")] = roles[i];
+    this._abort = new AbortController();
+    this._timers = new Map(); // id -> "timeout" | "interval"
+    this.hls = null;
+    this.levels = [];
+    this.manualLevel = -1; // -1: Auto
+    this.playingLevel = -1;
+    this.cues = [];
+    this.destroyed = false;
+    this.started = false; // a frame has been shown while playing
+    this.autoMuted = false; // muted by us to get autoplay; not the viewer's choice
+    this.stalledAt = 0;
+    this.lastMediaRecovery = 0;
+    this.networkRetry = 0;
+    this.nonFatalReported = 0;
+    this.loadStartedAt = null; // performance.now() when playback was asked for
+    this.startupBase = 0;
+    this.startupMs = null;
+    this.dragging = false;
+    this.readyCount = 0;
+    this.status = null;
+    this.analytics = this.config.analytics || null;
+    this._bindUi();
+    this._restorePreferences();
+    this._buildSpeedMenu();
+    this._applyStatus(this.config.video || {}, true);
+  }
+
+  var P = VodPlayer.prototype;
+
+  // ---- resources that destroy() must release -------------------------------------------
+  P._on = function (target, type, fn, opts) {
+    var o = { signal: this._abort.signal };
+    if (opts) for (var k in opts) o[k] = opts[k];
+    target.addEventListener(type, fn.bind(this), o);
+  };
+
+  P._timeout = function (fn, ms) {
+    var self = this;
+    var id = global.setTimeout(function () { self._timers.delete(id); fn.call(self); }, ms);
+    this._timers.set(id, "timeout");
+    return id;
+  };
+
+  P._clear = function (id) {
+    if (id == null) return;
+    if (this._timers.get(id) === "interval") global.clearInterval(id); else global.clearTimeout(id);
+    this._timers.delete(id);
+  };
+
+  // What is still held, for tests and for leak hunting.
+  P.resources = function () {
+    return { timers: this._timers.size, hls: !!this.hls, listening: !this._abort.signal.aborted,
+             analytics: this.analytics ? this.analytics.resources() : null };
+  };
+
+  P.destroy = function () {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (this.analytics) { this._sample(); this.analytics.end("destroy"); this.analytics.destroy(); }
+    this._abort.abort();
+    this._timers.forEach(function (kind, id) {
+      if (kind === "interval") global.clearInterval(id); else global.clearTimeout(id);
+    });
+    this._timers.clear();
+    this._destroyHls();
+    this.video.removeAttribute("src");
+    this.video.load();
+    if (global.document.fullscreenElement === this.root && global.document.exitFullscreen) {
+      global.document.exitFullscreen().catch(function () {});
+    }
+    this.root.setAttribute("data-state", "destroyed");
+    this.cues = [];
+  };
+
+  P._destroyHls = function () {
+    if (this.hls) {
+      this.hls.destroy(); // also removes every hls.on() handler and detaches the media
+      this.hls = null;
+    }
+  };
+
+  // ---- processing state ------------------------------------------------------------------
+  P._readyRenditions = function (v) {
+    return (v.renditions || []).filter(function (r) { return r.status === "READY"; }).length;
+  };
+
+  P._applyStatus = function (v, initial) {
+    this.status = v.status;
+    var ready = this._readyRenditions(v);
+    var pill = global.document.querySelector("[data-role=status-pill]");
+    if (pill && v.status) {
+      pill.textContent = v.status.charAt(0) + v.status.slice(1).toLowerCase();
+      pill.className = "status-pill status-" + v.status.toLowerCase();
+    }
+    if (v.thumbnails_url && !this.cues.length) this._loadThumbnails(v.thumbnails_url);
+    if (v.poster_url && !this.video.getAttribute("poster")) this.video.setAttribute("poster", v.poster_url);
+    if (v.status === "FAILED" && !ready) {
+      this._hide("processing");
+      this._showError("This video could not be processed: " + (v.error || "unknown error") + ".", false);
+      return;
+    }
+    if (v.status === "DELETED") {
+      this._hide("processing");
+      this._showError("This video was deleted.", false);
+      return;
+    }
+    if (ready && !this.hls && !this._nativeSource) {
+      this._hide("processing");
+      this.readyCount = ready;
+      this.load(initial);
+    } else if (ready > this.readyCount && this.readyCount > 0 && this.hls) {
+      // more qualities were published while we play: take them without losing the place
+      this.readyCount = ready;
+      this._reloadSource();
+    }
+    if (!ready) {
+      this.root.setAttribute("data-state", "processing");
+      this._show("processing");
+      var pct = Math.max(0, Math.min(100, Math.round(v.progress || 0)));
+      var stage = v.stage ? " (" + v.stage.replace(/_/g, " ") + ")" : "";
+      var what = v.status === "UPLOADED" ? "Waiting to be processed" : "Processing";
+      this.els["processing-text"].textContent = what + stage + ": " + pct + "%";
+      this.els["processing-bar"].value = pct;
+    }
+    if (v.status === "UPLOADED" || v.status === "PROCESSING") {
+      this._pollId = this._timeout(this._poll, ready ? POLL_PLAYING_MS : POLL_MS);
+    }
+  };
+
+  P._poll = function () {
+    if (this.destroyed || !this.config.statusUrl) return;
+    var self = this;
+    fetch(this.config.statusUrl, { headers: { Accept: "application/json" }, cache: "no-store" })
+      .then(function (r) {
+        if (r.status === 404 || r.status === 410) return { status: "DELETED" };
+        if (!r.ok) throw new Error("status " + r.status);
+        return r.json();
+      })
+      .then(function (v) { if (!self.destroyed) self._applyStatus(v, false); })
+      .catch(function () { if (!self.destroyed) self._pollId = self._timeout(self._poll, POLL_MS * 2); });
+  };
+
+  // ---- loading ----------------------------------------------------------------------------
+  P.load = function (atPageOpen) {
+    this.loadStartedAt = performance.now();
+    // a video that was playable when the page opened is measured from the page opening
+    this.startupBase = atPageOpen ? 0 : this.loadStartedAt;
+    this.root.setAttribute("data-state", "loading");
+    this._show("spinner");
+    if (global.Hls && global.Hls.isSupported()) {
+      this._createHls(-1);
+    } else if (this.video.canPlayType("application/vnd.apple.mpegurl")) {
+      // no MSE (older iOS): the platform's own HLS, quality chosen by the browser
+      this._nativeSource = true;
+      this.video.src = this.config.masterUrl;
+      this._buildQualityMenu([]);
+    } else {
+      this._showError("This browser cannot play HLS video. Try a current Chrome, Firefox, Edge or Safari.", false);
+      return;
+    }
+    this._autoplay();
+  };
+
+  P._hlsConfig = function (startPosition) {
+    function policy(ttfb, total, errRetries) {
+      return { default: {
+        maxTimeToFirstByteMs: ttfb, maxLoadTimeMs: total,
+        timeoutRetry: { maxNumRetry: 2, retryDelayMs: 0, maxRetryDelayMs: 0 },
+        errorRetry: { maxNumRetry: errRetries, retryDelayMs: 1000, maxRetryDelayMs: 8000, backoff: "exponential" },
+      } };
+    }
+    var base = {
+      startPosition: startPosition,
+      // a manual choice stays until the viewer picks Auto, even across load errors
+      preserveManualLevelOnError: true,
+      capLevelToPlayerSize: false,
+      maxBufferLength: 30,
+      backBufferLength: 60,
+      manifestLoadPolicy: policy(10000, 20000, 4),
+      playlistLoadPolicy: policy(10000, 20000, 4),
+      fragLoadPolicy: policy(10000, 120000, 6),
+    };
+    var extra = this.config.hlsConfig || {}; // an embedding page may tune hls.js
+    for (var k in extra) base[k] = extra[k];
+    return base;
+  };
+
+  P._createHls = function (startPosition) {
+    var Hls = global.Hls;
+    var hls = new Hls(this._hlsConfig(startPosition));
+    this.hls = hls;
+    var self = this;
+    hls.on(Hls.Events.MANIFEST_PARSED, function (_e, data) { self._onManifest(data.levels); });
+    hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, data) { self._onLevelSwitched(data.level); });
+    hls.on(Hls.Events.FRAG_BUFFERED, function () { self.networkRetry = 0; self._renderBuffered(); });
+    hls.on(Hls.Events.ERROR, function (_e, data) { self._onHlsError(data); });
+    hls.loadSource(this.config.masterUrl);
+    hls.attachMedia(this.video);
+  };
+
+  P._reloadSource = function () {
+    if (!this.hls) return;
+    var at = this.video.currentTime, wasPlaying = !this.video.paused, manual = this.manualLevel;
+    this._reloading = true; // the pause this causes is ours, not a stall to report
+    this._destroyHls();
+    this._createHls(at);
+    this._pendingManual = manual;
+    if (wasPlaying) this._autoplay();
+  };
+
+  P._autoplay = function () {
+    var self = this;
+    var p = this.video.play();
+    if (!p || !p.catch) return;
+    p.catch(function (err) {
+      if (self.destroyed || !err || err.name !== "NotAllowedError") return;
+      // The browser refuses sound without a gesture: start muted (the viewer's saved choice
+      // is left alone) and offer to unmute; failing that, wait for a click.
+      self.autoMuted = !self.video.muted;
+      self.video.muted = true;
+      var again = self.video.play();
+      if (again && again.then) {
+        again.then(function () { if (self.autoMuted) self._show("unmute"); })
+          .catch(function () {
+            self.video.muted = self.autoMuted ? false : self.video.muted;
+            self.autoMuted = false;
+            self._autoplayRefused();
+          });
+      }
+    });
+  };
+
+  P._autoplayRefused = function () {
+    this.autoplayRefused = true;
+    this._hide("spinner");
+    this._show("bigplay");
+    this.root.setAttribute("data-state", "paused");
+  };
+
+  // ---- hls.js events ----------------------------------------------------------------------
+  P._onManifest = function (levels) {
+    this.levels = levels.map(function (l, i) {
+      return { index: i, width: l.width, height: l.height, bitrate: l.averageBitrate || l.bitrate,
+               label: rungLabel(l.width, l.height) || Math.round((l.bitrate || 0) / 1000) + " kb/s" };
+    });
+    if (this._pendingManual != null && this._pendingManual >= 0) {
+      // after a reload, keep the viewer's manual choice when that rendition still exists
+      var prev = this._pendingManual;
+      this._pendingManual = null;
+      if (prev < levels.length) { this.manualLevel = prev; this.hls.currentLevel = prev; }
+    }
+    this._buildQualityMenu(this.levels);
+  };
+
+  P._onLevelSwitched = function (level) {
+    this.playingLevel = level;
+    this._renderQuality();
+  };
+
+  // A rendition switch is when the picture on screen changes size: that is what the viewer
+  // sees (hls.js's LEVEL_SWITCHED can come a little before or after it).
+  P._onResize = function () {
+    this._renderQuality();
+    var label = this.video.videoHeight ? rungLabel(this.video.videoWidth, this.video.videoHeight) : "";
+    if (!label || label === this.shownLabel) return;
+    var prev = this.shownLabel;
+    this.shownLabel = label;
+    if (!this.analytics) return;
+    this._sample(prev || label);
+    var level = null;
+    for (var i = 0; i < this.levels.length; i++) if (this.levels[i].label === label) level = this.levels[i];
+    this.analytics.track("rendition_switch", this.video.currentTime, {
+      from: prev || undefined,
+      to: label,
+      bitrate: level ? level.bitrate : undefined,
+      mode: this.manualLevel >= 0 ? "manual" : "auto",
+      bandwidth_estimate: this.hls && isFinite(this.hls.bandwidthEstimate) ? Math.round(this.hls.bandwidthEstimate) : undefined,
+      initial: !prev,
+    });
+    this.analytics.setRendition(label);
+  };
+
+  // Stalls and gap jumps are counted as rebuffering, not as errors.
+  var ROUTINE_DETAILS = /^(bufferStalledError|bufferNudgeOnStall|bufferSeekOverHole|bufferFullError)$/;
+
+  P._reportError = function (kind, details, fatal, action) {
+    if (!this.analytics) return;
+    if (!fatal && ROUTINE_DETAILS.test(details || "")) return;
+    if (!fatal && this.nonFatalReported >= MAX_NONFATAL_ERROR_REPORTS) return;
+    if (!fatal) this.nonFatalReported++;
+    this.analytics.track("error", this.video.currentTime, {
+      kind: String(kind || "unknown").slice(0, 64), details: String(details || "unknown").slice(0, 64),
+      fatal: !!fatal, action: action,
+    });
+  };
+
+  // Error handling as the hls.js API guide describes: non-fatal errors are hls.js's own
+  // business; a fatal media error gets recoverMediaError(), at most once per 5 s; a fatal
+  // network error means hls.js has used up its load-policy retries, so we wait and restart
+  // loading a few times with growing pauses before telling the viewer.
+  P._onHlsError = function (data) {
+    var Hls = global.Hls;
+    if (!data.fatal) {
+      this._reportError(data.type, data.details, false, "none");
+      return;
+    }
+    if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+      var now = Date.now();
+      if (now - this.lastMediaRecovery > MEDIA_RECOVERY_INTERVAL_MS) {
+        this.lastMediaRecovery = now;
+        this._reportError(data.type, data.details, true, "recover");
+        this.hls.recoverMediaError();
+      } else {
+        this._reportError(data.type, data.details, true, "shown");
+        this._fail("The video could not be decoded (" + data.details + ").");
+      }
+      return;
+    }
+    if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+      var delays = this.config.networkRetryDelays || NETWORK_RETRY_DELAYS_MS;
+      if (this.networkRetry < delays.length) {
+        var delay = delays[this.networkRetry++];
+        var manifest = /^manifest/i.test(data.details || "");
+        this._reportError(data.type, data.details, true, manifest ? "reload" : "retry");
+        this._flash("Connection problem, retrying…");
+        this._show("spinner");
+        this._clear(this._retryId);
+        this._retryId = this._timeout(function () {
+          if (!this.hls) return;
+          if (manifest) this.hls.loadSource(this.config.masterUrl);
+          else this.hls.startLoad(this.video.currentTime);
+        }, delay);
+      } else {
+        this._reportError(data.type, data.details, true, "shown");
+        this._fail("The video cannot be loaded: the connection to the server failed. Check your network and try again.");
+      }
+      return;
+    }
+    this._reportError(data.type, data.details, true, "shown");
+    this._fail("Playback failed (" + data.details + ").");
+  };
+
+  P._onVideoError = function () {
+    var err = this.video.error;
+    if (!err || this.destroyed) return;
+    if (this.hls && err.code === err.MEDIA_ERR_DECODE) {
+      var now = Date.now();
+      if (now - this.lastMediaRecovery > MEDIA_RECOVERY_INTERVAL_MS) {
+        this.lastMediaRecovery = now;
+        this._reportError("media", "decode", true, "recover");
+        this.hls.recoverMediaError();
+        return;
+      }
+    }
+    if (this.hls) return; // hls.js reports its own errors through _onHlsError
+    this._reportError("media", "code " + err.code, true, "shown");
+    this._fail("The video cannot be played here (media error " + err.code + ").");
+  };
+
+  P._fail = function (message) {
+    this._destroyHls();
+    this._showError(message, true);
+  };
+
+  P.retry = function () {
+    this._hide("error");
+    // a start that failed is measured again from the viewer's retry
+    if (!this.started) this.startupBase = performance.now();
+    this.networkRetry = 0;
+    this.lastMediaRecovery = 0;
+    var at = this.video.currentTime || 0;
+    this._destroyHls();
+    if (this._nativeSource) { this.video.load(); this._autoplay(); return; }
+    this._createHls(at > 0 ? at : -1);
+    this._autoplay();
+  };
+
+  // ---- UI -----------------------------------------------------------------------------------
+  P._show = function (role) { if (this.els[role]) this.els[role].hidden = false; };
+  P._hide = function (role) { if (this.els[role]) this.els[role].hidden = true; };
+
+  P._showError = function (message, canRetry) {
+    this.root.setAttribute("data-state", "error");
+    this._hide("spinner");
+    this._hide("bigplay");
+    this.els["error-text"].textContent = message;
+    this.els.retry.hidden = !canRetry;
+    this._show("error");
+  };
+
+  P._flash = function (text) {
+    var el = this.els.flash;
+    el.textContent = text;
+    el.classList.add("visible");
+    this._clear(this._flashId);
+    this._flashId = this._timeout(function () { el.classList.remove("visible"); }, 1200);
+  };
+
+  P._bindUi = function () {
+    var v = this.video, d = global.document, els = this.els;
+    this._on(els.play, "click", this.togglePlay);
+    this._on(els.bigplay, "click", function () { this.play(); });
+    this._on(els.unmute, "click", function () { this.autoMuted = false; this.setMuted(false); });
+    this._on(els.mute, "click", function () { this.setMuted(!v.muted); });
+    this._on(els.volume, "input", function () { this.setVolume(parseFloat(els.volume.value)); });
+    this._on(els.fullscreen, "click", this.toggleFullscreen);
+    this._on(els.retry, "click", this.retry);
+    this._on(v, "click", this.togglePlay);
+    this._on(v, "dblclick", this.toggleFullscreen);
+
+    this._on(v, "play", this._onPlay);
+    this._on(v, "pause", this._onPause);
+    this._on(v, "playing", this._onPlaying);
+    this._on(v, "waiting", this._onWaiting);
+    this._on(v, "seeking", this._onSeeking);
+    this._on(v, "seeked", this._onSeeked);
+    this._on(v, "timeupdate", this._onTimeUpdate);
+    this._on(v, "progress", this._renderBuffered);
+    this._on(v, "durationchange", this._renderTime);
+    this._on(v, "loadedmetadata", this._renderTime);
+    this._on(v, "volumechange", this._onVolumeChange);
+    this._on(v, "ratechange", this._renderSpeed);
+    this._on(v, "ended", this._onEnded);
+    this._on(v, "error", this._onVideoError);
+    this._on(v, "resize", this._onResize);
+
+    this._bindSeekBar();
+    this._bindMenu(els["speed-button"], els["speed-menu"], this._chooseSpeed);
+    this._bindMenu(els["quality-button"], els["quality-menu"], this._chooseQuality);
+    this._on(d, "keydown", this._onKeyDown);
+    this._on(d, "fullscreenchange", this._renderFullscreen);
+    this._on(d, "visibilitychange", function () { this._sample(); });
+    // Controls fade while playing and come back on pointer movement or keyboard focus.
+    this._on(this.root, "pointermove", this._wake);
+    this._on(this.root, "focusin", this._wake);
+    this._renderFullscreen();
+  };
+
+  P._wake = function () {
+    this.root.classList.add("awake");
+    this._clear(this._idleId);
+    this._idleId = this._timeout(function () {
+      if (!this.video.paused && !this.root.querySelector(".player-menu:not([hidden])")) this.root.classList.remove("awake");
+    }, 2500);
+  };
+
+  P._restorePreferences = function () {
+    var vol = parseFloat(storageGet(STORE_VOLUME));
+    if (isFinite(vol) && vol >= 0 && vol <= 1) this.video.volume = vol;
+    this.video.muted = storageGet(STORE_MUTED) === "1";
+    this._onVolumeChange();
+  };
+
+  // ---- playback controls -------------------------------------------------------------------
+  P.play = function () {
+    this._hide("bigplay");
+    if (this.autoplayRefused) {
+      // startup is measured from the viewer's click when the browser refused to autoplay
+      this.autoplayRefused = false;
+      this.startupBase = performance.now();
+      this.startupAfterClick = true;
+    }
+    var p = this.video.play();
+    if (p && p.catch) p.catch(function () {});
+  };
+
+  P.pause = function () { this.video.pause(); };
+
+  P.togglePlay = function () {
+    if (this.video.paused || this.video.ended) this.play(); else this.pause();
+  };
+
+  P.seek = function (t) {
+    var d = this.video.duration;
+    if (!isFinite(d)) return;
+    t = Math.max(0, Math.min(d - 0.05, t));
+    this.video.currentTime = t;
+    this._renderTime(t);
+  };
+
+  P.setVolume = function (vol) {
+    vol = Math.max(0, Math.min(1, Math.round(vol * 100) / 100));
+    this.video.volume = vol;
+    if (vol > 0 && this.video.muted) this.video.muted = false;
+  };
+
+  P.setMuted = function (muted) {
+    this.video.muted = muted;
+    if (!muted && this.video.volume === 0) this.video.volume = 0.5;
+  };
+
+  P.toggleFullscreen = function () {
+    var d = global.document;
+    if (d.fullscreenElement) { d.exitFullscreen().catch(function () {}); return; }
+    if (this.root.requestFullscreen) this.root.requestFullscreen().catch(function () {});
+    else if (this.video.webkitEnterFullscreen) this.video.webkitEnterFullscreen();
+  };
+
+  P._onKeyDown = function (e) {
+    if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || this.destroyed) return;
+    var t = e.target;
+    var tag = t && t.tagName ? t.tagName.toLowerCase() : "";
+    if (tag === "textarea" || tag === "select" || (t && t.isContentEditable)) return;
+    if (tag === "input" && t !== this.els.volume) return;
+    if (t && t.getAttribute && t.getAttribute("role") && /^menuitem/.test(t.getAttribute("role"))) return;
+    var onButton = tag === "button" || tag === "summary" || tag === "a";
+    var key = e.key;
+    var handled = true;
+    switch (key) {
+      case " ": case "Spacebar":
+        if (onButton) return; // the focused button's own action
+        this.togglePlay(); break;
+      case "k": case "K": this.togglePlay(); break;
+      case "ArrowLeft": if (t === this.els.volume) return; this.seek(this.video.currentTime - SEEK_STEP); this._flash("−5 s"); break;
+      case "ArrowRight": if (t === this.els.volume) return; this.seek(this.video.currentTime + SEEK_STEP); this._flash("+5 s"); break;
+      case "ArrowUp": this.setVolume((this.video.muted ? 0 : this.video.volume) + VOLUME_STEP); this._flash("Volume " + Math.round(this.video.volume * 100) + "%"); break;
+      case "ArrowDown": this.setVolume(this.video.volume - VOLUME_STEP); this._flash(this.video.volume ? "Volume " + Math.round(this.video.volume * 100) + "%" : "Muted"); break;
+      case "f": case "F": this.toggleFullscreen(); break;
+      case "m": case "M": this.setMuted(!this.video.muted); this._flash(this.video.muted ? "Muted" : "Sound on"); break;
+      default: handled = false;
+    }
+    if (handled) { e.preventDefault(); this._wake(); }
+  };
+
+  // ---- seek bar -----------------------------------------------------------------------------
+  P._timeAt = function (clientX) {
+    var rect = this.els.seek.getBoundingClientRect();
+    var frac = Math.max(0, Math.min(1, (clientX - rect.left) / Math.max(1, rect.width)));
+    return { frac: frac, time: frac * (this.video.duration || 0), rect: rect };
+  };
+
+  P._bindSeekBar = function () {
+    var bar = this.els.seek;
+    this._on(bar, "pointerdown", function (e) {
+      if (e.button !== 0 || !isFinite(this.video.duration)) return;
+      this.dragging = true;
+      bar.setPointerCapture(e.pointerId);
+      var at = this._timeAt(e.clientX);
+      this._renderPlayed(at.frac);
+      this._showPreview(at);
+      e.preventDefault();
+    });
+    this._on(bar, "pointermove", function (e) {
+      if (!isFinite(this.video.duration)) return;
+      var at = this._timeAt(e.clientX);
+      this._showPreview(at);
+      if (this.dragging) this._renderPlayed(at.frac);
+    });
+    this._on(bar, "pointerup", function (e) {
+      if (!this.dragging) return;
+      this.dragging = false;
+      this.seek(this._timeAt(e.clientX).time);
+      if (e.pointerType !== "mouse") this._hidePreview();
+    });
+    this._on(bar, "pointercancel", function () { this.dragging = false; this._hidePreview(); });
+    this._on(bar, "pointerleave", function () { if (!this.dragging) this._hidePreview(); });
+    this._on(bar, "keydown", function (e) {
+      var d = this.video.duration;
+      if (!isFinite(d)) return;
+      var t = null;
+      if (e.key === "Home") t = 0;
+      else if (e.key === "End") t = d;
+      else if (e.key === "PageUp") t = this.video.currentTime + d / 10;
+      else if (e.key === "PageDown") t = this.video.currentTime - d / 10;
+      if (t !== null) { this.seek(t); e.preventDefault(); }
+    });
+  };
+
+  P._loadThumbnails = function (url) {
+    if (this._thumbsLoading) return;
+    this._thumbsLoading = true;
+    var self = this;
+    fetch(url).then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (text) {
+        if (self.destroyed) return;
+        self.cues = parseThumbnailVtt(text, new URL(url, global.location.href).href);
+        // warm the first sheet so the first hover shows a picture at once
+        if (self.cues.length) { var img = new Image(); img.src = self.cues[0].url; }
+      })
+      .catch(function () { self._thumbsLoading = false; });
+  };
+
+  P._cueAt = function (t) {
+    var cues = this.cues, lo = 0, hi = cues.length - 1;
+    while (lo <= hi) {
+      var mid = (lo + hi) >> 1;
+      if (t < cues[mid].start) hi = mid - 1;
+      else if (t >= cues[mid].end) lo = mid + 1;
+      else return cues[mid];
+    }
+    return cues.length ? cues[Math.max(0, Math.min(cues.length - 1, lo))] : null;
+  };
+
+  P._showPreview = function (at) {
+    var prev = this.els.preview, img = this.els["preview-image"];
+    var cue = this.cues.length ? this._cueAt(at.time) : null;
+    if (cue) {
+      img.style.width = cue.w + "px";
+      img.style.height = cue.h + "px";
+      img.style.backgroundImage = "url(\"" + cue.url + "\")";
+      img.style.backgroundPosition = (-cue.x) + "px " + (-cue.y) + "px";
+      img.hidden = false;
+    } else {
+      img.hidden = true;
+    }
+    this.els["preview-time"].textContent = formatTime(at.time);
+    prev.hidden = false;
+    var half = (cue ? cue.w : 60) / 2;
+    var x = Math.max(half, Math.min(at.rect.width - half, at.frac * at.rect.width));
+    prev.style.left = x + "px";
+    this.els.hoverbar.style.width = (at.frac * 100) + "%";
+  };
+
+  P._hidePreview = function () {
+    this.els.preview.hidden = true;
+    this.els.hoverbar.style.width = "0";
+  };
+
+  // ---- menus (speed, quality) -------------------------------------------------------------
+  P._bindMenu = function (button, menu, choose) {
+    var self = this;
+    function items() { return Array.prototype.slice.call(menu.querySelectorAll("[role^=menuitem]")); }
+    function open() {
+      self._closeMenus(menu);
+      menu.hidden = false;
+      button.setAttribute("aria-expanded", "true");
+      var all = items();
+      var checked = all.filter(function (i) { return i.getAttribute("aria-checked") === "true"; })[0] || all[0];
+      if (checked) checked.focus();
+    }
+    function close(focusButton) {
+      if (menu.hidden) return;
+      menu.hidden = true;
+      button.setAttribute("aria-expanded", "false");
+      if (focusButton) button.focus();
+    }
+    menu._close = close;
+    this._on(button, "click", function () { if (menu.hidden) open(); else close(false); });
+    this._on(button, "keydown", function (e) {
+      if (e.key === "ArrowDown" || e.key === "ArrowUp") { e.preventDefault(); e.stopPropagation(); open(); }
+    });
+    this._on(menu, "click", function (e) {
+      var item = e.target.closest("[role^=menuitem]");
+      if (!item) return;
+      choose.call(self, item.getAttribute("data-value"));
+      close(true);
+    });
+    this._on(menu, "keydown", function (e) {
+      var all = items(), i = all.indexOf(global.document.activeElement);
+      var k = e.key;
+      if (k === "ArrowDown") all[(i + 1) % all.length].focus();
+      else if (k === "ArrowUp") all[(i - 1 + all.length) % all.length].focus();
+      else if (k === "Home") all[0].focus();
+      else if (k === "End") all[all.length - 1].focus();
+      else if (k === "Escape") close(true);
+      else if (k === "Tab") { close(false); return; }
+      else if (k === "Enter" || k === " ") {
+        if (i >= 0) { choose.call(self, all[i].getAttribute("data-value")); close(true); }
+      } else return;
+      e.preventDefault();
+      e.stopPropagation();
+    });
+    this._on(global.document, "pointerdown", function (e) {
+      if (!menu.hidden && !menu.contains(e.target) && !button.contains(e.target)) close(false);
+    });
+  };
+
+  P._closeMenus = function (except) {
+    var menus = this.root.querySelectorAll(".player-menu");
+    for (var i = 0; i < menus.length; i++) if (menus[i] !== except && menus[i]._close) menus[i]._close(false);
+  };
+
+  P._menuItem = function (value, text, detail, checked) {
+    var li = global.document.createElement("li");
+    li.setAttribute("role", "menuitemradio");
+    li.setAttribute("tabindex", "-1");
+    li.setAttribute("data-value", String(value));
+    li.setAttribute("aria-checked", checked ? "true" : "false");
+    var label = global.document.createElement("span");
+    label.className = "player-menu-label";
+    label.textContent = text;
+    li.appendChild(label);
+    if (detail) {
+      var small = global.document.createElement("span");
+      small.className = "player-menu-detail";
+      small.textContent = detail;
+      li.appendChild(small);
+    }
+    return li;
+  };
+
+  P._buildSpeedMenu = function () {
+    var menu = this.els["speed-menu"];
+    menu.textContent = "";
+    for (var i = 0; i < SPEEDS.length; i++) {
+      var s = SPEEDS[i];
+      menu.appendChild(this._menuItem(s, s === 1 ? "Normal" : s + "×", null, this.video.playbackRate === s));
+    }
+    this._renderSpeed();
+  };
+
+  P._chooseSpeed = function (value) {
+    var s = parseFloat(value);
+    if (SPEEDS.indexOf(s) >= 0) this.video.playbackRate = s;
+  };
+
+  P._renderSpeed = function () {
+    var rate = this.video.playbackRate;
+    var items = this.els["speed-menu"].children;
+    for (var i = 0; i < items.length; i++) {
+      items[i].setAttribute("aria-checked", parseFloat(items[i].getAttribute("data-value")) === rate ? "true" : "false");
+    }
+    this.els["speed-button"].textContent = rate + "×";
+    this.els["speed-button"].setAttribute("aria-label", "Playback speed: " + (rate === 1 ? "normal" : rate + " times"));
+  };
+
+  P._buildQualityMenu = function (levels) {
+    var menu = this.els["quality-menu"];
+    menu.textContent = "";
+    var sorted = levels.slice().sort(function (a, b) { return (b.height - a.height) || (b.bitrate - a.bitrate); });
+    menu.appendChild(this._menuItem(-1, "Auto", null, this.manualLevel < 0));
+    for (var i = 0; i < sorted.length; i++) {
+      var l = sorted[i];
+      menu.appendChild(this._menuItem(l.index, l.label, formatBitrate(l.bitrate), this.manualLevel === l.index));
+    }
+    // the platform's own HLS (no MSE) chooses the quality itself
+    this.els["quality-button"].disabled = !!this._nativeSource || levels.length === 0;
+    this._renderQuality();
+  };
+
+  P._chooseQuality = function (value) {
+    var level = parseInt(value, 10);
+    if (!this.hls || isNaN(level)) return;
+    this.manualLevel = level;
+    if (level < 0) {
+      // Auto: keep what plays now, drop what is buffered beyond it, let the ABR choose again
+      this.hls.nextLevel = -1;
+    } else {
+      this.hls.currentLevel = level; // now: flush and load this rendition at the playhead
+    }
+    this._renderQuality();
+  };
+
+  // The rendition on screen: the picture's own size once a frame is shown (hls.js reports the
+  // level switch a moment before or after the first frame of the new level appears).
+  P._currentLabel = function () {
+    if (this.video.videoHeight) return rungLabel(this.video.videoWidth, this.video.videoHeight);
+    var l = this.levels[this.playingLevel];
+    return l ? l.label : "";
+  };
+
+  P._renderQuality = function () {
+    var playing = this._currentLabel();
+    var text, spoken;
+    if (this.manualLevel >= 0 && this.levels[this.manualLevel]) {
+      text = this.levels[this.manualLevel].label;
+      spoken = "Quality: " + text;
+    } else {
+      text = playing ? "Auto (" + playing + ")" : "Auto";
+      spoken = "Quality: automatic" + (playing ? ", playing " + playing : "");
+    }
+    var btn = this.els["quality-button"];
+    btn.textContent = text;
+    btn.setAttribute("aria-label", spoken);
+    var items = this.els["quality-menu"].children;
+    for (var i = 0; i < items.length; i++) {
+      var v = parseInt(items[i].getAttribute("data-value"), 10);
+      items[i].setAttribute("aria-checked", v === (this.manualLevel >= 0 ? this.manualLevel : -1) ? "true" : "false");
+      if (v === -1) items[i].querySelector(".player-menu-label").textContent = playing ? "Auto (" + playing + ")" : "Auto";
+    }
+  };
+
+  // ---- rendering state ------------------------------------------------------------------------
+  P._renderPlayed = function (frac) {
+    this.els.played.style.width = (frac * 100) + "%";
+    this.els.handle.style.left = (frac * 100) + "%";
+  };
+
+  P._renderTime = function (forced) {
+    var v = this.video;
+    var d = isFinite(v.duration) ? v.duration : 0;
+    var t = typeof forced === "number" ? forced : v.currentTime;
+    if (!this.dragging) this._renderPlayed(d ? t / d : 0);
+    this.els.current.textContent = formatTime(t);
+    this.els.duration.textContent = formatTime(d);
+    var seek = this.els.seek;
+    seek.setAttribute("aria-valuemax", String(Math.floor(d)));
+    seek.setAttribute("aria-valuenow", String(Math.floor(t)));
+    seek.setAttribute("aria-valuetext", spokenTime(t) + " of " + spokenTime(d));
+  };
+
+  P._renderBuffered = function () {
+    var v = this.video, d = v.duration;
+    if (!isFinite(d) || !d) return;
+    var b = v.buffered, end = 0, start = 0;
+    // the buffered range around the playhead is what matters to the viewer
+    for (var i = 0; i < b.length; i++) {
+      if (b.start(i) <= v.currentTime + 0.5 && b.end(i) >= v.currentTime) { start = b.start(i); end = b.end(i); break; }
+    }
+    this.els.buffered.style.left = (start / d * 100) + "%";
+    this.els.buffered.style.width = (Math.max(0, end - start) / d * 100) + "%";
+  };
+
+  P._renderFullscreen = function () {
+    var fs = global.document.fullscreenElement === this.root;
+    this.root.classList.toggle("fullscreen", fs);
+    this.els.fullscreen.setAttribute("aria-label", fs ? "Exit full screen (f)" : "Full screen (f)");
+    this.els.fullscreen.title = fs ? "Exit full screen (f)" : "Full screen (f)";
+  };
+
+  P._onVolumeChange = function () {
+    var v = this.video;
+    var muted = v.muted || v.volume === 0;
+    this.els.volume.value = String(v.muted ? 0 : v.volume);
+    this.els.volume.setAttribute("aria-valuetext", muted ? "muted" : Math.round(v.volume * 100) + "%");
+    this.els.mute.setAttribute("aria-label", muted ? "Unmute (m)" : "Mute (m)");
+    this.els.mute.title = muted ? "Unmute (m)" : "Mute (m)";
+    this.root.classList.toggle("muted", muted);
+    if (!this.autoMuted) {
+      storageSet(STORE_VOLUME, String(v.volume));
+      storageSet(STORE_MUTED, v.muted ? "1" : "0");
+    }
+    if (!v.muted) { this.autoMuted = false; this._hide("unmute"); }
+  };
+
+  P._setPlayingUi = function (playing) {
+    this.root.classList.toggle("playing", playing);
+    this.els.play.setAttribute("aria-label", playing ? "Pause (k)" : "Play (k)");
+    this.els.play.title = playing ? "Pause (k)" : "Play (k)";
+  };
+
+  // ---- media events -----------------------------------------------------------------------
+  P._onPlay = function () {
+    this._setPlayingUi(true);
+    this._hide("bigplay");
+    if (this.analytics && this.started) this.analytics.track("play", this.video.currentTime);
+    this._sample();
+  };
+
+  P._onPause = function () {
+    this._setPlayingUi(false);
+    this.root.classList.add("awake");
+    if (this.analytics && this.started && !this.video.ended) this.analytics.track("pause", this.video.currentTime);
+    this._sample();
+  };
+
+  P._onPlaying = function () {
+    this._hide("spinner");
+    this.root.setAttribute("data-state", "playing");
+    this._reloading = false;
+    this._endStall();
+    if (!this.started) this._firstFrame();
+    this._sample();
+  };
+
+  P._firstFrame = function () {
+    this.started = true;
+    var self = this;
+    var done = false;
+    function record(at) {
+      if (done || self.destroyed) return;
+      done = true;
+      self.startupMs = Math.max(0, at - self.startupBase);
+      self.root.setAttribute("data-startup-ms", String(Math.round(self.startupMs)));
+      if (self.analytics) {
+        self.analytics.track("first_frame", self.video.currentTime, {
+          startup_ms: Math.round(self.startupMs), autoplay: !self.startupAfterClick,
+          rendition: self._currentLabel() || undefined,
+        });
+        self.analytics.track("play", self.video.currentTime);
+      }
+    }
+    if (this.video.requestVideoFrameCallback) {
+      // the moment the first frame is handed to the compositor, not merely "playing"
+      this.video.requestVideoFrameCallback(function (now, meta) { record(meta && meta.expectedDisplayTime || now); });
+      this._timeout(function () { record(performance.now()); }, 1000);
+    } else {
+      record(performance.now());
+    }
+  };
+
+  P._onWaiting = function () {
+    this._show("spinner");
+    if (this.started && !this.video.seeking && !this.stalledAt && !this._reloading) {
+      this.stalledAt = performance.now();
+      if (this.analytics) this.analytics.track("rebuffer_start", this.video.currentTime);
+      this._sample();
+    }
+  };
+
+  P._endStall = function () {
+    if (!this.stalledAt) return;
+    var ms = performance.now() - this.stalledAt;
+    this.stalledAt = 0;
+    if (this.analytics) {
+      this.analytics.addRebuffer(ms);
+      this.analytics.track("rebuffer_end", this.video.currentTime, { duration_ms: Math.round(ms) });
+    }
+  };
+
+  P._onSeeking = function () {
+    this._show("spinner");
+    this._endStall(); // a stall the viewer cut short by seeking ends here
+    if (this.analytics && this.started) {
+      var from = this._lastPosition || 0;
+      this.analytics.track("seek", this.video.currentTime, { from: Math.round(from * 1000) / 1000,
+                                                             to: Math.round(this.video.currentTime * 1000) / 1000 });
+    }
+    this._sample();
+  };
+
+  P._onSeeked = function () {
+    if (!this.video.paused) { /* "playing" hides the spinner once frames flow */ } else this._hide("spinner");
+    this._lastPosition = this.video.currentTime;
+    this._renderTime();
+    this._renderBuffered();
+    this._sample();
+  };
+
+  P._onTimeUpdate = function () {
+    if (!this.video.seeking) this._lastPosition = this.video.currentTime;
+    if (this.stalledAt && !this.video.paused && this.video.readyState >= 3) this._endStall();
+    this._renderTime();
+    this._renderBuffered();
+    this._sample();
+  };
+
+  P._onEnded = function () {
+    this._setPlayingUi(false);
+    if (this.analytics) { this._sample(); this.analytics.track("ended", this.video.currentTime); this.analytics.flush(false); }
+  };
+
+  // Tell the analytics whether this moment counts as watching: playing, visible, not stalled.
+  P._sample = function (label) {
+    if (!this.analytics) return;
+    var v = this.video;
+    var counting = this.started && !v.paused && !v.ended && !v.seeking && !this.stalledAt &&
+      global.document.visibilityState === "visible";
+    this.analytics.sample(v.currentTime, counting, label || this.shownLabel || null);
+  };
+
+  VodPlayer.formatTime = formatTime;
+  VodPlayer.rungLabel = rungLabel;
+  VodPlayer.parseThumbnailVtt = parseThumbnailVtt;
+  global.VodPlayer = VodPlayer;
+})(window);
