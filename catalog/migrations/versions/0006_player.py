@@ -4,13 +4,13 @@ The player may send a batch twice (a beacon on page hide racing a keepalive fetc
 after a timeout); the unique index lets the server drop the copy instead of counting it twice.
 
 Revision ID: 0006_player
-Revises: 0001_initial
+Revises: 0004_uploads
 Create Date: 2026-11-25
 """
 from alembic import op
 
 revision = '0006_player'
-down_revision = '0001_initial'
+down_revision = '0004_uploads'
 branch_labels = None
 depends_on = None
 
