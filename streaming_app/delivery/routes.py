@@ -1,85 +1,187 @@
-"""GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… from storage."""
+"""GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… from storage, the way a CDN origin must.
+
+Run files live under `hls/{id}/{run}/`; a run folder is never rewritten once the catalog points at
+it (a new encode gets a new run), so their URLs are content-addressed and cached for a year. The
+master playlist is the only mutable URL: short max-age, revalidated by ETag.
+
+Local files go out through the server's `wsgi.file_wrapper` (gunicorn: sendfile(), ranges too,
+since the server stops at Content-Length as PEP 3333 requires), never read into Python. S3
+objects are read range by range, only the bytes asked for; with VODFLOW_REDIRECT_SEGMENTS the
+media files answer with a 302 to a presigned URL instead.
+"""
 
 from __future__ import annotations
 
+import itertools
 import re
 
-from flask import Response, request, send_file
+from flask import Response, request
 
-from catalog.db import session_scope
 from catalog.models import VideoStatus
-from catalog.state import VideoNotFound, get_video, published_renditions
 from config import storage
+from config.settings import get_settings
 from streaming_app.delivery import bp
-from streaming_app.delivery.master import render_master
+from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
+from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
 from streaming_app.errors import error_response
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-PART_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+# one path part: no leading dot (so no '.', '..' or hidden files), no slashes or backslashes
+PART_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+MAX_DEPTH = 3  # {rung}/{file}, or {thumbs}/{size}/{file}
+
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
     ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".aac": "audio/aac",
+    ".vtt": "text/vtt; charset=utf-8",
     ".jpg": "image/jpeg",
-    ".vtt": "text/vtt",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
 }
+# large, immutable bytes a presigned URL may serve directly (playlists stay on this origin so
+# their relative URLs keep pointing here)
+REDIRECTABLE = {".ts", ".m4s", ".mp4", ".aac", ".jpg", ".jpeg", ".png", ".webp"}
+
 IMMUTABLE = "public, max-age=31536000, immutable"
+MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
+PRESIGN_SECONDS = 3600
+BLOCK_SIZE = 256 * 1024
 
 
-def _not_found(what: str = "no such file"):
-    return error_response(404, what)
-
-
-@bp.route("/v/<video_id>/master.m3u8", methods=["GET", "HEAD"])
-def master_playlist(video_id: str):
-    if not ID_RE.match(video_id):
-        return _not_found(f"no video with id '{video_id}'")
-    with session_scope() as s:
-        try:
-            video = get_video(s, video_id)
-        except VideoNotFound:
-            return _not_found(f"no video with id '{video_id}'")
-        if video.status == VideoStatus.DELETED:
-            return error_response(410, f"video '{video_id}' was deleted")
-        rends = published_renditions(s, video)
-        if not rends:
-            resp = error_response(404, f"video '{video_id}' has no published rendition yet "
-                                       f"(status {video.status.value}, {video.progress:.0f}%)")
-            resp.headers["Retry-After"] = "5"
-            return resp
-        body = render_master(rends)
-    resp = Response(body, mimetype=CONTENT_TYPES[".m3u8"])
-    resp.headers["Cache-Control"] = "public, max-age=5, must-revalidate"
-    resp.add_etag()
-    return resp.make_conditional(request)
-
-
-def _run_file(video_id: str, run: str, parts: list[str]):
-    if not ID_RE.match(video_id) or not ID_RE.match(run) or not all(PART_RE.match(p) for p in parts):
-        return _not_found()
-    url = storage.url_for("hls", video_id, run, *parts)
-    ext = "." + parts[-1].rsplit(".", 1)[-1] if "." in parts[-1] else ""
-    mimetype = CONTENT_TYPES.get(ext, "application/octet-stream")
-    if storage.is_local(url):
-        path = storage.local_path_of(url)
-        if not path.is_file():
-            return _not_found()
-        resp = send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=31536000)
-    else:
-        try:
-            data = storage.read_bytes(url)
-        except FileNotFoundError:
-            return _not_found()
-        resp = Response(data, mimetype=mimetype)
-        resp.add_etag()
-    resp.headers["Cache-Control"] = IMMUTABLE
+def _error(status: int, message: str, cache: str = "no-store", **extra) -> Response:
+    resp = error_response(status, message, **extra)
+    resp.headers["Cache-Control"] = cache
     return resp
 
 
-@bp.route("/v/<video_id>/<run>/<rung>/index.m3u8", methods=["GET", "HEAD"])
-def variant_playlist(video_id: str, run: str, rung: str):
-    return _run_file(video_id, run, [rung, "index.m3u8"])
+def _no_video(video_id: str) -> Response:
+    return _error(404, f"no video with id '{video_id}'")
 
 
-@bp.route("/v/<video_id>/<run>/<path:path>", methods=["GET", "HEAD"])
+def _gone(video_id: str) -> Response:
+    # deletion is final: let caches keep the answer
+    return _error(410, f"video '{video_id}' was deleted", cache="public, max-age=3600")
+
+
+def _unavailable(view: VideoView) -> Response | None:
+    if not view.exists:
+        return _no_video(view.video_id)
+    if view.deleted:
+        return _gone(view.video_id)
+    return None
+
+
+def _respond(rep: Representation, content_type: str, cache_control: str, body, close=None) -> Response:
+    """The response for a GET/HEAD of `rep`: 200, 206, 304, 412 or 416 with every header a cache
+    needs. `body(start, length)` gives the content iterable; it is only called when bytes are
+    sent. `close()` releases what was opened when they are not."""
+    decision = decide(request.method, request.headers, rep)
+    headers = {
+        "ETag": rep.etag_header,
+        "Last-Modified": rep.last_modified_header,
+        "Cache-Control": cache_control,
+        "Accept-Ranges": "bytes",
+    }
+    sends_body = decision.status in (200, 206) and request.method == "GET" and decision.length > 0
+    if not sends_body and close is not None:
+        close()
+    if decision.status == 304:
+        resp = Response(status=304, headers=headers)
+        del resp.headers["Content-Type"]  # a 304 describes no content (RFC 9110 §15.4.5)
+        return resp
+    if decision.status == 412:
+        resp = _error(412, "a precondition (If-Match / If-Unmodified-Since) failed: the file has changed")
+        resp.headers.update(headers)
+        return resp
+    if decision.status == 416:
+        resp = _error(416, f"the requested range is outside the file's {rep.size} bytes; "
+                           f"ask for bytes=0-{max(rep.size - 1, 0)} or a part of it",
+                      cache=cache_control)
+        resp.headers.update(headers)
+        resp.headers["Content-Range"] = f"bytes */{rep.size}"
+        return resp
+    try:
+        content = body(decision.start, decision.length) if sends_body else ()
+    except FileNotFoundError:  # removed between the size check and the read
+        return _error(404, "no such file")
+    resp = Response(content, status=decision.status, headers=headers, content_type=content_type,
+                    direct_passthrough=True)
+    resp.headers["Content-Length"] = str(decision.length)
+    if decision.status == 206:
+        last = decision.start + decision.length - 1
+        resp.headers["Content-Range"] = f"bytes {decision.start}-{last}/{rep.size}"
+    return resp
+
+
+@bp.route("/v/<video_id>/master.m3u8", methods=["GET", "HEAD"], merge_slashes=False)
+def master_playlist(video_id: str):
+    if not ID_RE.fullmatch(video_id):
+        return _no_video(video_id)
+    view = video_view(video_id)
+    gone = _unavailable(view)
+    if gone is not None:
+        return gone
+    if view.master is None or view.master_rep is None:
+        if view.status in (VideoStatus.UPLOADED, VideoStatus.PROCESSING):
+            resp = _error(404, f"video '{video_id}' has no published rendition yet "
+                               f"(status {view.status.value}, {view.progress:.0f}% done); try again shortly",
+                          status_value=view.status.value, progress=round(view.progress, 1))
+            resp.headers["Retry-After"] = "5"
+            return resp
+        reason = f": {view.error}" if view.error else ""
+        return _error(404, f"video '{video_id}' has no playable rendition "
+                           f"(status {view.status.value if view.status else 'unknown'}){reason}")
+    data = view.master
+    return _respond(view.master_rep, CONTENT_TYPES[".m3u8"], MASTER_CACHE,
+                    lambda start, length: [data[start:start + length]])
+
+
+@bp.route("/v/<video_id>/<run>/<path:path>", methods=["GET", "HEAD"], merge_slashes=False)
 def run_file(video_id: str, run: str, path: str):
-    return _run_file(video_id, run, path.split("/"))
+    parts = path.split("/")
+    name = parts[-1]
+    ext = name[name.rfind("."):].lower() if "." in name else ""
+    if (not ID_RE.fullmatch(video_id) or not ID_RE.fullmatch(run) or len(parts) > MAX_DEPTH
+            or not all(PART_RE.fullmatch(p) for p in parts) or ext not in CONTENT_TYPES):
+        return _error(404, "no such file")
+    view = video_view(video_id)
+    gone = _unavailable(view)
+    if gone is not None:
+        return gone
+    url = storage.url_for("hls", video_id, run, *parts)
+    local = storage.is_local(url)
+    if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
+        resp = Response(status=302, headers={
+            "Location": storage.presigned_url(url, expires=PRESIGN_SECONDS),
+            # well inside the signature's lifetime, so a cached redirect never points at an expired URL
+            "Cache-Control": f"public, max-age={PRESIGN_SECONDS // 6}",
+        })
+        del resp.headers["Content-Type"]
+        return resp
+    try:
+        obj = storage.open_object(url)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        # deleted while being played? Ask the catalog now rather than trust the cached view.
+        gone = _unavailable(video_view(video_id, fresh=True))
+        return gone if gone is not None else _error(404, "no such file")
+    rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}",
+                         epoch_seconds(obj.mtime))
+
+    def body(start: int, length: int):
+        wrapper = request.environ.get("wsgi.file_wrapper")
+        if obj.file is not None and wrapper is not None:
+            # the server sends it with sendfile() and stops at Content-Length (PEP 3333)
+            obj.file.seek(start)
+            return wrapper(obj.file, BLOCK_SIZE)
+        chunks = storage.iter_object(obj, start, length)
+        if local:
+            return chunks
+        # fetch the first range now: an object removed since its HEAD is a 404, not a cut 200
+        first = next(chunks)
+        return itertools.chain([first], chunks)
+
+    return _respond(rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close)
