@@ -43,6 +43,8 @@ def gunicorn_command(settings) -> list[str]:
 
     Keep-alive outlasts the idle timeout of the load balancers and CDNs put in front (60 s at
     AWS ALB and most others), so they never send a request on a connection we just closed.
+    The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
+    and it measured as costly as the whole playlist response; CDNs log at the edge.
     """
     workers = settings.web_workers or max(2, (os.cpu_count() or 1) + 1)
     return [
@@ -51,7 +53,7 @@ def gunicorn_command(settings) -> list[str]:
         "--workers", str(workers),
         "--worker-class", "gthread", "--threads", "32", "--worker-connections", "2000",
         "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
-        "--access-logfile", "-",
+        *(["--access-logfile", "-"] if settings.web_access_log else []),
         "streaming_app.wsgi:app",
     ]
 

@@ -43,9 +43,21 @@ _expose_headers: list[str] = [
 ]
 
 
+_joined: dict[str, str] = {}
+
+
 def _add(target: list[str], names: tuple[str, ...]) -> None:
     known = {n.lower() for n in target}
     target.extend(n for n in names if n.lower() not in known)
+    _joined.clear()
+
+
+def _header_value(name: str, values: list[str]) -> str:
+    # joined once, not on every media request
+    value = _joined.get(name)
+    if value is None:
+        value = _joined[name] = ", ".join(values)
+    return value
 
 
 def expose_headers(*names: str) -> None:
@@ -80,11 +92,11 @@ class CorsPolicy:
         h = resp.headers
         h["Access-Control-Allow-Origin"] = allowed
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            h["Access-Control-Allow-Methods"] = ", ".join(METHODS)
-            h["Access-Control-Allow-Headers"] = ", ".join(_allow_headers)
+            h["Access-Control-Allow-Methods"] = _header_value("methods", METHODS)
+            h["Access-Control-Allow-Headers"] = _header_value("allow", _allow_headers)
             h["Access-Control-Max-Age"] = str(MAX_AGE)
         else:
-            h["Access-Control-Expose-Headers"] = ", ".join(_expose_headers)
+            h["Access-Control-Expose-Headers"] = _header_value("expose", _expose_headers)
         return resp
 
 
