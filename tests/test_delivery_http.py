@@ -448,3 +448,40 @@ def test_cors_listed_origins(cors_client):
     denied = client.options(video.path(*SEG), headers={"Origin": "https://evil.example",
                                                        "Access-Control-Request-Method": "GET"})
     assert "Access-Control-Allow-Origin" not in denied.headers
+
+
+# ---------------------------------------------------------------- zero-copy contract with the server
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_local_files_are_handed_to_the_servers_file_wrapper(client, video):
+    """PEP 3333: a server that offers wsgi.file_wrapper (gunicorn: sendfile()) gets the open file,
+    positioned at the range start, with Content-Length saying where to stop; Python never reads
+    the bytes."""
+    from werkzeug.test import EnvironBuilder
+
+    from streaming_app.app import create_app
+
+    class ServerFileWrapper:
+        def __init__(self, filelike, block_size=8192):
+            self.filelike = filelike
+
+        def __iter__(self):
+            raise AssertionError("the server sends the file itself; nobody iterates it")
+
+        def close(self):
+            self.filelike.close()
+
+    app = create_app()
+    size = video.local_file(*SEG).stat().st_size
+    for headers, start, length in (({}, 0, size), ({"Range": "bytes=1000-1999"}, 1000, 1000),
+                                   ({"Range": "bytes=-10"}, size - 10, 10)):
+        environ = EnvironBuilder(path=video.path(*SEG), headers=headers).get_environ()
+        environ["wsgi.file_wrapper"] = ServerFileWrapper
+        seen = {}
+        body = app(environ, lambda status, hdrs, exc=None: seen.update(status=status, headers=dict(hdrs)))
+        assert isinstance(body, ServerFileWrapper)
+        f = body.filelike
+        assert f.fileno() >= 0 and f.tell() == start
+        assert int(seen["headers"]["Content-Length"]) == length
+        assert f.read(length) == video.local_file(*SEG).read_bytes()[start:start + length]
+        body.close()
