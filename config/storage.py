@@ -270,22 +270,28 @@ def open_object(url: str) -> StoredObject:
     """Size and validators of a stored file; raises FileNotFoundError for anything but a file.
 
     Local files are opened and fstat()ed (no fsspec on this hot path: one syscall each); remote
-    objects cost one HEAD request and are read later, range by range, with `iter_object`."""
-    if is_local(url):
-        f = open(local_path_of(url), "rb")  # noqa: SIM115 - handed to the caller, closed by it
-        try:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise FileNotFoundError(url)
-        except BaseException:
-            f.close()
-            raise
-        # the same validator nginx derives (mtime and size), so both agree on an unchanged file
-        return StoredObject(url, st.st_size, st.st_mtime, f"{st.st_mtime_ns:x}-{st.st_size:x}", f)
-    i = info(url)
-    if i["type"] != "file":
-        raise FileNotFoundError(url)
-    return StoredObject(url, i["size"], i["mtime"], i["etag"])
+    objects cost one HEAD request and are read later, range by range, with `iter_object`.
+    Any other failure (storage unreachable, access refused) is a StorageError."""
+    try:
+        if is_local(url):
+            f = open(local_path_of(url), "rb")  # noqa: SIM115 - handed to the caller, closed by it
+            try:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise FileNotFoundError(url)
+            except BaseException:
+                f.close()
+                raise
+            # the same validator nginx derives (mtime and size), so both agree on an unchanged file
+            return StoredObject(url, st.st_size, st.st_mtime, f"{st.st_mtime_ns:x}-{st.st_size:x}", f)
+        i = info(url)
+        if i["type"] != "file":
+            raise FileNotFoundError(url)
+        return StoredObject(url, i["size"], i["mtime"], i["etag"])
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(url) from None
+    except Exception as exc:  # noqa: BLE001 - every backend has its own error classes
+        raise StorageError(f"cannot read {url}: {exc}") from exc
 
 
 def iter_object(obj: StoredObject, start: int, length: int, chunk_size: int = 4 * 1024 * 1024) -> Iterator[bytes]:
@@ -308,7 +314,12 @@ def iter_object(obj: StoredObject, start: int, length: int, chunk_size: int = 4 
         return
     pos = start
     while pos < end:
-        data = read_bytes(obj.url, pos, min(pos + chunk_size, end))
+        try:
+            data = read_bytes(obj.url, pos, min(pos + chunk_size, end))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(f"cannot read {obj.url}: {exc}") from exc
         if not data:
             raise StorageError(f"{obj.url} is shorter than {end} bytes")
         pos += len(data)

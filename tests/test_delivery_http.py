@@ -485,3 +485,19 @@ def test_local_files_are_handed_to_the_servers_file_wrapper(client, video):
         assert int(seen["headers"]["Content-Length"]) == length
         assert f.read(length) == video.local_file(*SEG).read_bytes()[start:start + length]
         body.close()
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_unreadable_storage_is_503_not_a_cached_404(client, video):
+    """A file the store cannot read (here a symlink loop: ELOOP, not 'no such file') must not
+    become a 404 a CDN would keep: 503 with Retry-After, and the next good file still serves."""
+    import os
+
+    from config import storage
+
+    broken = storage.local_path_of(storage.url_for("hls", video.video_id, video.run, "360p", "seg_00007.ts"))
+    os.symlink(broken.name, broken)
+    r = client.get(video.path("360p", "seg_00007.ts"))
+    assert r.status_code == 503 and r.is_json
+    assert int(r.headers["Retry-After"]) > 0 and r.headers["Cache-Control"] == "no-store"
+    assert client.get(video.path(*SEG)).status_code == 200

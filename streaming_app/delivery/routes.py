@@ -13,9 +13,11 @@ media files answer with a 302 to a presigned URL instead.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 
 from flask import Response, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from catalog.models import VideoStatus
 from config import storage
@@ -25,7 +27,9 @@ from streaming_app.delivery.conditional import Representation, decide, epoch_sec
 from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
 from streaming_app.errors import error_response
 
-ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
+log = logging.getLogger(__name__)
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # Video.id
 # one path part: no leading dot (so no '.', '..' or hidden files), no slashes or backslashes
 PART_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 MAX_DEPTH = 3  # {rung}/{file}, or {thumbs}/{size}/{file}
@@ -65,6 +69,22 @@ def _no_video(video_id: str) -> Response:
 def _gone(video_id: str) -> Response:
     # deletion is final: let caches keep the answer
     return _error(410, f"video '{video_id}' was deleted", cache="public, max-age=3600")
+
+
+def _storage_unavailable(exc: Exception) -> Response:
+    # a CDN retries a 503 (or serves stale) where it would cache a 404
+    log.warning("storage read failed: %s", exc)
+    resp = _error(503, "the media store could not be read; try again shortly")
+    resp.headers["Retry-After"] = "2"
+    return resp
+
+
+@bp.errorhandler(SQLAlchemyError)
+def _catalog_unavailable(exc: SQLAlchemyError):
+    log.warning("catalog read failed: %s", exc)
+    resp = _error(503, "the catalog could not be read; try again shortly")
+    resp.headers["Retry-After"] = "2"
+    return resp
 
 
 def _unavailable(view: VideoView) -> Response | None:
@@ -108,6 +128,8 @@ def _respond(rep: Representation, content_type: str, cache_control: str, body, c
         content = body(decision.start, decision.length) if sends_body else ()
     except FileNotFoundError:  # removed between the size check and the read
         return _error(404, "no such file")
+    except storage.StorageError as exc:
+        return _storage_unavailable(exc)
     resp = Response(content, status=decision.status, headers=headers, content_type=content_type,
                     direct_passthrough=True)
     resp.headers["Content-Length"] = str(decision.length)
@@ -145,7 +167,7 @@ def run_file(video_id: str, run: str, path: str):
     parts = path.split("/")
     name = parts[-1]
     ext = name[name.rfind("."):].lower() if "." in name else ""
-    if (not ID_RE.fullmatch(video_id) or not ID_RE.fullmatch(run) or len(parts) > MAX_DEPTH
+    if (not ID_RE.fullmatch(video_id) or not PART_RE.fullmatch(run) or len(parts) > MAX_DEPTH
             or not all(PART_RE.fullmatch(p) for p in parts) or ext not in CONTENT_TYPES):
         return _error(404, "no such file")
     view = video_view(video_id)
@@ -164,10 +186,12 @@ def run_file(video_id: str, run: str, path: str):
         return resp
     try:
         obj = storage.open_object(url)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    except FileNotFoundError:
         # deleted while being played? Ask the catalog now rather than trust the cached view.
         gone = _unavailable(video_view(video_id, fresh=True))
         return gone if gone is not None else _error(404, "no such file")
+    except storage.StorageError as exc:
+        return _storage_unavailable(exc)
     rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}",
                          epoch_seconds(obj.mtime))
 
