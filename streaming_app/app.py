@@ -42,8 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(pages_bp)
 
     from streaming_app.cors import init_cors
+    from streaming_app.delivery import fastpath
 
-    init_cors(app, settings)
+    cors = init_cors(app, settings)
+    fastpath.install(app, cors)  # media answers skip Flask's request cycle (CPU per request)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -83,20 +83,28 @@ class CorsPolicy:
             return origin
         return None
 
-    def apply(self, resp: Response) -> Response:
-        if not self.any:
-            resp.vary.add("Origin")
-        allowed = self.allowed_origin(request.headers.get("Origin"))
+    def headers_for(self, origin: str | None, preflight: bool) -> list[tuple[str, str]]:
+        """The CORS response headers for a request from `origin` (Vary included)."""
+        out = [] if self.any else [("Vary", "Origin")]
+        allowed = self.allowed_origin(origin)
         if allowed is None:
-            return resp
-        h = resp.headers
-        h["Access-Control-Allow-Origin"] = allowed
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            h["Access-Control-Allow-Methods"] = _header_value("methods", METHODS)
-            h["Access-Control-Allow-Headers"] = _header_value("allow", _allow_headers)
-            h["Access-Control-Max-Age"] = str(MAX_AGE)
+            return out
+        out.append(("Access-Control-Allow-Origin", allowed))
+        if preflight:
+            out += [("Access-Control-Allow-Methods", _header_value("methods", METHODS)),
+                    ("Access-Control-Allow-Headers", _header_value("allow", _allow_headers)),
+                    ("Access-Control-Max-Age", str(MAX_AGE))]
         else:
-            h["Access-Control-Expose-Headers"] = _header_value("expose", _expose_headers)
+            out.append(("Access-Control-Expose-Headers", _header_value("expose", _expose_headers)))
+        return out
+
+    def apply(self, resp: Response) -> Response:
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        for name, value in self.headers_for(request.headers.get("Origin"), preflight):
+            if name == "Vary":
+                resp.vary.add(value)
+            else:
+                resp.headers[name] = value
         return resp
 
 

@@ -1,211 +1,48 @@
-"""GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… from storage, the way a CDN origin must.
+"""GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… — the Flask side of delivery.
 
-Run files live under `hls/{id}/{run}/`; a run folder is never rewritten once the catalog points at
-it (a new encode gets a new run), so their URLs are content-addressed and cached for a year. The
-master playlist is the only mutable URL: short max-age, revalidated by ETag.
-
-Local files go out through the server's `wsgi.file_wrapper` (gunicorn: sendfile(), ranges too,
-since the server stops at Content-Length as PEP 3333 requires), never read into Python. S3
-objects are read range by range, only the bytes asked for; with VODFLOW_REDIRECT_SEGMENTS the
-media files answer with a 302 to a presigned URL instead.
+The decisions live in serve.py. Successful answers usually leave through the fast path
+(fastpath.py) before reaching these views; the views answer everything else, refusals as JSON.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 
-from flask import Response, request
+from flask import Response
+from flask import request as flask_request
 from sqlalchemy.exc import SQLAlchemyError
 
-from catalog.models import VideoStatus
-from config import storage
-from config.settings import get_settings
-from streaming_app.delivery import bp
-from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
-from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
+from streaming_app.delivery import bp, serve
 from streaming_app.errors import error_response
 
 log = logging.getLogger(__name__)
 
-ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # Video.id
-# one path part: no leading dot (so no '.', '..' or hidden files), no slashes or backslashes
-PART_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-MAX_DEPTH = 3  # {rung}/{file}, or {thumbs}/{size}/{file}
 
-CONTENT_TYPES = {
-    ".m3u8": "application/vnd.apple.mpegurl",
-    ".ts": "video/mp2t",
-    ".m4s": "video/iso.segment",
-    ".mp4": "video/mp4",
-    ".aac": "audio/aac",
-    ".vtt": "text/vtt; charset=utf-8",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-}
-# large, immutable bytes a presigned URL may serve directly (playlists stay on this origin so
-# their relative URLs keep pointing here)
-REDIRECTABLE = {".ts", ".m4s", ".mp4", ".aac", ".jpg", ".jpeg", ".png", ".webp"}
-
-IMMUTABLE = "public, max-age=31536000, immutable"
-MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
-PRESIGN_SECONDS = 3600
-BLOCK_SIZE = 256 * 1024
-
-
-def _error(status: int, message: str, cache: str = "no-store", **extra) -> Response:
-    resp = error_response(status, message, **extra)
-    resp.headers["Cache-Control"] = cache
-    return resp
-
-
-def _no_video(video_id: str) -> Response:
-    return _error(404, f"no video with id '{video_id}'")
-
-
-def _gone(video_id: str) -> Response:
-    # deletion is final: let caches keep the answer
-    return _error(410, f"video '{video_id}' was deleted", cache="public, max-age=3600")
-
-
-def _storage_unavailable(exc: Exception) -> Response:
-    # a CDN retries a 503 (or serves stale) where it would cache a 404
-    log.warning("storage read failed: %s", exc)
-    resp = _error(503, "the media store could not be read; try again shortly")
-    resp.headers["Retry-After"] = "2"
-    return resp
-
-
-@bp.errorhandler(SQLAlchemyError)
-def _catalog_unavailable(exc: SQLAlchemyError):
-    log.warning("catalog read failed: %s", exc)
-    resp = _error(503, "the catalog could not be read; try again shortly")
-    resp.headers["Retry-After"] = "2"
-    return resp
-
-
-def _unavailable(view: VideoView) -> Response | None:
-    if not view.exists:
-        return _no_video(view.video_id)
-    if view.deleted:
-        return _gone(view.video_id)
-    return None
-
-
-def _respond(rep: Representation, content_type: str, cache_control: str, body, close=None) -> Response:
-    """The response for a GET/HEAD of `rep`: 200, 206, 304, 412 or 416 with every header a cache
-    needs. `body(start, length)` gives the content iterable; it is only called when bytes are
-    sent. `close()` releases what was opened when they are not."""
-    decision = decide(request.method, request.headers, rep)
-    headers = {
-        "ETag": rep.etag_header,
-        "Last-Modified": rep.last_modified_header,
-        "Cache-Control": cache_control,
-        "Accept-Ranges": "bytes",
-    }
-    sends_body = decision.status in (200, 206) and request.method == "GET" and decision.length > 0
-    if not sends_body and close is not None:
-        close()
-    if decision.status == 304:
-        resp = Response(status=304, headers=headers)
-        del resp.headers["Content-Type"]  # a 304 describes no content (RFC 9110 §15.4.5)
+def to_response(out: serve.Outcome) -> Response:
+    if out.refused:
+        resp = error_response(out.status, out.message, **out.extra)
+        resp.headers.update(out.headers)
         return resp
-    if decision.status == 412:
-        resp = _error(412, "a precondition (If-Match / If-Unmodified-Since) failed: the file has changed")
-        resp.headers.update(headers)
-        return resp
-    if decision.status == 416:
-        resp = _error(416, f"the requested range is outside the file's {rep.size} bytes; "
-                           f"ask for bytes=0-{max(rep.size - 1, 0)} or a part of it",
-                      cache=cache_control)
-        resp.headers.update(headers)
-        resp.headers["Content-Range"] = f"bytes */{rep.size}"
-        return resp
-    try:
-        content = body(decision.start, decision.length) if sends_body else ()
-    except FileNotFoundError:  # removed between the size check and the read
-        return _error(404, "no such file")
-    except storage.StorageError as exc:
-        return _storage_unavailable(exc)
-    resp = Response(content, status=decision.status, headers=headers, content_type=content_type,
-                    direct_passthrough=True)
-    resp.headers["Content-Length"] = str(decision.length)
-    if decision.status == 206:
-        last = decision.start + decision.length - 1
-        resp.headers["Content-Range"] = f"bytes {decision.start}-{last}/{rep.size}"
+    resp = Response(out.body, status=out.status, headers=out.headers, direct_passthrough=True)
+    if not any(name == "Content-Type" for name, _ in out.headers):
+        del resp.headers["Content-Type"]  # 304 and 302 describe no content
     return resp
 
 
 @bp.route("/v/<video_id>/master.m3u8", methods=["GET", "HEAD"], merge_slashes=False)
 def master_playlist(video_id: str):
-    if not ID_RE.fullmatch(video_id):
-        return _no_video(video_id)
-    view = video_view(video_id)
-    gone = _unavailable(view)
-    if gone is not None:
-        return gone
-    if view.master is None or view.master_rep is None:
-        if view.status in (VideoStatus.UPLOADED, VideoStatus.PROCESSING):
-            resp = _error(404, f"video '{video_id}' has no published rendition yet "
-                               f"(status {view.status.value}, {view.progress:.0f}% done); try again shortly",
-                          status_value=view.status.value, progress=round(view.progress, 1))
-            resp.headers["Retry-After"] = "5"
-            return resp
-        reason = f": {view.error}" if view.error else ""
-        return _error(404, f"video '{video_id}' has no playable rendition "
-                           f"(status {view.status.value if view.status else 'unknown'}){reason}")
-    data = view.master
-    return _respond(view.master_rep, CONTENT_TYPES[".m3u8"], MASTER_CACHE,
-                    lambda start, length: [data[start:start + length]])
+    return to_response(serve.master_playlist(flask_request.environ, video_id))
 
 
 @bp.route("/v/<video_id>/<run>/<path:path>", methods=["GET", "HEAD"], merge_slashes=False)
 def run_file(video_id: str, run: str, path: str):
-    parts = path.split("/")
-    name = parts[-1]
-    ext = name[name.rfind("."):].lower() if "." in name else ""
-    if (not ID_RE.fullmatch(video_id) or not PART_RE.fullmatch(run) or len(parts) > MAX_DEPTH
-            or not all(PART_RE.fullmatch(p) for p in parts) or ext not in CONTENT_TYPES):
-        return _error(404, "no such file")
-    view = video_view(video_id)
-    gone = _unavailable(view)
-    if gone is not None:
-        return gone
-    url = storage.url_for("hls", video_id, run, *parts)
-    local = storage.is_local(url)
-    if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
-        resp = Response(status=302, headers={
-            "Location": storage.presigned_url(url, expires=PRESIGN_SECONDS),
-            # well inside the signature's lifetime, so a cached redirect never points at an expired URL
-            "Cache-Control": f"public, max-age={PRESIGN_SECONDS // 6}",
-        })
-        del resp.headers["Content-Type"]
-        return resp
-    try:
-        obj = storage.open_object(url)
-    except FileNotFoundError:
-        # deleted while being played? Ask the catalog now rather than trust the cached view.
-        gone = _unavailable(video_view(video_id, fresh=True))
-        return gone if gone is not None else _error(404, "no such file")
-    except storage.StorageError as exc:
-        return _storage_unavailable(exc)
-    rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}",
-                         epoch_seconds(obj.mtime))
+    return to_response(serve.run_file(flask_request.environ, video_id, run, path.split("/")))
 
-    def body(start: int, length: int):
-        wrapper = request.environ.get("wsgi.file_wrapper")
-        if obj.file is not None and wrapper is not None:
-            # the server sends it with sendfile() and stops at Content-Length (PEP 3333)
-            obj.file.seek(start)
-            return wrapper(obj.file, BLOCK_SIZE)
-        chunks = storage.iter_object(obj, start, length)
-        if local:
-            return chunks
-        # fetch the first range now: an object removed since its HEAD is a 404, not a cut 200
-        first = next(chunks)
-        return itertools.chain([first], chunks)
 
-    return _respond(rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close)
+@bp.errorhandler(SQLAlchemyError)
+def _catalog_unavailable(exc: SQLAlchemyError):
+    log.warning("catalog read failed: %s", exc)
+    resp = error_response(503, "the catalog could not be read; try again shortly")
+    resp.headers["Retry-After"] = "2"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
