@@ -1,7 +1,7 @@
 """`vodflow bench delivery`: HLS delivery by the app under gunicorn against nginx, same files.
 
 Both servers serve one storage folder at the same URLs: the app as `vodflow web` runs it
-(gunicorn_command), nginx with bench/nginx-delivery.conf (sendfile on, access log on, like the
+(`vodflow web`), nginx with bench/nginx-delivery.conf (sendfile on, access log on, like the
 app). wrk drives each at the same concurrency with the same URL list:
   - segments: 1 MiB .ts files (32 of them, round-robin), what players pull all day;
   - master:   /v/{id}/master.m3u8, which the app builds from the catalog (nginx: a static copy).
@@ -125,13 +125,13 @@ def prepare(data_dir: Path) -> dict:
 
 @contextmanager
 def app_server(run_dir: Path, workers: int):
-    from config.settings import load_settings
-    from deployments.cli import gunicorn_command
-
+    """`vodflow web` itself; it execs gunicorn, so the process is gunicorn's master."""
     port = free_port()
-    cmd = gunicorn_command(load_settings(web_host="127.0.0.1", web_port=port, web_workers=workers))
+    env = {**os.environ, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
+           "VODFLOW_WEB_WORKERS": str(workers)}
     log = open(run_dir / "gunicorn.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "web"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", proc)

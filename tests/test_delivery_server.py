@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import os
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,15 +30,13 @@ class Server:
 
 @contextmanager
 def vodflow_web(env: dict, log_path):
-    """`vodflow web`'s gunicorn command line on a free port."""
-    from config.settings import load_settings
-    from deployments.cli import gunicorn_command
-
+    """`vodflow web` itself (migrate, then exec gunicorn) on a free port."""
     port = free_port()
-    cmd = gunicorn_command(load_settings(web_host="127.0.0.1", web_port=port, web_workers=2))
+    env = {**os.environ, **env, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
+           "VODFLOW_WEB_WORKERS": "2"}
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "web"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", 60, proc)
