@@ -121,8 +121,7 @@ def publish_video(ladder: Ladder, *, video_id: str | None = None, run: str | Non
     """Copy the ladder into storage as run `run` of a new video and add its catalog rows.
     `rungs` limits which renditions are READY (the others are PENDING): a video mid-transcode."""
     from catalog.db import session_scope
-    from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
-    from catalog.state import now
+    from catalog.models import RenditionStatus, Video, VideoStatus
     from config import storage
 
     video_id = video_id or secrets.token_hex(6)

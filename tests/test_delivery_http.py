@@ -256,8 +256,8 @@ def test_traversal_attempts_never_leave_the_video_folder(client, video, hls_ladd
         f"{base}/360p/.hidden.ts",
         f"{base}/360p/seg_00000.ts.bak",
         f"{base}/a/b/c/d/seg_00000.ts",
-        f"/v/..%2f..%2f..%2fetc/master.m3u8",
-        f"/v/%2e%2e/master.m3u8",
+        "/v/..%2f..%2f..%2fetc/master.m3u8",
+        "/v/%2e%2e/master.m3u8",
         "/v/" + "a" * 40 + "/master.m3u8",
         f"/v/{video.video_id}%00/master.m3u8",
     ]
