@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     web_host: str = "0.0.0.0"
     web_port: int = Field(8000, ge=1, le=65535)
     web_workers: int = Field(0, ge=0, description="gunicorn workers; 0 = sized to the machine")
+    web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
+                                                    "CPU of a playlist request; CDNs log at the edge)")
     public_url: str = Field("", description="base URL users reach the web app at (for printed links)")
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     cors_origins: str = "*"

@@ -31,14 +31,29 @@ def _settings():
 
 
 def gunicorn_command(settings) -> list[str]:
+    """gunicorn as `vodflow web` runs it.
+
+    Worker class gthread: each worker process keeps its keep-alive connections in a poller and
+    lends a thread to a connection only while a request is answered, so thousands of players
+    idling between segments cost no threads. A thread blocked in sendfile() (a slow player) or
+    waiting on S3 releases the GIL; local segments leave through sendfile() from the server's
+    wsgi.file_wrapper, never through Python. gevent was considered: its sockets make gunicorn
+    copy files through Python instead of sendfile(), and its monkey-patching fights s3fs's
+    asyncio thread. One process per core (+1) uses every core despite the GIL.
+
+    Keep-alive outlasts the idle timeout of the load balancers and CDNs put in front (60 s at
+    AWS ALB and most others), so they never send a request on a connection we just closed.
+    The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
+    and it measured as costly as the whole playlist response; CDNs log at the edge.
+    """
     workers = settings.web_workers or max(2, (os.cpu_count() or 1) + 1)
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.web_host}:{settings.web_port}",
         "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", "16",
-        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "5",
-        "--access-logfile", "-",
+        "--worker-class", "gthread", "--threads", "32", "--worker-connections", "2000",
+        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
+        *(["--access-logfile", "-"] if settings.web_access_log else []),
         "streaming_app.wsgi:app",
     ]
 

@@ -41,6 +41,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(delivery_bp)
     app.register_blueprint(pages_bp)
 
+    from streaming_app.cors import init_cors
+    from streaming_app.delivery import fastpath
+
+    cors = init_cors(app, settings)
+    fastpath.install(app, cors)  # media answers skip Flask's request cycle (CPU per request)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         # JSON for API and media routes; pages keep Flask's HTML

@@ -1,14 +1,37 @@
-"""The master playlist, built from the renditions the catalog says are published."""
+"""The master playlist, built from the renditions the catalog says are published, and the
+catalog view delivery needs per request, cached briefly in the process.
+
+Every player asks for the master playlist first, so it is the one delivery response that needs
+the catalog. The rendered playlist (and the video's state, which segment requests check too) is
+kept for `VIEW_TTL` seconds per video in each worker: the catalog is read at most once a second
+per video and worker however many players arrive, and a change (a rendition published, the video
+deleted) shows within that second. The master's own `max-age` already allows clients and CDNs
+a few seconds of staleness, so the bound a viewer sees is VIEW_TTL + MASTER_MAX_AGE.
+"""
 
 from __future__ import annotations
 
-from catalog.models import Rendition
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+from catalog.db import session_scope
+from catalog.models import Rendition, VideoStatus
+from catalog.state import VideoNotFound, get_video, published_renditions
+from streaming_app.delivery.conditional import Representation, epoch_seconds
+
+VIEW_TTL = 1.0
+MASTER_MAX_AGE = 5
+_MAX_ENTRIES = 10_000
 
 
 def render_master(renditions: list[Rendition]) -> str:
+    """RFC 8216 master playlist: one EXT-X-STREAM-INF per rendition, lowest bandwidth first
+    (players start with the first variant listed)."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    for r in sorted(renditions, key=lambda r: (r.bandwidth or 0, r.height)):
-        attrs = [f"BANDWIDTH={int(r.bandwidth or 0)}"]
+    for r in sorted(renditions, key=lambda r: (r.bandwidth or r.average_bandwidth or 0, r.height, r.name)):
+        attrs = [f"BANDWIDTH={int(r.bandwidth or r.average_bandwidth or 0)}"]
         if r.average_bandwidth:
             attrs.append(f"AVERAGE-BANDWIDTH={int(r.average_bandwidth)}")
         if r.codecs:
@@ -16,7 +39,80 @@ def render_master(renditions: list[Rendition]) -> str:
         attrs.append(f"RESOLUTION={r.width}x{r.height}")
         if r.frame_rate:
             attrs.append(f"FRAME-RATE={r.frame_rate:.3f}")
+        # not in RFC 8216's list for STREAM-INF, but players (hls.js level.name) show it
         attrs.append(f'NAME="{r.name}"')
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
         lines.append(f"{r.run}/{r.name}/index.m3u8")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class VideoView:
+    """What delivery needs to know about one video, as of `loaded_at`."""
+
+    video_id: str
+    exists: bool
+    status: VideoStatus | None = None
+    progress: float = 0.0
+    error: str | None = None
+    master: bytes | None = None  # None while no rendition is published
+    master_rep: Representation | None = None
+    loaded_at: float = 0.0
+
+    @property
+    def deleted(self) -> bool:
+        return self.status == VideoStatus.DELETED
+
+
+_views: dict[str, VideoView] = {}
+_lock = threading.Lock()
+
+
+def _load(video_id: str) -> VideoView:
+    now = time.monotonic()
+    with session_scope() as s:
+        try:
+            video = get_video(s, video_id)
+        except VideoNotFound:
+            return VideoView(video_id, exists=False, loaded_at=now)
+        status = VideoStatus(video.status)
+        base = dict(video_id=video_id, exists=True, status=status, progress=float(video.progress or 0),
+                    error=video.error, loaded_at=now)
+        if status == VideoStatus.DELETED:
+            return VideoView(**base)
+        rends = published_renditions(s, video)
+        if not rends:
+            return VideoView(**base)
+        body = render_master(rends).encode("utf-8")
+        # the latest change to the video row or to a listed rendition, so Last-Modified only
+        # moves forward when the list changes (a new run, a rendition published)
+        changed = max([epoch_seconds(video.updated_at)]
+                      + [epoch_seconds(r.published_at or r.created_at) for r in rends])
+    rep = Representation(size=len(body), etag=hashlib.sha1(body).hexdigest()[:32], last_modified=changed)
+    return VideoView(**base, master=body, master_rep=rep)
+
+
+def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
+    """The cached view of a video, reloaded from the catalog when older than VIEW_TTL."""
+    view = _views.get(video_id)
+    if view is not None and not fresh and time.monotonic() - view.loaded_at < VIEW_TTL:
+        return view
+    view = _load(video_id)
+    with _lock:
+        if len(_views) >= _MAX_ENTRIES:
+            cutoff = time.monotonic() - VIEW_TTL
+            for key in [k for k, v in _views.items() if v.loaded_at < cutoff]:
+                del _views[key]
+            if len(_views) >= _MAX_ENTRIES:
+                _views.clear()
+        _views[video_id] = view
+    return view
+
+
+def forget(video_id: str | None = None) -> None:
+    """Drop cached views (one video, or all): the next request reads the catalog."""
+    with _lock:
+        if video_id is None:
+            _views.clear()
+        else:
+            _views.pop(video_id, None)

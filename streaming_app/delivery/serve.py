@@ -1,0 +1,223 @@
+"""What to answer for a delivery URL, decided from the WSGI environ alone.
+
+Run files live under `hls/{id}/{run}/`; a run folder is never rewritten once the catalog points at
+it (a new encode gets a new run), so their URLs are content-addressed and cached for a year. The
+master playlist is the only mutable URL: short max-age, revalidated by ETag.
+
+Local files go out through the server's `wsgi.file_wrapper` (gunicorn: sendfile(), ranges too,
+since the server stops at Content-Length as PEP 3333 requires), never read into Python. S3
+objects are read range by range, only the bytes asked for; with VODFLOW_REDIRECT_SEGMENTS the
+media files answer with a 302 to a presigned URL instead.
+
+The functions here return an `Outcome` instead of a Flask response so that the same decision
+serves both the Flask views (routes.py, which turn refusals into JSON errors) and the fast path
+(fastpath.py), which sends successful answers without Flask's request cycle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from catalog.models import VideoStatus
+from config import storage
+from config.settings import get_settings
+from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
+from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
+
+log = logging.getLogger(__name__)
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # Video.id
+# one path part: no leading dot (so no '.', '..' or hidden files), no slashes or backslashes
+PART_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+MAX_DEPTH = 3  # {rung}/{file}, or {thumbs}/{size}/{file}
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".aac": "audio/aac",
+    ".vtt": "text/vtt; charset=utf-8",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
+# large, immutable bytes a presigned URL may serve directly (playlists stay on this origin so
+# their relative URLs keep pointing here)
+REDIRECTABLE = {".ts", ".m4s", ".mp4", ".aac", ".jpg", ".jpeg", ".png", ".webp"}
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
+PRESIGN_SECONDS = 3600
+BLOCK_SIZE = 256 * 1024
+
+
+@dataclass
+class Outcome:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: Iterable[bytes] = ()
+    # set for refusals: the person-readable reason, rendered as JSON by the Flask view
+    message: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return self.message is not None
+
+
+def _refuse(status: int, message: str, cache: str = "no-store", **extra) -> Outcome:
+    return Outcome(status, [("Cache-Control", cache)], message=message, extra=extra)
+
+
+def _no_video(video_id: str) -> Outcome:
+    return _refuse(404, f"no video with id '{video_id}'")
+
+
+def _no_file() -> Outcome:
+    return _refuse(404, "no such file")
+
+
+def _storage_unavailable(exc: Exception) -> Outcome:
+    # a CDN retries a 503 (or serves stale) where it would cache a 404
+    log.warning("storage read failed: %s", exc)
+    out = _refuse(503, "the media store could not be read; try again shortly")
+    out.headers.append(("Retry-After", "2"))
+    return out
+
+
+def _unavailable(view: VideoView) -> Outcome | None:
+    if not view.exists:
+        return _no_video(view.video_id)
+    if view.deleted:
+        # deletion is final: let caches keep the answer
+        return _refuse(410, f"video '{view.video_id}' was deleted", cache="public, max-age=3600")
+    return None
+
+
+class RequestHeaders:
+    """Case-insensitive read access to a WSGI environ's request headers."""
+
+    __slots__ = ("environ",)
+
+    def __init__(self, environ: dict):
+        self.environ = environ
+
+    def get(self, name: str, default=None):
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"), default)
+
+
+def respond(environ: dict, rep: Representation, content_type: str, cache_control: str, body, close=None) -> Outcome:
+    """The answer to a GET/HEAD of `rep`: 200, 206, 304, 412 or 416 with every header a cache
+    needs. `body(start, length)` gives the content iterable and is only called when bytes are
+    sent; `close()` releases what was opened when they are not."""
+    method = environ["REQUEST_METHOD"]
+    decision = decide(method, RequestHeaders(environ), rep)
+    headers = [("ETag", rep.etag_header), ("Last-Modified", rep.last_modified_header),
+               ("Cache-Control", cache_control), ("Accept-Ranges", "bytes")]
+    sends_body = decision.status in (200, 206) and method == "GET" and decision.length > 0
+    if not sends_body and close is not None:
+        close()
+    if decision.status == 304:
+        return Outcome(304, headers)  # no Content-Type: a 304 describes no content (RFC 9110 §15.4.5)
+    if decision.status == 412:
+        out = _refuse(412, "a precondition (If-Match / If-Unmodified-Since) failed: the file has changed",
+                      cache=cache_control)
+    elif decision.status == 416:
+        out = _refuse(416, f"the requested range is outside the file's {rep.size} bytes; "
+                           f"ask for bytes=0-{max(rep.size - 1, 0)} or a part of it", cache=cache_control)
+        out.headers.append(("Content-Range", f"bytes */{rep.size}"))
+    else:
+        try:
+            content = body(decision.start, decision.length) if sends_body else ()
+        except FileNotFoundError:  # removed between the size check and the read
+            return _no_file()
+        except storage.StorageError as exc:
+            return _storage_unavailable(exc)
+        headers += [("Content-Type", content_type), ("Content-Length", str(decision.length))]
+        if decision.status == 206:
+            last = decision.start + decision.length - 1
+            headers.append(("Content-Range", f"bytes {decision.start}-{last}/{rep.size}"))
+        return Outcome(decision.status, headers, content)
+    out.headers = [h for h in headers if h[0] != "Cache-Control"] + out.headers
+    return out
+
+
+def master_playlist(environ: dict, video_id: str) -> Outcome:
+    if not ID_RE.fullmatch(video_id):
+        return _no_video(video_id)
+    view = video_view(video_id)
+    gone = _unavailable(view)
+    if gone is not None:
+        return gone
+    if view.master is None or view.master_rep is None:
+        if view.status in (VideoStatus.UPLOADED, VideoStatus.PROCESSING):
+            out = _refuse(404, f"video '{video_id}' has no published rendition yet "
+                               f"(status {view.status.value}, {view.progress:.0f}% done); try again shortly",
+                          status_value=view.status.value, progress=round(view.progress, 1))
+            out.headers.append(("Retry-After", "5"))
+            return out
+        reason = f": {view.error}" if view.error else ""
+        return _refuse(404, f"video '{video_id}' has no playable rendition "
+                            f"(status {view.status.value if view.status else 'unknown'}){reason}")
+    data = view.master
+    return respond(environ, view.master_rep, CONTENT_TYPES[".m3u8"], MASTER_CACHE,
+                   lambda start, length: [data[start:start + length]])
+
+
+def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcome:
+    name = parts[-1]
+    ext = name[name.rfind("."):].lower() if "." in name else ""
+    if (not ID_RE.fullmatch(video_id) or not PART_RE.fullmatch(run) or len(parts) > MAX_DEPTH
+            or not all(PART_RE.fullmatch(p) for p in parts) or ext not in CONTENT_TYPES):
+        return _no_file()
+    view = video_view(video_id)
+    gone = _unavailable(view)
+    if gone is not None:
+        return gone
+    url = storage.url_for("hls", video_id, run, *parts)
+    local = storage.is_local(url)
+    if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
+        return Outcome(302, [("Location", storage.presigned_url(url, expires=PRESIGN_SECONDS)),
+                             # well inside the signature's lifetime: a cached redirect never expires first
+                             ("Cache-Control", f"public, max-age={PRESIGN_SECONDS // 6}")])
+    try:
+        obj = storage.open_object(url)
+    except FileNotFoundError:
+        # deleted while being played? Ask the catalog now rather than trust the cached view.
+        gone = _unavailable(video_view(video_id, fresh=True))
+        return gone if gone is not None else _no_file()
+    except storage.StorageError as exc:
+        return _storage_unavailable(exc)
+    rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}", epoch_seconds(obj.mtime))
+
+    def body(start: int, length: int):
+        wrapper = environ.get("wsgi.file_wrapper")
+        if obj.file is not None and wrapper is not None:
+            # the server sends it with sendfile() and stops at Content-Length (PEP 3333)
+            obj.file.seek(start)
+            return wrapper(obj.file, BLOCK_SIZE)
+        chunks = storage.iter_object(obj, start, length)
+        if local:
+            return chunks
+        # fetch the first range now: an object removed since its HEAD is a 404, not a cut 200
+        first = next(chunks)
+        return itertools.chain([first], chunks)
+
+    return respond(environ, rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close)
+
+
+def route(environ: dict) -> Outcome | None:
+    """The outcome for a GET/HEAD whose PATH_INFO has a delivery URL's shape; None otherwise.
+    The same shapes as the Flask rules in routes.py."""
+    parts = environ.get("PATH_INFO", "").split("/")
+    if len(parts) < 4 or parts[0] or parts[1] != "v":
+        return None
+    if len(parts) == 4:
+        return master_playlist(environ, parts[2]) if parts[3] == "master.m3u8" else None
+    return run_file(environ, parts[2], parts[3], parts[4:])
