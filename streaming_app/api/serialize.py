@@ -19,7 +19,7 @@ def rendition_dict(r: Rendition) -> dict:
         "segment_count": r.segment_count,
         "status": r.status.value if hasattr(r.status, "value") else r.status,
         "error": r.error,
-        "playlist": url_for("delivery.variant_playlist", video_id=r.video_id, run=r.run, rung=r.name)
+        "playlist": url_for("delivery.run_file", video_id=r.video_id, run=r.run, path=f"{r.name}/index.m3u8")
         if r.status == "READY" else None,
     }
 
