@@ -1,27 +1,71 @@
-"""Start an ingest run for a stored video: through the Prefect deployment when one is served,
-else in a detached local process (a machine running only the web app)."""
+"""Start an ingest run for a stored video: through the Prefect deployment `ingest/on-demand` when
+a Prefect API is configured, else in a detached local process (a machine running only the web app).
+
+The run's id is written to `Video.flow_run_id` so maintenance can later ask Prefect what became
+of it. The deployment's concurrency limit (set by the serve process) queues runs beyond
+`VODFLOW_MAX_CONCURRENT_INGESTS`, so dispatching 200 videos at once is safe.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 
 log = logging.getLogger(__name__)
 DEPLOYMENT = "ingest/on-demand"
+LOCAL_PREFIX = "local:"
 
 
-def dispatch_ingest(video_id: str) -> str:
-    """Dispatch once; returns the flow run id or 'local:<pid>'."""
-    if os.environ.get("PREFECT_API_URL") and os.environ.get("VODFLOW_DISPATCH", "deployment") == "deployment":
+def _record_run(video_id: str, run_id: str) -> None:
+    from sqlalchemy import update
+
+    from catalog.db import session_scope
+    from catalog.models import Video
+
+    with session_scope() as s:
+        s.execute(update(Video).where(Video.id == video_id).values(flow_run_id=run_id))
+
+
+def _attempt(video_id: str) -> int:
+    from catalog.db import session_scope
+    from catalog.models import Video
+
+    with session_scope() as s:
+        v = s.get(Video, video_id)
+        return int(v.attempts or 0) if v is not None else 0
+
+
+def local_run_id(pid: int) -> str:
+    """'local:<host>:<pid>': a run outside Prefect, identified by the machine and process."""
+    return f"{LOCAL_PREFIX}{socket.gethostname()}:{pid}"
+
+
+def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
+    """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it."""
+    mode = os.environ.get("VODFLOW_DISPATCH", "deployment")
+    if os.environ.get("PREFECT_API_URL") and mode == "deployment":
         try:
             from prefect.deployments import run_deployment
 
-            run = run_deployment(DEPLOYMENT, parameters={"video_id": video_id}, timeout=0,
-                                 flow_run_name=f"ingest {video_id}")
-            log.info("dispatched %s as flow run %s", video_id, run.id)
-            return str(run.id)
+            attempt = _attempt(video_id)
+            run = run_deployment(
+                DEPLOYMENT,
+                parameters={"video_id": video_id},
+                timeout=0,
+                flow_run_name=f"ingest {video_id}" + (f" (attempt {attempt + 1})" if attempt else ""),
+                # a retried hand-off (the last PATCH sent twice) creates no second run
+                idempotency_key=f"ingest:{video_id}:{attempt}",
+                # a dispatch from bulk ingest or maintenance must not tie the run to that flow
+                as_subflow=False,
+                tags=["vodflow", "ingest"] + ([reason] if reason else []),
+            )
+            run_id = str(run.id)
+            _record_run(video_id, run_id)
+            log.info("dispatched %s as flow run %s", video_id, run_id)
+            return run_id
         except Exception as exc:  # noqa: BLE001 - no deployment served: fall back to a local run
             log.warning("deployment %s unavailable (%s); running ingest locally", DEPLOYMENT, exc)
     proc = subprocess.Popen(
@@ -29,5 +73,7 @@ def dispatch_ingest(video_id: str) -> str:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    run_id = local_run_id(proc.pid)
+    _record_run(video_id, run_id)
     log.info("dispatched %s to local process %d", video_id, proc.pid)
-    return f"local:{proc.pid}"
+    return run_id
