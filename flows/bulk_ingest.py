@@ -350,7 +350,8 @@ def summary_markdown(report: BatchReport) -> str:
     for o in report.outcomes:
         video = f"[{o.video_id}]({public}/watch/{o.video_id})" if o.video_id else ""
         note = (o.note or "").replace("|", "\\|").replace("\n", " ")[:300]
-        lines.append(f"| `{o.name}` | {_size(o.size)} | {o.result} | {video} | {note} |")
+        name = o.name.replace("|", "\\|")
+        lines.append(f"| `{name}` | {_size(o.size)} | {o.result} | {video} | {note} |")
     if not report.outcomes:
         lines.append("| (no video files) | | | | |")
     return "\n".join(lines) + "\n"

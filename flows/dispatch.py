@@ -1,5 +1,7 @@
 """Start an ingest run for a stored video: through the Prefect deployment `ingest/on-demand` when
 a Prefect API is configured, else in a detached local process (a machine running only the web app).
+`VODFLOW_DISPATCH=local` forces the local process, `off` only stores and catalogs (maintenance
+dispatches what is left UPLOADED).
 
 The run's id is written to `Video.flow_run_id` so maintenance can later ask Prefect what became
 of it. The deployment's concurrency limit (set by the serve process) queues runs beyond
@@ -46,6 +48,10 @@ def local_run_id(pid: int) -> str:
 def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
     """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it."""
     mode = os.environ.get("VODFLOW_DISPATCH", "deployment")
+    if mode == "off":
+        # store and catalog only: maintenance dispatches videos left UPLOADED later
+        log.info("dispatch is off (VODFLOW_DISPATCH=off); %s stays UPLOADED", video_id)
+        return ""
     if os.environ.get("PREFECT_API_URL") and mode == "deployment":
         try:
             from prefect.deployments import run_deployment

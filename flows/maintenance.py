@@ -284,7 +284,7 @@ def _act_on(verdict: RunVerdict, runs: PrefectRuns, max_attempts: int, dispatch)
             return
         # the next run is a new attempt (PROCESSING → PROCESSING does not count it)
         video.attempts = attempts + 1
-        video.error = f"recovering (attempt {attempts + 1} of {max_attempts}): {verdict.reason}"
+        video.stage = "requeued"  # the new run sets its own stages; error stays for real failures
     verdict.new_flow_run_id = dispatch(verdict.video_id, reason="recovery")
     actions.append("redispatched")
     verdict.action = "+".join(actions)
