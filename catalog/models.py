@@ -141,6 +141,9 @@ class UploadSession(Base):
     length: Mapped[int | None] = mapped_column(BigInteger)  # None while deferred
     offset: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    # tus answers HEAD with these headers exactly as the client sent them at creation
+    metadata_header: Mapped[str | None] = mapped_column(Text)
+    concat_header: Mapped[str | None] = mapped_column(Text)
     filename: Mapped[str | None] = mapped_column(String(500))
     mime_type: Mapped[str | None] = mapped_column(String(128))
     temp_path: Mapped[str | None] = mapped_column(Text)

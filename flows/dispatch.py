@@ -46,12 +46,13 @@ def local_run_id(pid: int) -> str:
 
 
 def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
-    """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it."""
-    mode = os.environ.get("VODFLOW_DISPATCH", "deployment")
-    if mode == "off":
-        # store and catalog only: maintenance dispatches videos left UPLOADED later
-        log.info("dispatch is off (VODFLOW_DISPATCH=off); %s stays UPLOADED", video_id)
-        return ""
+    """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it on the
+    Video, or 'off' when dispatch is disabled."""
+    mode = os.environ.get("VODFLOW_DISPATCH", "deployment").strip().lower()
+    if mode in ("off", "none", "0", "false"):
+        # store and catalog only: the video stays UPLOADED until maintenance or an operator starts it
+        log.info("dispatch is off (VODFLOW_DISPATCH=%s): video %s stays UPLOADED", mode, video_id)
+        return "off"
     if os.environ.get("PREFECT_API_URL") and mode == "deployment":
         try:
             from prefect.deployments import run_deployment

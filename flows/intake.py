@@ -43,12 +43,25 @@ def accept(temp_path: str | os.PathLike, *, filename: str | None, title: str | N
            info: MediaInfo, video_id: str | None = None, dispatch: bool = True) -> str:
     """Move the temp file into storage, create the Video (UPLOADED) and dispatch ingest.
 
-    If anything fails before the catalog row is committed, the stored copy is removed again,
-    so a refused or failed hand-off leaves nothing behind."""
+    Safe to call again with the same `video_id` after a crash: an existing Video is kept and
+    only the missing steps run. If the catalog row cannot be written, the bytes go back to
+    `temp_path` (local storage) or stay there (remote storage), so nothing uploaded is lost."""
     video_id = video_id or new_id()
+    with session_scope() as s:
+        existing = s.get(Video, video_id)
+    if existing is not None:
+        if Path(temp_path).exists():
+            os.unlink(temp_path)
+        if dispatch:
+            dispatch_once(video_id)
+        return video_id
     url = source_url_for(video_id, filename)
     size = Path(temp_path).stat().st_size
-    storage.move_local_file(temp_path, url)
+    local = storage.is_local(url)
+    if local:
+        storage.move_local_file(temp_path, url)
+    else:
+        storage.put_file(temp_path, url)
     try:
         with session_scope() as s:
             s.add(Video(
@@ -61,14 +74,34 @@ def accept(temp_path: str | os.PathLike, *, filename: str | None, title: str | N
                 **video_fields(info),
             ))
     except Exception:
+        if local:
+            os.replace(storage.local_path_of(url), temp_path)
         storage.delete(storage.url_for("sources", video_id))
         raise
+    if not local:
+        os.unlink(temp_path)
     log.info("video %s stored at %s (%d bytes)", video_id, url, size)
     if dispatch:
-        from flows.dispatch import dispatch_ingest
-
-        dispatch_ingest(video_id)
+        dispatch_once(video_id)
     return video_id
+
+
+def dispatch_once(video_id: str) -> str | None:
+    """Dispatch ingest for an UPLOADED video that has no run recorded yet; record the run."""
+    from sqlalchemy import update
+
+    from flows.dispatch import dispatch_ingest
+
+    with session_scope() as s:
+        v = s.get(Video, video_id)
+        if v is None or v.flow_run_id or v.status != VideoStatus.UPLOADED:
+            return v.flow_run_id if v is not None else None
+    run_id = dispatch_ingest(video_id)
+    if run_id and run_id != "off":
+        with session_scope() as s:
+            s.execute(update(Video).where(Video.id == video_id, Video.flow_run_id.is_(None))
+                      .values(flow_run_id=run_id))
+    return run_id
 
 
 class SourceRejected(RuntimeError):

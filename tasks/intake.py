@@ -16,6 +16,15 @@ SUPPORTED_MIME_PREFIXES = ("video/", "application/octet-stream", "application/mp
 MIN_DURATION, MAX_DURATION = 1.0, 4 * 3600.0
 MIN_SIZE, MAX_SIZE = (160, 90), (7680, 4320)
 SNIFF_BYTES = 4096
+# Demuxers an upload may be read with. ffprobe otherwise picks one by content, and some
+# (hls, concat, image2 lists…) open other files named inside the "video": a playlist called
+# clip.mp4 that lists /etc/passwd or a private segment must never be followed.
+DEMUXER_WHITELIST = "mov,matroska,avi,flv,mpegts,mpeg,mpegvideo,ogg,asf,mxf"
+# file extension for an upload that came without a name, by the container sniffed
+KIND_EXTENSIONS = {
+    "isobmff": ".mp4", "matroska": ".mkv", "avi": ".avi", "flv": ".flv", "mpeg-ps": ".mpg",
+    "ogg": ".ogv", "asf": ".wmv", "mxf": ".mxf", "mpeg-ts": ".ts", "m2ts": ".m2ts",
+}
 
 
 class UploadRejected(ValueError):
@@ -111,11 +120,14 @@ def check_head(head: bytes, filename: str | None = None) -> str:
 
 def check_complete(path: str | Path):
     """Phase 3, all bytes in: ffprobe (protocol whitelist, timeout) and the limits. Returns MediaInfo."""
+    from tasks import ffmpeg
     from tasks.ffmpeg import MediaError
-    from tasks.probe import probe_path
+    from tasks.probe import parse
 
     try:
-        info = probe_path(path)
+        data = ffmpeg.probe_json(path, timeout=get_settings().probe_timeout,
+                                 extra=["-format_whitelist", DEMUXER_WHITELIST])
+        info = parse(data, size_bytes=Path(path).stat().st_size)
     except MediaError as exc:
         if exc.permanent:
             raise UploadRejected(

@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("uploads", __name__)
 
-from streaming_app.uploads import simple  # noqa: E402,F401  (registers routes)
+from streaming_app.uploads import simple, tus  # noqa: E402,F401  (registers routes)

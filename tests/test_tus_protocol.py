@@ -1,0 +1,421 @@
+"""The tus 1.0.0 server, driven over HTTP with tuspy and requests against gunicorn (2 workers)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+
+import pytest
+import requests
+from tusclient.client import TusClient
+from tusclient.exceptions import TusUploadFailed
+
+from tests.upload_support import OFFSET_TYPE, TUS, Server, create, head, metadata, patch, sha256
+
+MAX = 64 * 1024 * 1024
+ORIGIN = "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tus")
+    with Server(d / "var", d / "gunicorn.log", VODFLOW_MAX_UPLOAD_BYTES=str(MAX),
+                VODFLOW_CORS_ORIGINS=f"{ORIGIN},https://other.example") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def clip_bytes(clip) -> bytes:
+    return clip.read_bytes()
+
+
+def video_of(server: Server, upload_url: str) -> dict:
+    r = requests.get(upload_url, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "COMPLETE", body
+    return body["video"]
+
+
+# ---------------------------------------------------------------- discovery and versions
+
+
+def test_options_advertises_everything(server):
+    r = requests.options(server.files_url)  # no Tus-Resumable: OPTIONS must not need it
+    assert r.status_code == 204
+    assert r.headers["Tus-Version"] == "1.0.0"
+    assert set(r.headers["Tus-Extension"].split(",")) == {
+        "creation", "creation-with-upload", "creation-defer-length", "termination", "expiration",
+        "checksum", "concatenation"}
+    assert r.headers["Tus-Max-Size"] == str(MAX)
+    assert set(r.headers["Tus-Checksum-Algorithm"].split(",")) == {"sha1", "md5", "crc32"}
+
+
+@pytest.mark.parametrize("version", [None, "0.2.2", "2.0.0"])
+def test_wrong_tus_version_is_412_and_changes_nothing(server, version):
+    h = {"Upload-Length": "1000"} | ({"Tus-Resumable": version} if version else {})
+    r = requests.post(server.files_url, headers=h)
+    assert r.status_code == 412
+    assert r.headers["Tus-Version"] == "1.0.0"
+    assert "Tus-Resumable: 1.0.0" in r.json()["message"]
+    assert "Location" not in r.headers
+    url = create(server, 1000).headers["Location"]
+    for method in ("HEAD", "PATCH", "DELETE"):
+        h = {"Upload-Offset": "0", "Content-Type": OFFSET_TYPE} | ({"Tus-Resumable": version} if version else {})
+        assert requests.request(method, url, headers=h, data=b"x" * 10).status_code == 412
+    assert head(url).headers["Upload-Offset"] == "0"  # the refused PATCH wrote nothing
+
+
+# ---------------------------------------------------------------- real clients
+
+
+def test_tuspy_chunked_upload_with_checksums_and_non_ascii_name(server, clip, clip_bytes):
+    name = "Été à Montréal – 日本の夏.mp4"
+    up = TusClient(server.files_url).uploader(
+        str(clip), chunk_size=96 * 1024, upload_checksum=True,
+        metadata={"filename": name, "filetype": "video/mp4", "title": "Été 2026"})
+    up.upload()
+    video = video_of(server, up.url)
+    row = server.video(video["id"])
+    assert row["status"] == "UPLOADED"
+    assert row["original_filename"] == name and row["title"] == "Été 2026"
+    assert row["duration"] == pytest.approx(4.0, abs=0.1) and row["width"] == 640
+    assert sha256(server.stored_source(video["id"])) == sha256(clip_bytes)
+    r = head(up.url)
+    assert r.headers["Upload-Offset"] == r.headers["Upload-Length"] == str(len(clip_bytes))
+    assert r.headers["Cache-Control"] == "no-store"
+    assert base64.b64decode(dict(p.split(" ") for p in r.headers["Upload-Metadata"].split(","))["filename"]).decode() == name
+    assert r.headers["Vodflow-Video-Id"] == video["id"]
+    api = requests.get(video["status_url"]).json()
+    assert api["id"] == video["id"] and api["filename"] == name
+
+
+def test_interrupted_upload_resumes_from_server_offset(server, clip, clip_bytes):
+    client = TusClient(server.files_url)
+    first = client.uploader(str(clip), chunk_size=128 * 1024, metadata={"filename": "resume.mp4"})
+    first.upload(stop_at=384 * 1024)  # the "network" drops here
+    assert head(first.url).headers["Upload-Offset"] == str(384 * 1024)
+    again = client.uploader(str(clip), url=first.url, chunk_size=128 * 1024)
+    assert again.offset == 384 * 1024  # asked the server, did not start over
+    again.upload()
+    assert sha256(server.stored_source(video_of(server, first.url)["id"])) == sha256(clip_bytes)
+
+
+def test_client_that_disconnects_mid_body_keeps_what_arrived(server, clip_bytes):
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url = create(server, len(clip_bytes), meta=metadata(filename="cut.mp4")).headers["Location"]
+    u = urlparse(url)
+    sent = 300_000
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall((f"PATCH {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nTus-Resumable: 1.0.0\r\n"
+                   f"Upload-Offset: 0\r\nContent-Type: {OFFSET_TYPE}\r\n"
+                   f"Content-Length: {len(clip_bytes)}\r\n\r\n").encode() + clip_bytes[:sent])
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while int(head(url).headers["Upload-Offset"]) < sent and time.monotonic() < deadline:
+        time.sleep(0.1)
+    offset = int(head(url).headers["Upload-Offset"])
+    assert offset == sent
+    upload_id = url.rsplit("/", 1)[1]
+    assert server.part_file(upload_id).read_bytes() == clip_bytes[:sent]
+    assert patch(url, offset, clip_bytes[offset:]).status_code == 204
+    assert sha256(server.stored_source(video_of(server, url)["id"])) == sha256(clip_bytes)
+
+
+# ---------------------------------------------------------------- core errors
+
+
+def test_wrong_offset_is_409_with_the_real_offset(server, clip_bytes):
+    url = create(server, len(clip_bytes)).headers["Location"]
+    assert patch(url, 0, clip_bytes[:1000]).status_code == 204
+    r = patch(url, 500, clip_bytes[500:2000])
+    assert r.status_code == 409
+    assert r.json()["offset"] == 1000 and "1000" in r.json()["message"]
+    assert head(url).headers["Upload-Offset"] == "1000"
+
+
+def test_wrong_content_type_is_415(server):
+    url = create(server, 5000).headers["Location"]
+    r = requests.patch(url, data=b"\0" * 100, headers={**TUS, "Upload-Offset": "0",
+                                                       "Content-Type": "application/octet-stream"})
+    assert r.status_code == 415 and OFFSET_TYPE in r.json()["message"]
+    assert head(url).headers["Upload-Offset"] == "0"
+
+
+def test_missing_offset_and_bad_lengths_are_400(server):
+    url = create(server, 5000).headers["Location"]
+    r = requests.patch(url, data=b"x", headers={**TUS, "Content-Type": OFFSET_TYPE})
+    assert r.status_code == 400 and "Upload-Offset" in r.json()["message"]
+    assert create(server, 5000, Upload_Defer_Length="1").status_code == 400  # both
+    assert requests.post(server.files_url, headers=TUS).status_code == 400  # neither
+    assert requests.post(server.files_url, headers={**TUS, "Upload-Length": "-4"}).status_code == 400
+    assert requests.post(server.files_url, headers={**TUS, "Upload-Defer-Length": "2"}).status_code == 400
+
+
+def test_unknown_upload_is_404(server):
+    r = head(server.files_url + "0" * 32)
+    assert r.status_code == 404 and "Upload-Offset" not in r.headers
+    assert patch(server.files_url + "f" * 32, 0, b"x").status_code == 404
+    assert patch(server.files_url + "..%2F..%2Fvodflow.db", 0, b"x").status_code == 404
+
+
+# ---------------------------------------------------------------- checksum
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def test_checksums_verify_and_a_mismatch_is_460_and_discarded(server, clip_bytes):
+    url = create(server, len(clip_bytes)).headers["Location"]
+    a, b, c = clip_bytes[:100_000], clip_bytes[100_000:250_000], clip_bytes[250_000:]
+    r = patch(url, 0, a, Upload_Checksum="sha1 " + _b64(hashlib.sha1(a).digest()))
+    assert r.status_code == 204 and r.headers["Upload-Offset"] == str(len(a))
+    bad = patch(url, len(a), b, Upload_Checksum="sha1 " + _b64(hashlib.sha1(b"other").digest()))
+    assert bad.status_code == 460 and bad.json()["error"] == "Checksum Mismatch"
+    assert head(url).headers["Upload-Offset"] == str(len(a))  # the chunk was discarded
+    upload_id = url.rsplit("/", 1)[1]
+    assert server.part_file(upload_id).stat().st_size == len(a)
+    assert not server.part_file(upload_id).with_suffix(".chunk").exists()
+    assert patch(url, len(a), b, Upload_Checksum="sha256 " + _b64(hashlib.sha256(b).digest())).status_code == 400
+    assert patch(url, len(a), b, Upload_Checksum="md5 " + _b64(hashlib.md5(b).digest())).status_code == 204
+    crc = zlib.crc32(c).to_bytes(4, "big")
+    r = patch(url, len(a) + len(b), c, Upload_Checksum="crc32 " + _b64(crc))
+    assert r.status_code == 204, r.text
+    assert sha256(server.stored_source(video_of(server, url)["id"])) == sha256(clip_bytes)
+
+
+# ---------------------------------------------------------------- creation extensions
+
+
+def test_creation_with_upload_hands_off_in_one_request(server, clip_bytes):
+    r = requests.post(server.files_url, data=clip_bytes, headers={
+        **TUS, "Upload-Length": str(len(clip_bytes)), "Content-Type": OFFSET_TYPE,
+        "Upload-Metadata": metadata(filename="oneshot.mp4")})
+    assert r.status_code == 201, r.text
+    assert r.headers["Upload-Offset"] == str(len(clip_bytes))
+    assert r.headers["Location"].startswith(server.files_url)
+    vid = r.headers["Vodflow-Video-Id"]
+    assert server.video(vid)["original_filename"] == "oneshot.mp4"
+    assert requests.get(r.headers["Vodflow-Status-Url"]).json()["id"] == vid
+
+
+def test_deferred_length_is_set_by_a_later_patch(server, clip_bytes):
+    r = create(server, None, meta=metadata(filename="live.mp4"))
+    assert r.status_code == 201
+    url = r.headers["Location"]
+    h = head(url)
+    assert h.headers["Upload-Defer-Length"] == "1" and "Upload-Length" not in h.headers
+    half = len(clip_bytes) // 2
+    assert patch(url, 0, clip_bytes[:half]).status_code == 204
+    r = patch(url, half, clip_bytes[half:], Upload_Length=str(len(clip_bytes)))
+    assert r.status_code == 204 and "Vodflow-Video-Id" in r.headers
+    h = head(url)
+    assert h.headers["Upload-Length"] == str(len(clip_bytes)) and "Upload-Defer-Length" not in h.headers
+
+
+def test_over_size_is_413(server):
+    r = create(server, MAX + 1, meta=metadata(filename="huge.mp4"))
+    assert r.status_code == 413 and str(MAX) in r.json()["message"]
+    url = create(server, None).headers["Location"]
+    r = patch(url, 0, b"\0" * 10, Upload_Length=str(MAX + 1))
+    assert r.status_code == 413
+    r = create(server, 1000)
+    assert patch(r.headers["Location"], 0, b"\0" * 1001).status_code == 413
+
+
+def test_method_override_for_clients_without_patch(server, clip_bytes):
+    url = create(server, len(clip_bytes)).headers["Location"]
+    part = clip_bytes[:5000]
+    r = requests.post(url, data=part, headers={**TUS, "X-HTTP-Method-Override": "PATCH",
+                                              "Upload-Offset": "0", "Content-Type": OFFSET_TYPE})
+    assert r.status_code == 204 and r.headers["Upload-Offset"] == "5000"
+    r = requests.post(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
+    assert r.status_code == 200 and r.headers["Upload-Offset"] == "5000"
+    r = requests.post(url, headers={**TUS, "X-HTTP-Method-Override": "DELETE"})
+    assert r.status_code == 204
+    assert head(url).status_code == 410
+
+
+# ---------------------------------------------------------------- termination
+
+
+def test_delete_terminates_and_frees_the_bytes(server, clip_bytes):
+    url = create(server, len(clip_bytes)).headers["Location"]
+    assert patch(url, 0, clip_bytes[:50_000]).status_code == 204
+    upload_id = url.rsplit("/", 1)[1]
+    assert server.part_file(upload_id).exists()
+    r = requests.delete(url, headers=TUS)
+    assert r.status_code == 204
+    assert not server.part_file(upload_id).exists()
+    assert head(url).status_code == 410
+    assert patch(url, 50_000, clip_bytes[50_000:]).status_code == 410
+    assert requests.delete(url, headers=TUS).status_code == 410
+    assert requests.get(url).json()["status"] == "TERMINATED"
+
+
+# ---------------------------------------------------------------- concatenation
+
+
+def test_parallel_partial_uploads_then_final_concatenation(server, clip, clip_bytes, tmp_path):
+    cut = len(clip_bytes) // 3
+    pieces = [clip_bytes[:cut], clip_bytes[cut:]]
+    paths = []
+    for i, data in enumerate(pieces):
+        p = tmp_path / f"piece{i}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    client = TusClient(server.files_url, headers={"Upload-Concat": "partial"})
+
+    def send(path):
+        up = client.uploader(str(path), chunk_size=64 * 1024)
+        up.upload()
+        return up.url
+
+    with ThreadPoolExecutor(2) as pool:
+        urls = list(pool.map(send, paths))
+    for u, data in zip(urls, pieces):
+        h = head(u)
+        assert h.headers["Upload-Concat"] == "partial" and h.headers["Upload-Offset"] == str(len(data))
+    assert not server.videos() or all(v["original_filename"] != "joined.mp4" for v in server.videos())
+    concat = "final;" + " ".join(urls)
+    r = requests.post(server.files_url, headers={**TUS, "Upload-Concat": concat,
+                                                "Upload-Metadata": metadata(filename="joined.mp4")})
+    assert r.status_code == 201, r.text
+    final = r.headers["Location"]
+    vid = r.headers["Vodflow-Video-Id"]
+    assert sha256(server.stored_source(vid)) == sha256(clip_bytes)
+    h = head(final)
+    assert h.headers["Upload-Concat"] == concat
+    assert h.headers["Upload-Offset"] == h.headers["Upload-Length"] == str(len(clip_bytes))
+    r = patch(final, len(clip_bytes), b"more")
+    assert r.status_code == 403
+
+
+def test_final_refuses_unfinished_or_foreign_parts(server, clip_bytes):
+    part = create(server, 1000, Upload_Concat="partial").headers["Location"]
+    assert patch(part, 0, clip_bytes[:400]).status_code == 204
+    r = requests.post(server.files_url, headers={**TUS, "Upload-Concat": f"final;{part}"})
+    assert r.status_code == 400 and "not complete" in r.json()["message"]
+    plain = create(server, 1000).headers["Location"]
+    r = requests.post(server.files_url, headers={**TUS, "Upload-Concat": f"final;{plain}"})
+    assert r.status_code == 400 and "partial" in r.json()["message"]
+    r = requests.post(server.files_url, headers={**TUS, "Upload-Concat": f"final;{part}", "Upload-Length": "1000"})
+    assert r.status_code == 400
+
+
+# ---------------------------------------------------------------- metadata and phase 1
+
+
+@pytest.mark.parametrize("header", [
+    "filename not*base64!", "filename YQ==,filename Yg==", "fil\u00e9 YQ==", "filename YQ==,,type Yg==",
+    "filename " + base64.b64encode(b"\xff\xfe.mp4").decode(),
+])
+def test_malformed_metadata_is_400(server, header):
+    r = create(server, 1000, meta=header)
+    assert r.status_code == 400 and "Upload-Metadata" in r.json()["message"]
+
+
+@pytest.mark.parametrize("meta,status", [
+    (metadata(filename="holiday.png"), 415),
+    (metadata(filename="clip.mp4", filetype="image/png"), 415),
+    (metadata(filename="notes.txt", filetype="text/plain"), 415),
+])
+def test_declared_name_and_type_are_checked_at_creation(server, meta, status):
+    r = create(server, 1000, meta=meta)
+    assert r.status_code == status and "Location" not in r.headers
+    assert r.json()["message"]
+
+
+def test_empty_file_is_refused_at_creation(server):
+    r = create(server, 0, meta=metadata(filename="empty.mp4"))
+    assert r.status_code == 400 and "empty" in r.json()["message"]
+
+
+# ---------------------------------------------------------------- hand-off exactly once, concurrency
+
+
+def test_last_patch_retried_and_raced_makes_one_video(server, clip_bytes):
+    before = len(server.videos())
+    url = create(server, len(clip_bytes), meta=metadata(filename="once.mp4")).headers["Location"]
+    last = len(clip_bytes) - 70_000
+    assert patch(url, 0, clip_bytes[:last]).status_code == 204
+    barrier = threading.Barrier(3)
+
+    def final_patch(_):
+        barrier.wait()
+        return patch(url, last, clip_bytes[last:])
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(final_patch, range(3)))
+    codes = sorted(r.status_code for r in results)
+    assert codes.count(204) == 1 and set(codes) <= {204, 409, 423}, codes
+    retry = patch(url, last, clip_bytes[last:])  # the client never saw its 204 and tries again
+    assert retry.status_code == 409 and retry.json()["video_id"]
+    assert len(server.videos()) == before + 1
+    vid = [r for r in results if r.status_code == 204][0].headers["Vodflow-Video-Id"]
+    assert retry.json()["video_id"] == vid
+    assert sha256(server.stored_source(vid)) == sha256(clip_bytes)
+
+
+def test_concurrent_patches_at_one_offset_do_not_corrupt(server, clip_bytes):
+    url = create(server, len(clip_bytes)).headers["Location"]
+    barrier = threading.Barrier(4)
+
+    def send(i):
+        barrier.wait()
+        return patch(url, 0, clip_bytes[:400_000])
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(r.status_code for r in pool.map(send, range(4)))
+    assert codes.count(204) == 1 and set(codes) <= {204, 409, 423}, codes
+    upload_id = url.rsplit("/", 1)[1]
+    assert server.part_file(upload_id).read_bytes() == clip_bytes[:400_000]
+
+
+# ---------------------------------------------------------------- expiration header, CORS
+
+
+def test_upload_expires_header_is_an_http_date_a_day_ahead(server):
+    import datetime as dt
+
+    r = create(server, 1000)
+    exp = parsedate_to_datetime(r.headers["Upload-Expires"])
+    ahead = exp - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(hours=23) < ahead <= dt.timedelta(hours=24, minutes=1)
+    assert r.headers["Upload-Expires"].endswith(" GMT")
+    assert patch(r.headers["Location"], 0, b"\0" * 10).headers["Upload-Expires"]
+
+
+def test_cors_preflight_and_exposed_headers(server):
+    r = requests.options(server.files_url, headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "tus-resumable,upload-offset,content-type"})
+    assert r.status_code == 204
+    assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
+    allowed = r.headers["Access-Control-Allow-Headers"].lower()
+    assert all(h in allowed for h in ("tus-resumable", "upload-offset", "upload-metadata", "upload-checksum"))
+    post = create(server, 1000, Origin=ORIGIN)
+    exposed = post.headers["Access-Control-Expose-Headers"]
+    assert "Location" in exposed and "Upload-Offset" in exposed and "Upload-Expires" in exposed
+    assert "Origin" in post.headers["Vary"]
+    stranger = requests.options(server.files_url, headers={"Origin": "https://evil.example",
+                                                           "Access-Control-Request-Method": "PATCH"})
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_tuspy_reports_refusal(server, tmp_path):
+    png = tmp_path / "photo.mp4"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000)
+    up = TusClient(server.files_url).uploader(str(png), chunk_size=64 * 1024, metadata={"filename": "photo.mp4"})
+    with pytest.raises(TusUploadFailed) as err:
+        up.upload()
+    assert err.value.status_code == 415

@@ -1,0 +1,127 @@
+"""Helpers for the upload tests: a gunicorn server we can restart or kill -9, raw tus requests,
+and a look into the server's catalog and upload folder."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.servers import free_port, stop, wait_http
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OFFSET_TYPE = "application/offset+octet-stream"
+
+
+def metadata(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Server:
+    """The web app under gunicorn (2 workers, as deployed) on a free port, with its own data dir."""
+
+    def __init__(self, data_dir: Path, log: Path, workers: int = 2, **env: str):
+        self.data_dir = Path(data_dir)
+        self.log = Path(log)
+        self.workers = workers
+        self.env = {"VODFLOW_DATA_DIR": str(self.data_dir), "VODFLOW_DISPATCH": "off", **env}
+        self.proc: subprocess.Popen | None = None
+        self.base = ""
+
+    def start(self) -> "Server":
+        port = free_port()
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
+               "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "streaming_app.wsgi:app"]
+        env = {**os.environ, **self.env}
+        for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
+            env.pop(name, None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+        self.base = f"http://127.0.0.1:{port}"
+        wait_http(self.base + "/healthz", 60, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def kill9(self) -> None:
+        """SIGKILL the master and every worker at once: no handler, no flush, no goodbye."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def files_url(self) -> str:
+        return self.base + "/files/"
+
+    # --- looking inside
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.data_dir / "vodflow.db", timeout=30)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def videos(self) -> list[sqlite3.Row]:
+        with self.db() as conn:
+            return conn.execute("SELECT * FROM videos ORDER BY created_at").fetchall()
+
+    def video(self, video_id: str) -> sqlite3.Row | None:
+        with self.db() as conn:
+            return conn.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
+
+    def session(self, upload_id: str) -> sqlite3.Row | None:
+        with self.db() as conn:
+            return conn.execute("SELECT * FROM upload_sessions WHERE id = ?", (upload_id,)).fetchone()
+
+    def part_file(self, upload_id: str) -> Path:
+        return self.data_dir / "uploads" / "tus" / f"{upload_id}.part"
+
+    def upload_bytes_on_disk(self) -> list[Path]:
+        """Every file holding upload bytes (lock files are empty and don't count)."""
+        d = self.data_dir / "uploads"
+        return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix != ".lock") if d.exists() else []
+
+    def stored_source(self, video_id: str) -> bytes:
+        row = self.video(video_id)
+        return Path(row["source_url"].removeprefix("file://")).read_bytes()
+
+
+def create(server: Server, length: int | None, *, meta: str | None = None, **headers: str) -> requests.Response:
+    h = dict(TUS)
+    if length is None:
+        h["Upload-Defer-Length"] = "1"
+    else:
+        h["Upload-Length"] = str(length)
+    if meta:
+        h["Upload-Metadata"] = meta
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return requests.post(server.files_url, headers=h, timeout=30)
+
+
+def patch(url: str, offset: int, body: bytes, **headers: str) -> requests.Response:
+    h = {**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE}
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    return requests.patch(url, data=body, headers=h, timeout=60)
+
+
+def head(url: str) -> requests.Response:
+    return requests.head(url, headers=TUS, timeout=30)
