@@ -289,10 +289,8 @@ def ingest_candidate(c: Candidate, *, dispatch: bool = True) -> Outcome:
         if tmp is not None and tmp.exists():
             tmp.unlink()
     if dispatch:
-        from flows.dispatch import dispatch_ingest
-
         try:
-            dispatch_ingest(out.video_id, reason="bulk")
+            intake.dispatch_once(out.video_id)
         except Exception as exc:  # noqa: BLE001 - the video is stored; maintenance dispatches it later
             out.note = f"stored; dispatch failed ({exc}), maintenance will retry"
     return out
