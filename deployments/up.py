@@ -186,7 +186,9 @@ class Stack:
                 [py, "-m", "dask", "worker", self.dask_address, "--nworkers", str(n), "--nthreads", str(threads),
                  "--memory-limit", memory, "--local-directory", str(data / "dask-worker-space"),
                  "--name", f"{socket.gethostname()}-w", "--no-dashboard", "--death-timeout", "120"],
-                dict(base), lambda c: _worker_count(self.dask_address) >= n))
+                # each encode sizes ffmpeg's threads to its share of this machine's cores
+                {**base, "VODFLOW_WORKERS_ON_HOST": str(n)},
+                lambda c: _worker_count(self.dask_address) >= n))
         base["VODFLOW_DASK_ADDRESS"] = self.dask_address
 
         serve_env = dict(base)
