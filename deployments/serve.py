@@ -37,15 +37,19 @@ def serve_environment() -> None:
 
 def build_deployments(settings: Settings) -> list:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
 
     from flows.bulk_ingest import bulk_ingest
     from flows.ingest import ingest
     from flows.maintenance import maintenance
 
+    # Module entrypoints (flows.ingest:ingest): loaded from a file path the flow's module would be
+    # named "ingest", and Dask workers could not unpickle its tasks.
+    common = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["vodflow"]}
     ingest_dep = ingest.to_deployment(
         name=INGEST[1],
         description="Transcode one stored video into its HLS ladder (dispatched by uploads and bulk ingest).",
-        tags=["vodflow"],
+        **common,
         concurrency_limit=ConcurrencyLimitConfig(
             limit=settings.max_concurrent_ingests,
             collision_strategy=ConcurrencyLimitStrategy.ENQUEUE,
@@ -60,14 +64,14 @@ def build_deployments(settings: Settings) -> list:
     bulk_dep = bulk_ingest.to_deployment(
         name=BULK[1],
         description="Ingest every new video in the watch location once (by content hash).",
-        tags=["vodflow"],
+        **common,
         concurrency_limit=1,  # two overlapping scans would only race for the same files
         **bulk_kwargs,
     )
     maint_dep = maintenance.to_deployment(
         name=MAINTENANCE[1],
         description="Re-dispatch videos whose run died; remove expired uploads and orphaned files.",
-        tags=["vodflow"],
+        **common,
         cron=MAINTENANCE_CRON,
         concurrency_limit=1,
     )

@@ -138,13 +138,15 @@ class PrefectRuns:
             },
             "limit": 1,
         }
-        try:
-            r = requests.post(f"{self.api.rstrip('/')}/events/filter", json=body, timeout=10)
-            r.raise_for_status()
-            events = r.json().get("events") or []
-        except Exception as exc:  # noqa: BLE001 - no events: judge by state times alone
-            log.warning("could not read heartbeats of %s: %s", run_id, exc)
-            return None
+        # Unanswered, this must raise rather than return None: "no heartbeat" would condemn a
+        # healthy run. Prefect answers 503 while its database is busy; ask again a few times.
+        for attempt in range(5):
+            r = requests.post(f"{self.api.rstrip('/')}/events/filter", json=body, timeout=15)
+            if r.status_code not in (429, 503):
+                break
+            time.sleep(0.5 * (attempt + 1))
+        r.raise_for_status()
+        events = r.json().get("events") or []
         if not events:
             return None
         return _utc(datetime.fromisoformat(events[0]["occurred"].replace("Z", "+00:00")))

@@ -171,16 +171,23 @@ def alive(procs) -> list:
     return out
 
 
-def prefect_get(api: str, path: str):
-    r = requests.get(api.rstrip("/") + path, timeout=10)
+def _prefect(method: str, api: str, path: str, body: dict | None = None):
+    # Prefect answers 503 while its SQLite is busy (the Prefect client retries these too)
+    for attempt in range(8):
+        r = requests.request(method, api.rstrip("/") + path, json=body, timeout=30)
+        if r.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * (attempt + 1))
     r.raise_for_status()
     return r.json()
+
+
+def prefect_get(api: str, path: str):
+    return _prefect("GET", api, path)
 
 
 def prefect_post(api: str, path: str, body: dict):
-    r = requests.post(api.rstrip("/") + path, json=body, timeout=10)
-    r.raise_for_status()
-    return r.json()
+    return _prefect("POST", api, path, body)
 
 
 def artifacts_of(api: str, flow_run_id: str) -> list[dict]:
