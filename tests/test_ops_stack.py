@@ -56,6 +56,15 @@ class Stack:
             time.sleep(0.5)
         raise TimeoutError(f"video {vid} still {v['status']} after {timeout}s")
 
+    def wait_run(self, run_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = prefect_get(self.api, f"/flow_runs/{run_id}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") \
+                    or time.monotonic() > deadline:
+                return run
+            time.sleep(0.3)
+
     def run_deployment(self, name: str, parameters: dict | None = None, timeout: float = 180) -> dict:
         dep = prefect_get(self.api, f"/deployments/name/{name}")
         run = prefect_post(self.api, f"/deployments/{dep['id']}/create_flow_run",
@@ -145,7 +154,7 @@ def test_tus_upload_becomes_ready_through_the_deployment(stack, clip):
     vid = head.headers["Vodflow-Video-Id"]
     video = stack.wait_video(vid)
     assert video["status"] == "READY", video
-    run = prefect_get(stack.api, f"/flow_runs/{video['flow_run_id']}")
+    run = stack.wait_run(video["flow_run_id"])  # the video is READY just before the run ends
     dep = prefect_get(stack.api, f"/deployments/{run['deployment_id']}")
     assert dep["name"] == "on-demand" and run["parameters"] == {"video_id": vid}
     assert run["state"]["type"] == "COMPLETED"
