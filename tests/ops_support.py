@@ -37,8 +37,23 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_cluster(base: Path):
-    """initdb + pg_ctl start on a free port; yields a postgresql:// URL of a fresh database."""
+def postgres_cluster():
+    """initdb + pg_ctl start on a free port; yields a postgresql:// URL of a fresh database.
+
+    The cluster lives in its own temporary folder: pytest's are private to root, and the
+    server runs as 'postgres'."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="vodflow-pg-"))
+    try:
+        with _postgres_in(base) as url:
+            yield url
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def _postgres_in(base: Path):
     data = base / "pgdata"
     sock = base / "pgsock"
     data.mkdir(parents=True)
@@ -49,20 +64,21 @@ def postgres_cluster(base: Path):
         pw = pwd.getpwnam("postgres")
         for p in (base, data, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
+    run = dict(check=True, capture_output=True, cwd=base)
     subprocess.run(_as_postgres([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "vodflow",
-                                 "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
+                                 "--no-sync", "-E", "UTF8"]), **run)
     port = free_port()
     log = base / "postgres.log"
     opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
     subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w",
-                                 "start"]), check=True, capture_output=True)
+                                 "start"]), **run)
     try:
         subprocess.run(_as_postgres([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                                     "vodflow", "vodflow"]), check=True, capture_output=True)
+                                     "vodflow", "vodflow"]), **run)
         yield f"postgresql://vodflow@127.0.0.1:{port}/vodflow"
     finally:
         subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
+                       capture_output=True, cwd=base)
 
 
 @contextmanager
