@@ -179,7 +179,7 @@ def _worker_ffmpeg(stack, timeout: float = 120) -> psutil.Process:
 
 
 def test_killing_a_worker_mid_encode_still_ends_ready(stack, media_dir):
-    clip = make_clip(media_dir / "long.mp4", duration=20, size="640x360")
+    clip = make_clip(media_dir / "long.mp4", duration=12, size="640x360")
     vid = stack.upload(clip)
     ffmpeg = _worker_ffmpeg(stack)
     worker = ffmpeg.parent()
@@ -193,7 +193,7 @@ def test_killing_a_worker_mid_encode_still_ends_ready(stack, media_dir):
 
 
 def test_killing_the_serve_process_mid_run_is_recovered_by_maintenance(stack, media_dir):
-    clip = make_clip(media_dir / "medium.mp4", duration=12, size="640x360")
+    clip = make_clip(media_dir / "medium.mp4", duration=6, size="640x360")
     vid = stack.upload(clip)
     stack.wait_video(vid, until=("PROCESSING",) + TERMINAL)
     first_run = stack.video(vid).get("flow_run_id")
