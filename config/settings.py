@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     bulk_ingest_url: str = Field("", description="watch location for scheduled bulk ingest")
     bulk_ingest_cron: str = "*/10 * * * *"
     redirect_segments: bool = False
+    # operations: the stack, recovery and bulk ingest
+    prefect_port: int = Field(4200, ge=1, le=65535, description="port of the Prefect server `vodflow up` starts")
+    dask_scheduler_port: int = Field(8786, ge=1, le=65535, description="port of the scheduler `vodflow up` starts")
+    dask_dashboard_port: int = Field(8787, ge=0, le=65535, description="Dask dashboard port; 0 = any free port")
+    bulk_ingest_settle_seconds: float = Field(5.0, ge=0, description="a watched file must keep its size this long")
+    stale_run_seconds: float = Field(300.0, gt=0, description="a Running flow run silent this long has died")
+    max_ingest_attempts: int = Field(3, ge=1, description="processing attempts before a video is FAILED")
+    orphan_file_hours: float = Field(12.0, gt=0, description="age after which unreferenced scratch files go")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
 
     @classmethod

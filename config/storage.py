@@ -229,6 +229,8 @@ def local_copy(url: str, workdir: str | os.PathLike | None = None) -> Iterator[P
     if is_local(url):
         yield local_path_of(url)
         return
+    if workdir is not None:  # a fresh machine has no scratch folder yet
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="vodflow-get-") as tmp:
         dest = Path(tmp) / posixpath.basename(url)
         get_file(url, dest)

@@ -108,13 +108,18 @@ def ingest(
     sources: list[str] = typer.Argument(..., help="video files (or URLs) to ingest"),
     wait: bool = typer.Option(False, "--wait", help="wait until every video is READY, with a progress bar"),
     title: str | None = typer.Option(None, help="title (for a single source)"),
+    settle: float | None = typer.Option(
+        None, "--settle", help="for folders and bucket prefixes: seconds a file's size must hold still "
+                               "before it is taken (default VODFLOW_BULK_INGEST_SETTLE_SECONDS)"),
 ) -> None:
-    """Validate, store and transcode videos. Prints video ids and watch URLs."""
+    """Validate, store and transcode videos: files, file URLs (s3://…, https://…), or folders and
+    bucket prefixes (s3://bucket/incoming/), which are scanned like bulk ingest: each content
+    once, files still being written left for later. Prints video ids and watch URLs."""
     from flows.intake import SourceRejected, ingest_sources
 
     _settings()
     try:
-        accepted = ingest_sources(sources, title=title, console=console)
+        accepted = ingest_sources(sources, title=title, console=console, settle_seconds=settle)
     except SourceRejected as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -173,6 +178,94 @@ def cleanup(
         f"{report.orphan_files} orphaned temp files, {report.pruned_sessions} old sessions forgotten; "
         f"{verb} {report.bytes_freed / 1e6:.1f} MB"
         + (f" ({report.busy} busy, left for next time)" if report.busy else ""))
+
+
+@app.command("serve-flows")
+def serve_flows_command() -> None:
+    """Serve the Prefect deployments (ingest/on-demand, bulk-ingest/scheduled, maintenance/hourly)
+    from this machine, against the Prefect server in PREFECT_API_URL."""
+    from deployments.serve import serve_environment
+
+    serve_environment()  # before Prefect reads its settings
+    settings = _settings()
+    from deployments.serve import serve_flows
+
+    try:
+        serve_flows(settings)
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _mark(ok: bool) -> str:
+    return "[green]ok[/green]" if ok else "[red]DOWN[/red]"
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Health of the database, storage, Prefect API and Dask scheduler, and the ingest queue.
+    Exit code 1 when any part is unreachable."""
+    import json
+
+    from sqlalchemy import func, select
+
+    from catalog.db import session_scope
+    from catalog.models import Video
+    from deployments.health import check_all, ingest_queue
+
+    _settings()
+    checks = check_all(detail=True)
+    queue = ingest_queue() if checks["prefect"]["ok"] else {"ok": False, "error": "Prefect API unreachable"}
+    counts: dict[str, int] = {}
+    if checks["database"]["ok"]:
+        with session_scope() as s:
+            for st, n in s.execute(select(Video.status, func.count()).group_by(Video.status)):
+                counts[st.value if hasattr(st, "value") else str(st)] = n
+    ok = all(c["ok"] for c in checks.values())
+    if as_json:
+        console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts}))
+        raise typer.Exit(0 if ok else 1)
+    table = Table("part", "state", "detail")
+    db, st, pf, dk = checks["database"], checks["storage"], checks["prefect"], checks["dask"]
+    table.add_row("database", _mark(db["ok"]), db.get("dialect") or db.get("error", ""))
+    table.add_row("storage", _mark(st["ok"]), st.get("url", "") + (f"  {st['error']}" if st.get("error") else ""))
+    table.add_row("Prefect API", _mark(pf["ok"]), pf.get("url") or pf.get("note", "") if pf["ok"]
+                  else f"{pf.get('url', '')}  {pf.get('error', '')}")
+    if dk.get("configured"):
+        detail = dk["address"]
+        if "workers" in dk:
+            detail += f"  {dk['workers']} workers, {dk['threads']} threads, {dk['memory_bytes'] / 2**30:.1f} GiB"
+        if dk.get("error"):
+            detail += f"  {dk['error']}"
+    else:
+        detail = dk.get("note", "")
+    table.add_row("Dask", _mark(dk["ok"]), detail)
+    if queue.get("configured"):
+        if queue["ok"]:
+            table.add_row("ingest runs", "", f"{queue['running']} running, {queue['queued']} queued"
+                          + (f" (at most {queue['limit']} at once)" if queue.get("limit") else ""))
+        else:
+            table.add_row("ingest runs", "[red]?[/red]", queue.get("error", ""))
+    table.add_row("videos", "", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none")
+    console.print(table)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only; change nothing")) -> None:
+    """Run maintenance now: re-dispatch videos whose run died, remove expired uploads and orphans."""
+    from flows.maintenance import run_maintenance
+
+    _settings()
+    report = run_maintenance(dry_run=dry_run).to_dict()
+    for v in report["videos"]:
+        console.print(f"{v['video_id']}  {v['status']}  {v['run_state']}  {v['reason']}  → {v['action']}")
+    console.print(f"{len(report['redispatched'])} re-dispatched, {len(report['failed'])} failed, "
+                  f"{report['expired_uploads']} uploads expired, {len(report['removed'])} orphans removed "
+                  f"({report['removed_bytes'] / 1e6:.1f} MB)" + (" [dry run]" if dry_run else ""))
+    for e in report["errors"]:
+        err.print(f"[red]{e}[/red]")
+    raise typer.Exit(1 if report["errors"] else 0)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,24 +1,461 @@
-"""`vodflow up`: start the stack on this machine (for now the web app; uploads dispatch ingest
-runs as local processes)."""
+"""`vodflow up`: the whole stack on this machine, supervised.
+
+Starts, in order, each one healthy before the next:
+1. a Prefect server (UI and API on VODFLOW_PREFECT_PORT, 4200; its SQLite in DATA_DIR/prefect),
+   unless PREFECT_API_URL already names a shared one;
+2. a Dask scheduler and workers sized to the machine (one single-threaded worker process per
+   core, memory split evenly), unless VODFLOW_DASK_ADDRESS names an existing cluster;
+3. the Prefect serve process with every deployment (`vodflow serve-flows`);
+4. the web app under gunicorn.
+Every process gets the same PREFECT_API_URL and VODFLOW_DASK_ADDRESS. Their output is streamed
+with a name prefix (and kept in DATA_DIR/logs/NAME.log). A process that dies is restarted (at
+most 5 times in 5 minutes, then the whole stack stops with exit code 1).
+
+Ctrl-C or SIGTERM stops them in reverse order, each by its process group (SIGTERM, then SIGKILL
+after a grace period). ffmpeg runs in its own session (so a worker's cancellation can kill it as
+a group) and would outlive a killed worker; this process is therefore a child subreaper: such
+orphans are re-parented here, an orphaned ffmpeg is killed at once (its worker is gone and the
+task is re-run elsewhere), and nothing started by the stack is left behind on exit.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
-from rich.console import Console
+import requests
 
-console = Console()
+from config.settings import Settings
+
+PR_SET_CHILD_SUBREAPER = 36
+MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
+STOP_GRACE = {"web": 12.0, "serve": 20.0, "workers": 20.0, "scheduler": 10.0, "prefect": 15.0}
+READY_TIMEOUT = {"prefect": 180.0, "scheduler": 60.0, "workers": 120.0, "serve": 120.0, "web": 90.0}
+COLORS = {"prefect": "35", "scheduler": "36", "workers": "34", "serve": "33", "web": "32", "up": "1"}
+ORPHAN_KILL_NAMES = {"ffmpeg", "ffprobe"}
 
 
-def run_stack(settings) -> int:
-    from catalog.db import get_engine
-    from deployments.cli import gunicorn_command
+@dataclass
+class Component:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    ready: Callable[["Component"], bool]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: deque = field(default_factory=lambda: deque(maxlen=MAX_RESTARTS + 1))
+    tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    reader: threading.Thread | None = None
 
-    get_engine()
-    console.print(f"[bold]vodflow[/bold] web app on {settings.public_url}/  (data in {settings.data_dir})")
-    proc = subprocess.Popen(gunicorn_command(settings))
+
+def worker_sizing(settings: Settings) -> tuple[int, int, str]:
+    """(worker processes, threads each, memory limit each) for this machine.
+
+    One single-threaded worker per core: each chunk encode is one ffmpeg whose thread count the
+    encode task sizes to its worker, and separate processes keep a crash to one chunk."""
+    cores = os.cpu_count() or 1
+    n = settings.dask_workers or cores
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return proc.wait()
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = f"{int(total * 0.9 / n / 2**20)}MiB"
+    except (ValueError, OSError):
+        memory = "auto"
+    return n, 1, memory
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux), so none escape the stack's shutdown."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Stack:
+    def __init__(self, settings: Settings, out: IO[str] | None = None):
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.color = hasattr(self.out, "isatty") and self.out.isatty()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.components: list[Component] = []
+        self.logs_dir = settings.data_dir / "logs"
+        self.prefect_api: str | None = None
+        self.dask_address: str | None = None
+        self.dashboard: str | None = None
+
+    # ---------------------------------------------------------------- output
+    def say(self, name: str, line: str) -> None:
+        prefix = f"{name:<9}|"
+        if self.color:
+            prefix = f"\033[{COLORS.get(name, '0')}m{prefix}\033[0m"
+        with self.lock:
+            try:
+                self.out.write(f"{prefix} {line.rstrip()}\n")
+                self.out.flush()
+            except (ValueError, OSError):
+                pass
+
+    def _pump(self, c: Component, stream: IO[bytes]) -> None:
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / f"{c.name}.log", "ab") as log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                line = raw.decode("utf-8", "replace").rstrip()
+                c.tail.append(line)
+                self.say(c.name, line)
+        stream.close()
+
+    # ---------------------------------------------------------------- plan
+    def plan(self) -> list[Component]:
+        s = self.settings
+        data = s.data_dir
+        py = sys.executable
+        base = dict(os.environ)
+        base.update({"VODFLOW_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1",
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        comps: list[Component] = []
+
+        external_api = os.environ.get("PREFECT_API_URL") or s.prefect_api_url
+        if external_api:
+            self.prefect_api = external_api.rstrip("/")
+        else:
+            port = s.prefect_port
+            self.prefect_api = f"http://127.0.0.1:{port}/api"
+            home = data / "prefect"
+            env = {**base, "PREFECT_HOME": str(home),
+                   "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                   # queued ingests re-check for a free slot every few seconds, not every 30
+                   "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5"}
+            env.pop("PREFECT_API_URL", None)
+            comps.append(Component("prefect", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                               "--port", str(port)], env,
+                                   lambda c: _http_ok(f"{self.prefect_api}/health")))
+            base["PREFECT_HOME"] = str(home)
+        base["PREFECT_API_URL"] = self.prefect_api
+
+        if s.dask_address:
+            self.dask_address = s.dask_address
+        else:
+            port = s.dask_scheduler_port
+            self.dask_address = f"tcp://127.0.0.1:{port}"
+            sched = [py, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+            if _has_bokeh():
+                sched += ["--dashboard-address", f"127.0.0.1:{s.dask_dashboard_port}"]
+                if s.dask_dashboard_port:
+                    self.dashboard = f"http://127.0.0.1:{s.dask_dashboard_port}/status"
+            else:
+                sched += ["--no-dashboard"]
+            comps.append(Component("scheduler", sched, dict(base), lambda c: _tcp_ok(self.dask_address)))
+            n, threads, memory = worker_sizing(s)
+            self.worker_count = n
+            comps.append(Component(
+                "workers",
+                [py, "-m", "dask", "worker", self.dask_address, "--nworkers", str(n), "--nthreads", str(threads),
+                 "--memory-limit", memory, "--local-directory", str(data / "dask-worker-space"),
+                 "--name", f"{socket.gethostname()}-w", "--no-dashboard", "--death-timeout", "120"],
+                # each encode sizes ffmpeg's threads to its share of this machine's cores
+                {**base, "VODFLOW_WORKERS_ON_HOST": str(n)},
+                lambda c: _worker_count(self.dask_address) >= n))
+        base["VODFLOW_DASK_ADDRESS"] = self.dask_address
+
+        serve_env = dict(base)
+        serve_env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
+        serve_env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+        comps.append(Component("serve", [py, "-m", "deployments.cli", "serve-flows"], serve_env,
+                               self._deployments_ready))
+
+        from deployments.cli import gunicorn_command
+
+        comps.append(Component("web", gunicorn_command(s), dict(base),
+                               lambda c: _http_ok(f"http://127.0.0.1:{s.web_port}/healthz")))
+        self.components = comps
+        return comps
+
+    def _deployments_ready(self, c: Component) -> bool:
+        """All three deployments registered by this serve process (not left from a past run)."""
+        for name in ("ingest/on-demand", "bulk-ingest/scheduled", "maintenance/hourly"):
+            try:
+                r = requests.get(f"{self.prefect_api}/deployments/name/{name}", timeout=2)
+            except requests.RequestException:
+                return False
+            if r.status_code != 200:
+                return False
+            updated = r.json().get("updated")
+            if updated:
+                from datetime import datetime
+
+                ts = datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
+                if ts < c.started_at - 5:
+                    return False
+        return True
+
+    # ---------------------------------------------------------------- processes
+    def start(self, c: Component) -> None:
+        c.proc = subprocess.Popen(c.cmd, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        c.started_at = time.time()
+        c.reader = threading.Thread(target=self._pump, args=(c, c.proc.stdout), daemon=True,
+                                    name=f"log-{c.name}")
+        c.reader.start()
+
+    def wait_ready(self, c: Component) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT.get(c.name, 60.0)
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if c.proc.poll() is not None:
+                self.say("up", f"{c.name} exited with code {c.proc.returncode} while starting")
+                return False
+            if c.ready(c):
+                return True
+            self.reap_orphans()
+            time.sleep(0.5)
+        if not self.stopping.is_set():
+            self.say("up", f"{c.name} did not become healthy within {READY_TIMEOUT.get(c.name, 60):.0f} s")
+        return False
+
+    def stop(self, c: Component) -> None:
+        p = c.proc
+        if p is None or p.poll() is not None:
+            if p is not None:
+                _killpg(p.pid, signal.SIGKILL)  # leftovers of a group whose leader died
+            return
+        _killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(STOP_GRACE.get(c.name, 10.0))
+        except subprocess.TimeoutExpired:
+            self.say("up", f"{c.name} did not stop in {STOP_GRACE.get(c.name, 10):.0f} s; killing it")
+            _killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        _killpg(p.pid, signal.SIGKILL)  # any member that ignored SIGTERM
+        if c.reader is not None:
+            c.reader.join(2)
+
+    def component_pids(self) -> set[int]:
+        return {c.proc.pid for c in self.components if c.proc is not None}
+
+    def reap_orphans(self, kill_all: bool = False) -> None:
+        """Reap adopted orphans that exited; kill orphaned ffmpeg (or everything, at shutdown)."""
+        import psutil
+
+        mine = self.component_pids()
+        try:
+            children = psutil.Process().children(recursive=False)
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid in mine:
+                continue
+            try:
+                if kill_all:
+                    for grandchild in child.children(recursive=True):
+                        grandchild.kill()
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+                    continue
+                name = child.name()
+                if kill_all or name in ORPHAN_KILL_NAMES:
+                    self.say("up", f"stopping orphaned {name} (pid {child.pid}) left by a dead worker"
+                             if not kill_all else f"stopping leftover {name} (pid {child.pid})")
+                    child.kill()
+                    child.wait(5)
+            except (psutil.Error, ChildProcessError, subprocess.TimeoutExpired):
+                continue
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        started = [c for c in self.components if c.proc is not None]
+        if started:
+            self.say("up", "stopping: " + ", ".join(c.name for c in reversed(started)))
+        for c in reversed(started):
+            self.stop(c)
+            self.say("up", f"{c.name} stopped")
+            self.reap_orphans()
+        for _ in range(5):  # grandchildren are adopted as their parents die
+            self.reap_orphans(kill_all=True)
+            if not self._adopted():
+                break
+            time.sleep(0.2)
+
+    def _adopted(self) -> list:
+        import psutil
+
+        mine = self.component_pids()
+        try:
+            return [p for p in psutil.Process().children() if p.pid not in mine]
+        except psutil.Error:
+            return []
+
+    # ---------------------------------------------------------------- main loop
+    def preflight(self) -> str | None:
+        s = self.settings
+        checks = [("web", s.web_port, "VODFLOW_WEB_PORT")]
+        if not (os.environ.get("PREFECT_API_URL") or s.prefect_api_url):
+            checks.append(("prefect", s.prefect_port, "VODFLOW_PREFECT_PORT (or PREFECT_API_URL to use a running server)"))
+        if not s.dask_address:
+            checks.append(("scheduler", s.dask_scheduler_port,
+                           "VODFLOW_DASK_SCHEDULER_PORT (or VODFLOW_DASK_ADDRESS to use a running scheduler)"))
+        for name, port, var in checks:
+            if not port_free(port, "0.0.0.0" if name == "web" else "127.0.0.1"):
+                return f"port {port} for {name} is already in use; stop what holds it or set {var}"
+        return None
+
+    def banner(self) -> None:
+        s = self.settings
+        lines = [
+            "vodflow is up",
+            f"  web app     {s.public_url}/",
+            f"  upload      {s.public_url}/upload",
+            f"  catalog     {s.public_url}/api/videos",
+            f"  health      {s.public_url}/healthz",
+            f"  Prefect UI  {self.prefect_api[:-4] if self.prefect_api.endswith('/api') else self.prefect_api}",
+            f"  Prefect API {self.prefect_api}",
+            f"  Dask        {self.dask_address}" + (f"  (dashboard {self.dashboard})" if self.dashboard else ""),
+            f"  data        {s.data_dir}   logs in {self.logs_dir}",
+            "Ctrl-C stops everything.",
+        ]
+        for line in lines:
+            self.say("up", line)
+
+    def run(self) -> int:
+        problem = self.preflight()
+        if problem:
+            self.say("up", problem)
+            return 2
+        become_subreaper()
+        from catalog.db import get_engine
+
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        get_engine()  # migrate once, before several processes race to
+        self.plan()
+        interrupted: list[int] = []
+
+        def on_signal(signum, _frame):
+            if self.stopping.is_set():  # a second Ctrl-C: do not wait politely
+                for c in self.components:
+                    if c.proc is not None:
+                        _killpg(c.proc.pid, signal.SIGKILL)
+                return
+            interrupted.append(signum)
+            self.stopping.set()
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            for c in self.components:
+                if self.stopping.is_set():
+                    break
+                self.say("up", f"starting {c.name}: {' '.join(c.cmd[1:4])} …")
+                self.start(c)
+                if not self.wait_ready(c):
+                    if not self.stopping.is_set():
+                        self.say("up", f"{c.name} failed to start; last lines:")
+                        for line in list(c.tail)[-15:]:
+                            self.say("up", "    " + line)
+                        code = 1
+                    break
+                self.say("up", f"{c.name} is healthy ({time.time() - c.started_at:.1f} s)")
+            else:
+                self.banner()
+                code = self.supervise()
+        finally:
+            self.shutdown()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        if interrupted and code == 0:
+            self.say("up", "stopped cleanly")
+        return code
+
+    def supervise(self) -> int:
+        while not self.stopping.wait(1.0):
+            self.reap_orphans()
+            for c in self.components:
+                if c.proc is None or c.proc.poll() is None:
+                    continue
+                if self.stopping.is_set():
+                    break
+                now = time.monotonic()
+                c.restarts.append(now)
+                recent = [t for t in c.restarts if now - t < RESTART_WINDOW]
+                if len(recent) > MAX_RESTARTS:
+                    self.say("up", f"{c.name} keeps exiting (code {c.proc.returncode}); stopping the stack")
+                    return 1
+                # members of its group that outlived it (a flow run of a killed serve process)
+                # finish their work; they are adopted here and reaped or stopped on exit
+                self.say("up", f"{c.name} exited with code {c.proc.returncode}; restarting it")
+                if c.reader is not None:
+                    c.reader.join(2)
+                self.start(c)
+        return 0
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _has_bokeh() -> bool:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tcp_ok(address: str) -> bool:
+    from deployments.health import _host_port
+
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _worker_count(address: str) -> int:
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=5, set_as_default=False) as client:
+            return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    except Exception:  # noqa: BLE001 - not up yet
+        return 0
+
+
+def run_stack(settings: Settings) -> int:
+    """`vodflow up`: start everything, supervise until Ctrl-C/SIGTERM, stop everything."""
+    return Stack(settings).run()

@@ -1,36 +1,78 @@
-"""Start an ingest run for a stored video: through the Prefect deployment when one is served,
-else in a detached local process (a machine running only the web app).
+"""Start an ingest run for a stored video: through the Prefect deployment `ingest/on-demand` when
+a Prefect API is configured, else in a detached local process (a machine running only the web app).
+`VODFLOW_DISPATCH=local` forces the local process, `off` only stores and catalogs (maintenance
+dispatches what is left UPLOADED).
 
-`VODFLOW_DISPATCH` chooses how: `deployment` (default: the Prefect deployment when
-PREFECT_API_URL is set, else a local process), `local` (always a local process), or `off`
-(record only: the video stays UPLOADED until something else starts it, e.g. a test of the
-upload side, or a web host that must never transcode)."""
+The run's id is written to `Video.flow_run_id` so maintenance can later ask Prefect what became
+of it. The deployment's concurrency limit (set by the serve process) queues runs beyond
+`VODFLOW_MAX_CONCURRENT_INGESTS`, so dispatching 200 videos at once is safe.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 
 log = logging.getLogger(__name__)
 DEPLOYMENT = "ingest/on-demand"
+LOCAL_PREFIX = "local:"
 
 
-def dispatch_ingest(video_id: str) -> str:
-    """Dispatch once; returns the flow run id, 'local:<pid>', or 'off' when dispatch is disabled."""
+def _record_run(video_id: str, run_id: str) -> None:
+    from sqlalchemy import update
+
+    from catalog.db import session_scope
+    from catalog.models import Video
+
+    with session_scope() as s:
+        s.execute(update(Video).where(Video.id == video_id).values(flow_run_id=run_id))
+
+
+def _attempt(video_id: str) -> int:
+    from catalog.db import session_scope
+    from catalog.models import Video
+
+    with session_scope() as s:
+        v = s.get(Video, video_id)
+        return int(v.attempts or 0) if v is not None else 0
+
+
+def local_run_id(pid: int) -> str:
+    """'local:<host>:<pid>': a run outside Prefect, identified by the machine and process."""
+    return f"{LOCAL_PREFIX}{socket.gethostname()}:{pid}"
+
+
+def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
+    """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it on the
+    Video, or 'off' when dispatch is disabled."""
     mode = os.environ.get("VODFLOW_DISPATCH", "deployment").strip().lower()
     if mode in ("off", "none", "0", "false"):
+        # store and catalog only: the video stays UPLOADED until maintenance or an operator starts it
         log.info("dispatch is off (VODFLOW_DISPATCH=%s): video %s stays UPLOADED", mode, video_id)
         return "off"
     if os.environ.get("PREFECT_API_URL") and mode == "deployment":
         try:
             from prefect.deployments import run_deployment
 
-            run = run_deployment(DEPLOYMENT, parameters={"video_id": video_id}, timeout=0,
-                                 flow_run_name=f"ingest {video_id}")
-            log.info("dispatched %s as flow run %s", video_id, run.id)
-            return str(run.id)
+            attempt = _attempt(video_id)
+            run = run_deployment(
+                DEPLOYMENT,
+                parameters={"video_id": video_id},
+                timeout=0,
+                flow_run_name=f"ingest {video_id}" + (f" (attempt {attempt + 1})" if attempt else ""),
+                # a retried hand-off (the last PATCH sent twice) creates no second run
+                idempotency_key=f"ingest:{video_id}:{attempt}",
+                # a dispatch from bulk ingest or maintenance must not tie the run to that flow
+                as_subflow=False,
+                tags=["vodflow", "ingest"] + ([reason] if reason else []),
+            )
+            run_id = str(run.id)
+            _record_run(video_id, run_id)
+            log.info("dispatched %s as flow run %s", video_id, run_id)
+            return run_id
         except Exception as exc:  # noqa: BLE001 - no deployment served: fall back to a local run
             log.warning("deployment %s unavailable (%s); running ingest locally", DEPLOYMENT, exc)
     proc = subprocess.Popen(
@@ -38,5 +80,7 @@ def dispatch_ingest(video_id: str) -> str:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    run_id = local_run_id(proc.pid)
+    _record_run(video_id, run_id)
     log.info("dispatched %s to local process %d", video_id, proc.pid)
-    return f"local:{proc.pid}"
+    return run_id

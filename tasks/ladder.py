@@ -1,27 +1,54 @@
 """Choose the quality ladder for a source: never upscale, even sizes, square pixels.
 
 Rungs are named by the short side of the displayed picture ("720p" is 1280x720 for landscape
-and 720x1280 for portrait). Bit rates follow Apple's HLS authoring ladder; rate control is
-capped quality (CRF with maxrate/bufsize), so easy content costs fewer bits than the cap.
+and 720x1280 for portrait). Caps follow Apple's HLS authoring ladder; rate control is capped
+quality (CRF with maxrate/bufsize), so easy content costs fewer bits than the cap. Every rung is
+H.264 High at the lowest level that holds it, and never above 4.2 (the media rules: what every
+HLS player decodes in hardware); a picture too big for 4.2 at its frame rate is left out, so a
+4K source tops out at 1080p.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from tasks.probe import MediaInfo
 
-# short side -> (maxrate kb/s at 30 fps, H.264 level)
-STANDARD_RUNGS: list[tuple[int, int, str]] = [
-    (360, 1100, "3.0"),
-    (480, 2000, "3.1"),
-    (720, 4500, "4.0"),
-    (1080, 7800, "4.2"),
-    (1440, 14000, "5.1"),
-    (2160, 25000, "5.1"),
+# short side -> maxrate kb/s at 30 fps (Apple's authoring ladder, capped-CRF peaks)
+STANDARD_RUNGS: list[tuple[int, int]] = [
+    (360, 1100),
+    (480, 2000),
+    (720, 4500),
+    (1080, 7800),
+    (1440, 14000),
+    (2160, 25000),
 ]
 AUDIO_BITRATE = 128_000
 CRF = 23
+PRESET = "veryfast"
+MAX_LEVEL = "4.2"
+HIGH_FPS = 31.0  # above this, maxrate is scaled up (more frames to pay for)
+OWN_RUNG_MARGIN = 1.05  # a source this much above a standard rung keeps its own size as top rung
+
+# H.264 Table A-1: level -> (MaxMBPS, MaxFS, MaxBR kb/s, MaxCPB kbit), Main/Baseline figures;
+# High profile allows 1.25x the bit rate and buffer (Table A-2, cpbBrVclFactor 1250).
+H264_LEVELS: list[tuple[str, int, int, int, int]] = [
+    ("3.0", 40500, 1620, 10000, 10000),
+    ("3.1", 108000, 3600, 14000, 14000),
+    ("3.2", 216000, 5120, 20000, 20000),
+    ("4.0", 245760, 8192, 20000, 25000),
+    ("4.1", 245760, 8192, 50000, 62500),
+    ("4.2", 522240, 8704, 50000, 62500),
+    ("5.0", 589824, 22080, 135000, 135000),
+    ("5.1", 983040, 36864, 240000, 240000),
+    ("5.2", 2073600, 36864, 240000, 240000),
+]
+HIGH_FACTOR = 1.25
+
+
+class LadderError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -34,6 +61,7 @@ class Rung:
     crf: int
     profile: str
     level: str
+    preset: str = PRESET
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,46 +79,70 @@ def _even(x: float) -> int:
     return max(2, int(round(x / 2.0)) * 2)
 
 
-def _level_for(short: int, fps: float, default: str) -> str:
-    # 60 fps doubles the macroblock rate: 720p60 needs 4.1 (4.2 is allowed for 1080p60)
-    if fps > 31:
-        return {"3.0": "3.1", "3.1": "3.2", "4.0": "4.1"}.get(default, default)
-    return default
+def macroblocks(width: int, height: int) -> int:
+    return math.ceil(width / 16) * math.ceil(height / 16)
+
+
+def h264_level(width: int, height: int, fps: float, maxrate: int, bufsize: int) -> str | None:
+    """The lowest H.264 level (High profile) that holds this picture size, frame rate and VBV;
+    None when even 5.2 cannot."""
+    mbs = macroblocks(width, height)
+    # frame size limit also bounds each dimension: sqrt(8 * MaxFS) macroblocks
+    for name, max_mbps, max_fs, max_br, max_cpb in H264_LEVELS:
+        side_limit = math.sqrt(8 * max_fs)
+        if (mbs <= max_fs and mbs * fps <= max_mbps
+                and math.ceil(width / 16) <= side_limit and math.ceil(height / 16) <= side_limit
+                and maxrate <= max_br * 1000 * HIGH_FACTOR and bufsize <= max_cpb * 1000 * HIGH_FACTOR):
+            return name
+    return None
+
+
+def _level_value(level: str) -> float:
+    return float(level)
+
+
+def codec_string(level: str, profile_idc: int = 100) -> str:
+    """RFC 6381 codec string for H.264 High at a level: avc1.64001f for 3.1."""
+    level_idc = int(round(float(level) * 10))
+    return f"avc1.{profile_idc:02x}00{level_idc:02x}"
 
 
 def choose_ladder(info: MediaInfo) -> list[Rung]:
     """The rungs for this source, lowest first."""
     dw, dh = info.display_width, info.display_height
+    if dw <= 0 or dh <= 0:
+        raise LadderError("the source has no picture size")
     landscape = dw >= dh
     short = min(dw, dh)
     aspect = dw / dh
-    fps_factor = 1.5 if info.frame_rate > 31 else 1.0
-    picks: list[tuple[int, int, str]] = [r for r in STANDARD_RUNGS if r[0] <= short]
-    if not picks:
-        base = STANDARD_RUNGS[0]
-        picks = [(_even(short), base[1], base[2])]
-    elif short > picks[-1][0] and picks[-1][0] < STANDARD_RUNGS[-1][0]:
+    fps = info.frame_rate or 30.0
+    fps_factor = 1.5 if fps > HIGH_FPS else 1.0
+    sides: list[tuple[int, int]] = [(s, r) for s, r in STANDARD_RUNGS if s <= short]
+    if not sides:
+        # smaller than the lowest rung: one rung at the source's size, cap scaled by area
+        base_side, base_rate = STANDARD_RUNGS[0]
+        own = _even(short)
+        sides = [(own, max(200, int(base_rate * (own / base_side) ** 2)))]
+    elif short >= sides[-1][0] * OWN_RUNG_MARGIN and len(sides) < len(STANDARD_RUNGS):
         # the source's own size sits between two rungs: keep it as the top rung
-        nxt = STANDARD_RUNGS[len(picks)]
-        lo = picks[-1]
-        frac = (short - lo[0]) / (nxt[0] - lo[0])
-        picks.append((_even(short), int(lo[1] + frac * (nxt[1] - lo[1])), nxt[2]))
-    rungs = []
-    for side, maxrate_k, level in picks:
-        side = min(side, _even(short)) if side > short else side
+        lo_side, lo_rate = sides[-1]
+        hi_side, hi_rate = STANDARD_RUNGS[len(sides)]
+        own = _even(short) if _even(short) <= short else _even(short) - 2
+        frac = (own - lo_side) / (hi_side - lo_side)
+        sides.append((own, int(lo_rate + frac * (hi_rate - lo_rate))))
+    rungs: list[Rung] = []
+    for side, maxrate_k in sides:
         long_side = _even(side * (aspect if landscape else 1 / aspect))
         width, height = (long_side, side) if landscape else (side, long_side)
         maxrate = int(maxrate_k * 1000 * fps_factor)
-        rungs.append(
-            Rung(
-                name=f"{side}p",
-                width=width,
-                height=height,
-                maxrate=maxrate,
-                bufsize=2 * maxrate,
-                crf=CRF,
-                profile="high",
-                level=_level_for(side, info.frame_rate, level),
-            )
-        )
+        bufsize = 2 * maxrate
+        level = h264_level(width, height, fps, maxrate, bufsize)
+        if level is None or _level_value(level) > _level_value(MAX_LEVEL):
+            continue
+        rungs.append(Rung(name=f"{side}p", width=width, height=height, maxrate=maxrate,
+                          bufsize=bufsize, crf=CRF, profile="high", level=level))
+    if not rungs:
+        raise LadderError(
+            f"no H.264 level up to {MAX_LEVEL} holds {dw}x{dh} at {fps:g} fps; "
+            "re-export the video at 60 fps or less")
     return rungs

@@ -37,6 +37,9 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
         "progress": round(v.progress or 0.0, 1),
         "stage": v.stage,
         "error": v.error,
+        # where to look in Prefect, and how many processing attempts recovery has made
+        "flow_run_id": v.flow_run_id,
+        "attempts": v.attempts or 0,
         "created_at": v.created_at.isoformat() if v.created_at else None,
         "ready_at": v.ready_at.isoformat() if v.ready_at else None,
         "metadata": {

@@ -72,10 +72,15 @@ def delete_video(video_id: str):
 
 @bp.get("/healthz")
 def healthz():
-    from catalog.db import check as db_check
+    """DB, storage, Prefect API and Dask scheduler reachability. The HTTP status follows the
+    parts needed to serve (database, storage): 503 takes this instance out of a load balancer;
+    Prefect or Dask being down only delays transcoding, so it shows as "degraded" with 200."""
+    from deployments.health import CRITICAL, check_all
 
-    checks = {"database": db_check(), "storage": storage.check()}
+    checks = check_all()
+    serving = all(checks[name]["ok"] for name in CRITICAL)
     ok = all(c["ok"] for c in checks.values())
     resp = jsonify(status="ok" if ok else "degraded", checks=checks)
-    resp.status_code = 200 if ok else 503
+    resp.status_code = 200 if serving else 503
+    resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -1,0 +1,128 @@
+"""Reachability of the parts vodflow runs on, for `/healthz` and `vodflow status`.
+
+The database and storage are needed to serve anything. The Prefect API and the Dask scheduler
+are needed to transcode; without a configured Prefect API ingest runs as local processes, and
+without a Dask address each run starts its own LocalCluster, so "not configured" is healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from urllib.parse import urlparse
+
+TIMEOUT = 2.0
+
+
+def prefect_api_url() -> str | None:
+    from config.settings import get_settings
+
+    return os.environ.get("PREFECT_API_URL") or get_settings().prefect_api_url
+
+
+def check_prefect(timeout: float = TIMEOUT) -> dict:
+    import requests
+
+    url = prefect_api_url()
+    if not url:
+        return {"ok": True, "configured": False,
+                "note": "PREFECT_API_URL is not set: ingest runs as local processes"}
+    t0 = time.monotonic()
+    try:
+        r = requests.get(url.rstrip("/") + "/health", timeout=timeout)
+        ok = r.status_code == 200
+        out = {"ok": ok, "configured": True, "url": url,
+               "latency_ms": round((time.monotonic() - t0) * 1000, 1)}
+        if not ok:
+            out["error"] = f"HTTP {r.status_code} from {url}/health"
+        return out
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return {"ok": False, "configured": True, "url": url, "error": f"unreachable: {exc}"}
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 8786
+
+
+def check_dask(timeout: float = TIMEOUT, *, detail: bool = False) -> dict:
+    """TCP reachability of the scheduler; with `detail`, its workers (a real Dask client)."""
+    from config.settings import get_settings
+
+    address = get_settings().dask_address
+    if not address:
+        return {"ok": True, "configured": False,
+                "note": "VODFLOW_DASK_ADDRESS is not set: each ingest run starts a LocalCluster"}
+    host, port = _host_port(address)
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        return {"ok": False, "configured": True, "address": address, "error": f"unreachable: {exc}"}
+    out = {"ok": True, "configured": True, "address": address,
+           "latency_ms": round((time.monotonic() - t0) * 1000, 1)}
+    if detail:
+        try:
+            from distributed import Client
+
+            with Client(address, timeout=max(timeout, 5), set_as_default=False) as client:
+                workers = client.scheduler_info(n_workers=-1).get("workers", {})
+            out["workers"] = len(workers)
+            out["threads"] = sum(int(w.get("nthreads", 0)) for w in workers.values())
+            out["memory_bytes"] = sum(int(w.get("memory_limit", 0) or 0) for w in workers.values())
+            if not workers:
+                out["ok"] = False
+                out["error"] = "the scheduler has no workers: start `dask worker " + address + "`"
+        except Exception as exc:  # noqa: BLE001
+            out["ok"] = False
+            out["error"] = f"scheduler did not answer: {exc}"
+    return out
+
+
+def check_all(*, detail: bool = False) -> dict:
+    from catalog.db import check as db_check
+    from config import storage
+
+    return {
+        "database": db_check(),
+        "storage": storage.check(),
+        "prefect": check_prefect(),
+        "dask": check_dask(detail=detail),
+    }
+
+
+# Serving pages and media needs these; the others only delay transcoding.
+CRITICAL = ("database", "storage")
+
+
+def ingest_queue(timeout: float = 5.0) -> dict:
+    """Ingest flow runs by state from the Prefect API: queued (scheduled, pending, awaiting a
+    concurrency slot) and running."""
+    import requests
+
+    url = prefect_api_url()
+    if not url:
+        return {"ok": True, "configured": False}
+    base = url.rstrip("/")
+    try:
+        r = requests.get(f"{base}/deployments/name/ingest/on-demand", timeout=timeout)
+        if r.status_code == 404:
+            return {"ok": False, "configured": True,
+                    "error": "deployment ingest/on-demand is not registered: start `vodflow serve-flows`"}
+        r.raise_for_status()
+        dep = r.json()
+        counts = {}
+        for label, types in (("queued", ["SCHEDULED", "PENDING"]), ("running", ["RUNNING"])):
+            body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]},
+                                  "state": {"type": {"any_": types}}}}
+            c = requests.post(f"{base}/flow_runs/count", json=body, timeout=timeout)
+            c.raise_for_status()
+            counts[label] = int(c.json())
+        limit = dep.get("concurrency_limit")
+        if limit is None and dep.get("global_concurrency_limit"):
+            limit = dep["global_concurrency_limit"].get("limit")
+        return {"ok": True, "configured": True, "deployment_id": dep["id"], "limit": limit, **counts}
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "configured": True, "error": str(exc)}

@@ -1,0 +1,542 @@
+"""The ingest flow: probe → ladder → split by GOP → encode chunks × rungs on Dask (audio once,
+in parallel) → package each rung → validate → publish, lowest rung first.
+
+Tasks move only storage URLs and small dicts, so any Dask worker that can reach the storage
+runs them. This flow is the only place that touches the catalog: state changes, progress
+(forward only), renditions. Output goes to a new run folder `hls/{video_id}/{run}/`; a rung
+becomes visible when its Rendition row is READY and the video's `current_run` points at its
+run. Re-running the flow for a video (after a crash, or to reprocess) starts a new run and
+removes the leftovers of runs that never finished.
+
+Run one by hand with `python -m flows.ingest VIDEO_ID`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
+
+from catalog.db import session_scope
+from catalog.models import Rendition, RenditionStatus, VideoStatus
+from catalog.state import get_video, set_progress, transition
+from config import storage
+from config.settings import get_settings
+from flows import cluster
+from tasks.audio import encode_audio
+from tasks.encode import encode_chunk
+from tasks.ffmpeg import MediaError
+from tasks.ladder import choose_ladder
+from tasks.package import package_rung
+from tasks.probe import MediaInfo
+from tasks.probe import probe as probe_source
+from tasks.retry import PROGRESS_TOPIC, RETRY_OPTIONS, is_permanent
+from tasks.split import split_source
+from tasks.validate import validate_rung
+
+log = logging.getLogger(__name__)
+
+# how many times the flow itself resubmits a chunk whose task failed for a transient reason
+# after Prefect's own retries (a worker that died takes the task run with it)
+FLOW_RESUBMITS = 2
+POLL_SECONDS = 0.5
+REPROCESSABLE = {VideoStatus.UPLOADED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.PARTIAL,
+                 VideoStatus.FAILED}
+# progress bands (percent): probe+split, encode, package+validate
+P_SPLIT, P_ENCODED, P_PACKAGED = 5.0, 90.0, 99.0
+
+
+class IngestFailed(RuntimeError):
+    """The video could not be transcoded; the message says why and what to do."""
+
+
+def new_run_id() -> str:
+    return "r" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001
+        return log
+
+
+# ---------------------------------------------------------------------------------------------
+# catalog steps (flow side only)
+
+
+def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | None]:
+    """Move the video to PROCESSING for this run. Returns (source_url, published_run)."""
+    with session_scope() as s:
+        v = get_video(s, video_id, lock=True)
+        status = VideoStatus(v.status)
+        if status not in REPROCESSABLE:
+            raise IngestFailed(f"video {video_id} is {status.value}; it cannot be processed")
+        if not v.source_url:
+            transition(s, v, VideoStatus.FAILED, error="the source file is missing; upload the video again")
+            raise IngestFailed("the source file is missing; upload the video again")
+        published = v.current_run if status in (VideoStatus.READY, VideoStatus.PARTIAL) else None
+        if status == VideoStatus.PROCESSING:
+            # a re-dispatch after a crash: the earlier run never finished
+            published = v.current_run if any(
+                r.run == v.current_run and r.status == RenditionStatus.READY for r in v.renditions) else None
+        transition(s, v, VideoStatus.PROCESSING)
+        v.progress = 0.0
+        v.error = None
+        v.stage = "probe"
+        v.flow_run_id = flow_run_id
+        source_url = v.source_url
+    return source_url, published
+
+
+def remove_stale_runs(video_id: str, keep: set[str]) -> list[str]:
+    """Delete run folders and rendition rows of runs that are neither published nor ours."""
+    removed = []
+    for entry in storage.list_dir(storage.url_for("hls", video_id)):
+        if entry["type"] == "directory" and entry["name"] not in keep:
+            storage.delete(entry["url"])
+            removed.append(entry["name"])
+    for entry in storage.list_dir(storage.url_for("work", video_id)):
+        if entry["name"] not in keep:
+            storage.delete(entry["url"])
+    with session_scope() as s:
+        s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run.not_in(keep)))
+    return removed
+
+
+def save_probe(video_id: str, info: MediaInfo) -> None:
+    from flows.intake import video_fields
+
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        for k, val in video_fields(info).items():
+            setattr(v, k, val)
+
+
+def progress(video_id: str, pct: float, stage: str | None = None) -> None:
+    with session_scope() as s:
+        set_progress(s, video_id, pct, stage)
+
+
+def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame_rate: float,
+                      *, make_current: bool) -> None:
+    with session_scope() as s:
+        s.add(Rendition(
+            video_id=video_id, run=run, name=rung["name"], width=rung["width"], height=rung["height"],
+            bandwidth=packaged["bandwidth"], average_bandwidth=packaged["average_bandwidth"],
+            codecs=packaged["codecs"], frame_rate=frame_rate, playlist_url=packaged["playlist_url"],
+            segment_count=len(packaged["segment_urls"]), status=RenditionStatus.READY,
+            published_at=datetime.now(timezone.utc),
+        ))
+        if make_current:
+            v = get_video(s, video_id)
+            v.current_run = run
+
+
+def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str) -> None:
+    with session_scope() as s:
+        s.add(Rendition(video_id=video_id, run=run, name=rung["name"], width=rung["width"],
+                        height=rung["height"], status=RenditionStatus.FAILED, error=reason[:2000]))
+
+
+def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None) -> None:
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        if VideoStatus(v.status) == VideoStatus.DELETED:
+            return
+        if status in (VideoStatus.READY, VideoStatus.PARTIAL):
+            v.current_run = run
+            if switch_from and switch_from != run:
+                s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run == switch_from))
+        v.stage = status.value.lower()
+        transition(s, v, status, error=error)
+
+
+def fail(video_id: str, message: str) -> None:
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        if VideoStatus(v.status) == VideoStatus.PROCESSING:
+            v.stage = "failed"
+            transition(s, v, VideoStatus.FAILED, error=message)
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process tasks (cheap: no reason to ship them to a worker)
+
+
+@task(name="probe", task_run_name="probe {video_id}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def probe_task(source_url: str, video_id: str) -> dict:
+    return probe_source(source_url).to_dict()
+
+
+@task(name="ladder", task_run_name="ladder {video_id}", cache_policy=NO_CACHE)
+def ladder_task(info: dict, video_id: str) -> list[dict]:
+    return [r.to_dict() for r in choose_ladder(MediaInfo.from_dict(info))]
+
+
+# ---------------------------------------------------------------------------------------------
+# watching Dask futures
+
+
+@dataclass
+class Tracker:
+    """Progress of the transcode: catalog (forward only) and a Prefect progress artifact."""
+
+    video_id: str
+    total_frames: int = 1
+    artifact_id: object = None
+    last: float = -1.0
+    chunk_done: dict = field(default_factory=dict)  # index -> fraction
+    events_since: float = 0.0
+
+    def set(self, pct: float, stage: str | None = None) -> None:
+        if pct < self.last + 0.5 and stage is None:
+            return
+        pct = max(pct, self.last)
+        self.last = pct
+        progress(self.video_id, pct, stage)
+        if self.artifact_id is not None:
+            try:
+                update_progress_artifact(self.artifact_id, round(pct, 1))
+            except Exception:  # noqa: BLE001 - observability must not fail the transcode
+                log.debug("progress artifact update failed", exc_info=True)
+
+    def encode_fraction(self, chunks: list[dict]) -> float:
+        done = sum(self.chunk_done.get(c["index"], 0.0) * c["frames"] for c in chunks)
+        return done / max(1, self.total_frames)
+
+    def poll_events(self, client, run: str) -> None:
+        try:
+            events = client.get_events(PROGRESS_TOPIC)
+        except Exception:  # noqa: BLE001
+            return
+        for ts, msg in events:
+            if ts <= self.events_since:
+                continue
+            self.events_since = ts
+            key = str(msg.get("key", ""))
+            if key.startswith(run + ":chunk:"):
+                idx = int(key.rsplit(":", 1)[1])
+                self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
+
+
+def _outcome(fut) -> tuple[bool, object]:
+    """(ok, result or exception) of a finished Prefect-on-Dask future."""
+    try:
+        state = fut.wrapped_future.result()
+    except BaseException as exc:  # noqa: BLE001 - a dead worker, a cancelled key
+        return False, exc
+    if hasattr(state, "is_completed"):
+        if state.is_completed():
+            return True, state.result()
+        try:
+            exc = state.result(raise_on_failure=False)
+        except BaseException as e:  # noqa: BLE001
+            exc = e
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(state.message or f"task ended {state.type}")
+        return False, exc
+    return True, state
+
+
+def _describe(exc: object) -> str:
+    text = str(exc) or type(exc).__name__
+    detail = getattr(exc, "detail", "")
+    if detail:
+        text += f" ({detail.splitlines()[-1][:200]})"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# the flow
+
+
+@flow(name="ingest", flow_run_name="ingest {video_id}", task_runner=cluster.task_runner(), log_prints=False)
+def ingest(video_id: str) -> dict:
+    """Transcode one stored video into an HLS ladder and publish it. Idempotent per video:
+    every run writes a new run folder and removes unfinished earlier ones."""
+    logger = _logger()
+    settings = get_settings()
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    run = new_run_id()
+    t_start = time.monotonic()
+    source_url, published = begin(video_id, run, flow_run_id)
+    keep = {run} | ({published} if published else set())
+    removed = remove_stale_runs(video_id, keep)
+    if removed:
+        logger.info("removed unfinished earlier runs: %s", ", ".join(removed))
+    # a video already playing keeps its published run until this one is complete
+    progressive = published is None
+    work_url = storage.url_for("work", video_id, run)
+    hls_url = storage.url_for("hls", video_id, run)
+    tracker = Tracker(video_id)
+    try:
+        tracker.artifact_id = create_progress_artifact(progress=0.0, key=f"transcode-{video_id}",
+                                                       description=f"transcode of video {video_id}, run {run}")
+    except Exception:  # noqa: BLE001
+        tracker.artifact_id = None
+    timings: dict[str, float] = {}
+    try:
+        result = _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive,
+                            published, logger)
+    except BaseException as exc:
+        message = exc.args[0] if isinstance(exc, IngestFailed) else (
+            f"{_describe(exc)}" if isinstance(exc, MediaError) else
+            f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
+            "re-run it with `python -m flows.ingest " + video_id + "` and report it if it repeats")
+        try:
+            fail(video_id, message)
+        finally:
+            storage.delete(work_url)
+            if not _has_published(video_id, run):
+                storage.delete(hls_url)
+        logger.error("video %s FAILED: %s", video_id, message)
+        raise
+    storage.delete(work_url)
+    result["seconds"] = round(time.monotonic() - t_start, 3)
+    result["timings"] = timings
+    logger.info("video %s %s in %.1f s", video_id, result["status"], result["seconds"])
+    return result
+
+
+def _has_published(video_id: str, run: str) -> bool:
+    with session_scope() as s:
+        return s.scalars(select(Rendition.id).where(Rendition.video_id == video_id, Rendition.run == run,
+                                                    Rendition.status == RenditionStatus.READY)).first() is not None
+
+
+def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive, published,
+               logger) -> dict:
+    settings = get_settings()
+    t = time.monotonic()
+    info = MediaInfo.from_dict(probe_task(source_url, video_id))
+    save_probe(video_id, info)
+    rungs = ladder_task(info.to_dict(), video_id)
+    timings["probe"] = time.monotonic() - t
+    logger.info("ladder for %dx%d %s: %s", info.display_width, info.display_height, info.video_codec,
+                ", ".join(f"{r['name']} {r['width']}x{r['height']} L{r['level']}" for r in rungs))
+    tracker.set(2.0, "split")
+    ctx = FlowRunContext.get()
+    client = ctx.task_runner.client
+    workers = cluster.slots(client)
+
+    t = time.monotonic()
+    plan = split_source.submit(source_url, work_url, workers, info.video_stream_index,
+                               info.frame_rate_fraction, settings.keyframe_seconds,
+                               settings.segment_seconds).result()
+    timings["split"] = time.monotonic() - t
+    chunks = plan["chunks"]
+    tracker.total_frames = plan["frames"]
+    tracker.set(P_SPLIT, "encode")
+    logger.info("%d chunks on %d worker slots; %d frames, %.3f s", len(chunks), workers, plan["frames"],
+                plan["duration"])
+
+    # audio first: it takes one slot for a short while and is ready long before the video
+    audio_fut = None
+    if info.has_audio:
+        audio_fut = encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
+                                        info.audio_stream_index, plan["t0"], plan["duration"],
+                                        info.audio_channels, label=video_id)
+    # side tasks run alongside the encodes and never decide the video's fate (poster and
+    # sprite sheets go here); each entry: (name, future)
+    side_tasks: list[tuple[str, object]] = []
+
+    t = time.monotonic()
+    rotation = info.rotation
+    encode_kwargs = dict(source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
+                         rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
+                         keyframe_seconds=settings.keyframe_seconds)
+
+    def submit_chunk(c: dict):
+        return encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
+                                   progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs)
+
+    pending = {c["index"]: submit_chunk(c) for c in chunks}
+    resubmits = {c["index"]: 0 for c in chunks}
+    encoded: dict[int, dict] = {}
+    while pending:
+        time.sleep(POLL_SECONDS)
+        tracker.poll_events(client, run)
+        for idx, fut in list(pending.items()):
+            if not fut.wrapped_future.done():
+                continue
+            ok, value = _outcome(fut)
+            del pending[idx]
+            if ok:
+                encoded[idx] = value
+                tracker.chunk_done[idx] = 1.0
+                continue
+            label = f"chunk {idx + 1}/{len(chunks)}"
+            if is_permanent(value):
+                for other in pending.values():
+                    other.wrapped_future.cancel()
+                raise IngestFailed(f"{label} cannot be encoded: {_describe(value)}")
+            if resubmits[idx] >= FLOW_RESUBMITS:
+                for other in pending.values():
+                    other.wrapped_future.cancel()
+                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {_describe(value)}; "
+                                   "check the workers (disk space, memory) and re-run the ingest")
+            resubmits[idx] += 1
+            logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, _describe(value),
+                           resubmits[idx], FLOW_RESUBMITS)
+            pending[idx] = submit_chunk(chunks[idx])
+        tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
+    timings["encode"] = time.monotonic() - t
+    seek_chunks = sum(1 for r in encoded.values() if r["mode"] == "seek")
+    if seek_chunks:
+        logger.warning("%d of %d chunks were read by exact seeking instead of stream copy", seek_chunks,
+                       len(chunks))
+
+    audio_url = None
+    audio_note = None
+    if audio_fut is not None:
+        ok, value = _outcome(audio_fut)
+        if ok:
+            audio_url = value["url"]
+        else:
+            # a video whose sound cannot be decoded is still worth watching; say so
+            audio_note = f"the audio track could not be encoded ({_describe(value)}); published without sound"
+            logger.warning(audio_note)
+    tracker.set(P_ENCODED, "package")
+
+    t = time.monotonic()
+    per_rung_chunks = {
+        r["name"]: [{"url": encoded[c["index"]]["outputs"][r["name"]], "start": c["start"], "end": c["end"]}
+                    for c in chunks] for r in rungs}
+    packaging = {}
+    for r in rungs:  # lowest first: Dask starts them in submission order
+        packaging[r["name"]] = package_rung.submit(
+            r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
+            plan["segment_times"], plan["duration"], rung_name=r["name"])
+    validating: dict[str, object] = {}
+    packaged: dict[str, dict] = {}
+    results: dict[str, dict] = {}  # name -> {"ok", "reason"}
+    order = [r["name"] for r in rungs]
+    by_name = {r["name"]: r for r in rungs}
+    next_to_publish = 0
+    while next_to_publish < len(order):
+        time.sleep(POLL_SECONDS / 2)
+        for name, fut in list(packaging.items()):
+            if fut.wrapped_future.done():
+                del packaging[name]
+                ok, value = _outcome(fut)
+                if not ok:
+                    results[name] = {"ok": False, "reason": f"packaging failed: {_describe(value)}"}
+                    continue
+                packaged[name] = value
+                validating[name] = validate_rung.submit(
+                    value["playlist_url"], by_name[name], plan["frames"], plan["duration"], plan["frame_interval"],
+                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name)
+        for name, fut in list(validating.items()):
+            if fut.wrapped_future.done():
+                del validating[name]
+                ok, value = _outcome(fut)
+                if not ok:
+                    results[name] = {"ok": False, "reason": f"validation could not run: {_describe(value)}"}
+                elif not value["ok"]:
+                    results[name] = {"ok": False, "reason": "; ".join(value["reasons"])}
+                else:
+                    results[name] = {"ok": True, "measured": value["measured"]}
+        # publish in ladder order: a rung waits for the ones below it to be decided
+        while next_to_publish < len(order) and order[next_to_publish] in results:
+            name = order[next_to_publish]
+            res = results[name]
+            if res["ok"]:
+                publish_rendition(video_id, run, by_name[name], packaged[name], info.frame_rate,
+                                  make_current=progressive)
+                logger.info("published %s", name)
+            else:
+                record_failed_rendition(video_id, run, by_name[name], res["reason"])
+                logger.error("rung %s failed: %s", name, res["reason"])
+                storage.delete(storage.join(hls_url, name))
+            next_to_publish += 1
+            tracker.set(P_ENCODED + (P_PACKAGED - P_ENCODED) * next_to_publish / len(order))
+    timings["package"] = time.monotonic() - t
+
+    for name, fut in side_tasks:
+        ok, value = _outcome(fut)
+        if not ok:
+            logger.warning("side task %s failed: %s", name, _describe(value))
+
+    good = [n for n in order if results[n]["ok"]]
+    bad = [n for n in order if not results[n]["ok"]]
+    if not good:
+        reasons = "; ".join(f"{n}: {results[n]['reason']}" for n in bad)
+        raise IngestFailed(f"no rendition passed validation ({reasons}); the source may be damaged - "
+                           "re-export it and upload again")
+    messages = [f"{n} failed: {results[n]['reason']}" for n in bad]
+    if audio_note:
+        messages.append(audio_note)
+    status = VideoStatus.PARTIAL if messages else VideoStatus.READY
+    finish(video_id, run, status, "; ".join(messages) or None, switch_from=published)
+    if published and published != run:
+        storage.delete(storage.url_for("hls", video_id, published))
+    tracker.set(100.0)
+    _ladder_artifact(video_id, run, rungs, packaged, results, status, settings)
+    return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
+            "chunks": len(chunks), "seek_chunks": seek_chunks,
+            "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()}}
+
+
+def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
+    watch = f"{settings.public_url}/watch/{video_id}"
+    lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "",
+             "| rung | resolution | level | peak kb/s | average kb/s | codecs | segments | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rungs:
+        p = packaged.get(r["name"], {})
+        res = results.get(r["name"], {})
+        state = "published" if res.get("ok") else f"failed: {res.get('reason', '')[:120]}"
+        lines.append(f"| {r['name']} | {r['width']}x{r['height']} | {r['level']} | "
+                     f"{p.get('bandwidth', 0) / 1000:.0f} | {p.get('average_bandwidth', 0) / 1000:.0f} | "
+                     f"{p.get('codecs', '')} | {len(p.get('segment_urls', []))} | {state} |")
+    try:
+        create_markdown_artifact(markdown="\n".join(lines), key=f"ladder-{video_id}",
+                                 description=f"ladder of video {video_id}")
+    except Exception:  # noqa: BLE001
+        log.debug("markdown artifact failed", exc_info=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.ingest VIDEO_ID`: run one ingest in this process (what dispatch does
+    when no deployment is served). Exit 0 when READY or PARTIAL, 1 when FAILED."""
+    import os
+
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m flows.ingest VIDEO_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        # without an API every Dask worker would start its own temporary Prefect server:
+        # start one here and point the workers at it
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        ingest(args[0])
+    except Exception as exc:  # noqa: BLE001
+        print(f"ingest {args[0]} failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Encode one chunk into every rung: one decode, `split`, one x264 per rung.
+
+The chunk's frames are chosen by the source's own timestamps (`trim`), then rebased to the
+chunk's start, so chunk containers never decide where a frame lands on the timeline.
+Keyframes are forced at the chunk's first frame and at every multiple of the keyframe interval
+on the global timeline (the same frames in every rung, because every rung sees the same
+frames); x264's own keyframe placement and scene-cut detection are off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config import storage
+from config.settings import get_settings
+from tasks import ffmpeg
+from tasks.ffmpeg import PermanentMediaError, TransientMediaError
+from tasks.ladder import Rung
+from tasks.retry import RETRY_OPTIONS, report_progress
+from tasks.split import _logger
+
+log = logging.getLogger(__name__)
+
+
+class ChunkNotExact(TransientMediaError):
+    """A stream-copy chunk decoded to the wrong number of frames (open GOP, damaged packets)."""
+
+
+def rotation_filters(rotation: int) -> list[str]:
+    """The same turn ffmpeg's autorotate (and every player) applies for a display matrix."""
+    rotation %= 360
+    if rotation == 90:
+        return ["transpose=clock"]
+    if rotation == 270:
+        return ["transpose=cclock"]
+    if rotation == 180:
+        return ["hflip", "vflip"]
+    return []
+
+
+def scale_filters(rung: Rung | dict) -> list[str]:
+    r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
+    # explicit size from the display aspect, then square pixels: plain scale=-2:480 keeps the
+    # source's sample aspect and leaves 854x480 at SAR 1280:1281
+    return [f"scale={r.width}:{r.height}:flags=bicubic", "setsar=1", "format=yuv420p"]
+
+
+def x264_args(rung: Rung | dict, *, threads: int, frame_rate: float, keyframe_seconds: float) -> list[str]:
+    r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
+    # forced keyframes carry the grid; keyint only bounds the gap if a force is missed
+    keyint = max(2, int(math.ceil(keyframe_seconds * max(frame_rate, 1.0))) * 2 + 1)
+    params = f"scenecut=0:open-gop=0:keyint={keyint}:min-keyint=1:threads={threads}"
+    return [
+        "-c:v", "libx264", "-preset", r.preset, "-profile:v", r.profile, "-level:v", r.level,
+        "-crf", str(r.crf), "-maxrate", str(r.maxrate), "-bufsize", str(r.bufsize),
+        "-pix_fmt", "yuv420p", "-x264-params", params, "-forced-idr", "1",
+    ]
+
+
+def forced_keyframes(start: float, end: float, keyframe_seconds: float, half_frame: float,
+                     rate: Fraction | None = None) -> str:
+    """Chunk-relative times for -force_key_frames: the chunk start, and the first frame at or
+    after every multiple of the keyframe interval (global) inside the chunk - the same rule
+    the split used to plan segments. With constant frame rate the time given is that frame's
+    exact time (ffmpeg rounds a forced time to the nearest tick of a 1/rate time base, which
+    would pick the frame before); otherwise half a frame early."""
+    times = [0.0]
+    m = math.ceil((start - half_frame) / keyframe_seconds)
+    while m * keyframe_seconds - half_frame < end - half_frame:
+        t = m * keyframe_seconds - start - half_frame
+        if rate is not None:
+            t = math.ceil(t * rate - 1e-6) / rate
+        if t > times[-1] + 1e-6:
+            times.append(float(t))
+        m += 1
+    return ",".join(f"{t:.6f}" for t in times)
+
+
+def _rate_expr(frame_rate: str) -> Fraction:
+    rate = Fraction(frame_rate)
+    if rate <= 0:
+        raise PermanentMediaError("the video has no usable frame rate")
+    return rate
+
+
+def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_paths: list[str], *,
+                         rotation: int, cfr: bool, frame_rate: str, keyframe_seconds: float,
+                         threads: int, offset: float, seek: bool) -> list[str]:
+    """ffmpeg arguments for one chunk. `offset` maps source pts to the input's pts (copy
+    chunks carry the source's timestamps shifted by the muxer; seek mode reads the source)."""
+    half = float(chunk["half_frame"])
+    t_start = chunk["source_start"] + offset - half
+    t_end = chunk["source_end"] + offset - half
+    rate = _rate_expr(frame_rate)
+    args = ["-threads", str(threads), *ffmpeg.SAFE_INPUT, "-noautorotate", "-copyts"]
+    if seek:
+        # land on the keyframe at or before the chunk and decode forward; trim keeps the rest
+        args += ["-seek_timestamp", "1", "-noaccurate_seek", "-ss", f"{max(0.0, chunk['key_pts'] - 1.0):.6f}"]
+    args += ["-i", input_path]
+    chain = [f"trim=start={t_start:.6f}:end={t_end:.6f}"]
+    if cfr:
+        # exact timestamps rebuilt from the frame count: n / rate, in a 1/rate time base
+        chain += [f"settb={rate.denominator}/{rate.numerator}", "setpts=N"]
+    else:
+        chain += ["settb=1/90000", "setpts=PTS-STARTPTS"]
+    chain += rotation_filters(rotation)
+    n = len(rungs)
+    graph = "[0:v:0]" + ",".join(chain)
+    if n > 1:
+        graph += f",split={n}" + "".join(f"[s{i}]" for i in range(n)) + ";"
+        graph += ";".join(f"[s{i}]" + ",".join(scale_filters(r)) + f"[v{i}]" for i, r in enumerate(rungs))
+    else:
+        graph += "," + ",".join(scale_filters(rungs[0])) + "[v0]"
+    args += ["-filter_complex", graph, "-filter_complex_threads", str(threads)]
+    kf = forced_keyframes(chunk["start"], chunk["end"], keyframe_seconds, half, rate if cfr else None)
+    for i, (r, out) in enumerate(zip(rungs, out_paths)):
+        args += ["-map", f"[v{i}]", *x264_args(r, threads=threads, frame_rate=float(rate),
+                                                keyframe_seconds=keyframe_seconds),
+                 "-force_key_frames", kf, "-fps_mode", "passthrough", "-an", "-sn", "-dn",
+                 "-f", "mpegts", out]
+    return args
+
+
+def _first_packet_pts(path: str) -> float:
+    rows = list(ffmpeg.iter_probe_rows(path, timeout=get_settings().probe_timeout, entries="pts_time",
+                                       extra=["-read_intervals", "%+#1"]))
+    for row in rows:
+        if row and row[0] not in ("N/A", ""):
+            return float(row[0])
+    raise PermanentMediaError(f"chunk {path} has no timestamps")
+
+
+def count_video_packets(path: str) -> int:
+    data = ffmpeg.probe_json(path, timeout=get_settings().probe_timeout,
+                             extra=["-select_streams", "v:0", "-count_packets",
+                                    "-show_entries", "stream=nb_read_packets"])
+    streams = data.get("streams") or [{}]
+    return int(streams[0].get("nb_read_packets") or 0)
+
+
+def worker_threads() -> int:
+    """Cores per task on this machine: the cores divided among the Dask worker threads here."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    slots = int(os.environ.get("VODFLOW_TASK_SLOTS", "0") or 0)
+    if not slots:
+        try:
+            from distributed import get_worker
+
+            w = get_worker()
+            slots = w.state.nthreads * int(os.environ.get("VODFLOW_WORKERS_ON_HOST", "1") or 1)
+        except (ImportError, ValueError, AttributeError):
+            slots = 1
+    return max(1, cores // max(1, slots))
+
+
+def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, rotation: int,
+                    cfr: bool, frame_rate: str, threads: int | None = None, progress_key: str | None = None,
+                    force_seek: bool = False, keyframe_seconds: float | None = None) -> dict:
+    """Encode a chunk into every rung; returns {index, frames, mode, outputs: {rung: url}, seconds}."""
+    settings = get_settings()
+    keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
+    logger = _logger()
+    threads = threads or worker_threads()
+    label = f"chunk {chunk['index'] + 1}/{chunk['count']}"
+    t_begin = time.monotonic()
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    mode = "seek" if force_seek or chunk["mode"] == "seek" or not chunk.get("url") else "copy"
+
+    def progress(fraction: float) -> None:
+        report_progress(progress_key or label, fraction, index=chunk["index"], frames=chunk["frames"])
+
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="encode-") as tmp:
+        outs = [str(Path(tmp) / f"{r['name']}.ts") for r in rungs]
+        attempts = [mode] if mode == "seek" else ["copy", "seek"]
+        frames_seen: dict[str, int] = {}
+        for attempt in attempts:
+            src_url = chunk["url"] if attempt == "copy" else source_url
+            with storage.local_copy(src_url, settings.work_dir) as path:
+                offset = (_first_packet_pts(str(path)) - chunk["key_pts"]) if attempt == "copy" else 0.0
+                args = build_encode_command(
+                    chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
+                    keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
+                    seek=attempt == "seek")
+                ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
+                           on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001))
+            frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
+            if all(v == chunk["frames"] for v in frames_seen.values()):
+                break
+            if attempt == "copy":
+                logger.warning("%s: stream-copy chunk gave %s frames, expected %d; re-encoding it by "
+                               "exact seeking in the source instead", label, frames_seen, chunk["frames"])
+            mode = "seek"
+        else:
+            raise PermanentMediaError(
+                f"{label} ({chunk['start']:.3f}-{chunk['end']:.3f} s) decoded to {sorted(set(frames_seen.values()))} "
+                f"frames, expected {chunk['frames']}: the source is damaged there; re-export it and upload again")
+        outputs = {}
+        for r, o in zip(rungs, outs):
+            url = storage.join(out_url, r["name"], f"chunk_{chunk['index']:05d}.ts")
+            storage.move_local_file(o, url)
+            outputs[r["name"]] = url
+    seconds = time.monotonic() - t_begin
+    logger.info("%s: %d frames x %d rungs in %.2f s (%s, %d threads)", label, chunk["frames"], len(rungs),
+                seconds, mode, threads)
+    return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "outputs": outputs,
+            "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads}
+
+
+@task(name="encode", task_run_name="encode chunk {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, rotation: int, cfr: bool,
+                 frame_rate: str, label: str, threads: int | None = None, progress_key: str | None = None,
+                 force_seek: bool = False, keyframe_seconds: float | None = None) -> dict:
+    return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, rotation=rotation,
+                           cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
+                           force_seek=force_seek, keyframe_seconds=keyframe_seconds)

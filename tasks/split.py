@@ -1,0 +1,387 @@
+"""Split a source at its keyframes into chunks that encode independently.
+
+The source's own packet timestamps are the truth: every chunk records where it sits on the
+global timeline (`start`, `end`, seconds from the first displayed frame) and how many frames it
+must produce. Chunk containers are never trusted for timing (the segment muxer gives chunk 0
+a first pts of the B-frame delay while later chunks start elsewhere), so the encoder selects a
+chunk's frames by the source's timestamps and rebases them itself.
+
+Two ways to deliver a chunk's packets to the encoder:
+- `copy`: a stream-copy slice of the source from one keyframe to the next. Exact only when the
+  keyframe starts a closed GOP: no packet before it (in decode order) is displayed after it and
+  no packet after it is displayed before it. Checked per keyframe from the packet list.
+- `seek`: the encoder reads the source itself, seeking to the keyframe at or before the chunk
+  and dropping earlier frames. Always exact (open GOPs, leading pictures, edit lists), but it
+  reads the whole source file; used when no clean keyframe exists, or as a retry when a copy
+  chunk came out with the wrong frame count.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import tempfile
+from array import array
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from config import storage
+from config.settings import get_settings
+from tasks import ffmpeg
+from tasks.ffmpeg import PermanentMediaError
+from tasks.retry import RETRY_OPTIONS
+
+log = logging.getLogger(__name__)
+
+MIN_CHUNK_SECONDS = 2.0
+MAX_CHUNK_SECONDS = 30.0
+CHUNKS_PER_WORKER = 6
+
+
+@dataclass
+class Chunk:
+    index: int
+    count: int
+    mode: str  # "copy" | "seek"
+    start: float  # seconds from the first displayed frame (global timeline)
+    end: float
+    frames: int  # frames this chunk must produce
+    first_frame: int  # index of its first frame in the whole video
+    key_pts: float  # source pts (seconds) of the keyframe the chunk's packets start at
+    source_start: float  # source pts (seconds) of the first frame to keep
+    source_end: float  # source pts (seconds) of the first frame NOT to keep (or +inf sentinel)
+    half_frame: float  # half the smallest frame interval near the chunk (selection margin)
+    url: str | None = None  # the copy slice, for mode "copy"
+    reason: str = ""  # why seek mode, when it is
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Chunk":
+        return cls(**d)
+
+
+@dataclass
+class SplitPlan:
+    frames: int  # frames in the whole video (what every rung must have)
+    duration: float  # first displayed frame to end of the last one
+    t0: float  # source pts (seconds) of the first displayed frame
+    frame_rate: str  # "30000/1001" (average)
+    cfr: bool  # every frame interval equal: output timestamps can be rebuilt exactly
+    frame_interval: float  # typical (median) frame interval, seconds
+    segment_starts: list[int]  # index of the first frame of each HLS segment
+    segment_times: list[float]  # their times on the global timeline
+    keyframe_times: list[float]  # global times where every rung must have a keyframe
+    chunks: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the source's packets
+
+
+@dataclass
+class Packets:
+    """Video packets of the source in decode order (compact arrays, not dicts)."""
+
+    time_base: Fraction
+    pts: array  # int64 ticks (dts when pts is missing)
+    key: bytearray
+    discard: bytearray
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def seconds(self, ticks: int | float) -> float:
+        return float(ticks * self.time_base)
+
+
+def read_packets(path: str | Path, stream_index: int | None = None) -> Packets:
+    settings = get_settings()
+    sel = f"{stream_index}" if stream_index is not None else "v:0"
+    meta = ffmpeg.probe_json(path, timeout=settings.probe_timeout,
+                             extra=["-select_streams", sel, "-show_entries", "stream=time_base"])
+    streams = meta.get("streams") or []
+    if not streams:
+        raise PermanentMediaError("no video stream to split")
+    time_base = Fraction(streams[0].get("time_base") or "1/90000")
+    pts, key, discard = array("q"), bytearray(), bytearray()
+    missing = 0
+    # ffprobe prints entries in its own order (pts, dts, flags), whatever order we ask in
+    for row in ffmpeg.iter_probe_rows(path, timeout=settings.ffmpeg_timeout, stream=sel,
+                                      entries="pts,dts,flags"):
+        if len(row) < 3:
+            continue
+        p, d, flags = row[0], row[1], row[2]
+        value = p if p not in ("N/A", "") else d
+        if value in ("N/A", ""):
+            missing += 1
+            continue
+        pts.append(int(value))
+        key.append(1 if "K" in flags else 0)
+        discard.append(1 if "D" in flags else 0)
+    if not pts:
+        raise PermanentMediaError("the video stream has no readable frames; the file may be corrupt")
+    if missing:
+        log.warning("%d video packets without timestamps were ignored", missing)
+    return Packets(time_base, pts, key, discard)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning (pure functions: tested without ffmpeg)
+
+
+def target_chunk_seconds(duration: float, workers: int, keyframe_seconds: float) -> float:
+    """Enough chunks to keep every worker busy to the end (several per worker, so the last
+    ones are short and the tail is even), few enough that per-chunk start-up stays small."""
+    workers = max(1, workers)
+    target = duration / (CHUNKS_PER_WORKER * workers)
+    return min(MAX_CHUNK_SECONDS, max(MIN_CHUNK_SECONDS, keyframe_seconds, target))
+
+
+def clean_keyframes(pk: Packets) -> list[int]:
+    """Decode-order indices of keyframes that start a closed GOP: a stream-copy cut there
+    puts exactly the frames displayed before it in one chunk and the rest in the next."""
+    n = len(pk)
+    suffix_min = array("q", [0]) * n
+    m = 2**63 - 1
+    for i in range(n - 1, -1, -1):
+        if pk.pts[i] < m:
+            m = pk.pts[i]
+        suffix_min[i] = m
+    out = []
+    prefix_max = -(2**63)
+    for i in range(n):
+        p = pk.pts[i]
+        if i > 0 and pk.key[i] and not pk.discard[i] and prefix_max < p <= suffix_min[i]:
+            out.append(i)
+        if p > prefix_max:
+            prefix_max = p
+    return out
+
+
+def _nearest(sorted_vals: list[float] | array, x: float) -> int:
+    i = bisect.bisect_left(sorted_vals, x)
+    if i == 0:
+        return 0
+    if i >= len(sorted_vals):
+        return len(sorted_vals) - 1
+    return i if sorted_vals[i] - x < x - sorted_vals[i - 1] else i - 1
+
+
+def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_seconds: float,
+               avg_frame_rate: str | None = None) -> tuple[SplitPlan, list[int]]:
+    """Choose chunk boundaries. Returns the plan (chunks without URLs yet) and, for copy
+    chunks, the decode-order packet index each chunk starts at."""
+    tb = pk.time_base
+    first_key = next((i for i in range(len(pk)) if pk.key[i] and not pk.discard[i]), None)
+    if first_key is None:
+        raise PermanentMediaError("the video has no keyframe to start decoding from; the file may be corrupt")
+    # frames before the first keyframe (a capture cut mid-GOP) or displayed before it (leading
+    # pictures of an open GOP) cannot be decoded: they are not part of the video
+    floor = pk.pts[first_key]
+    kept = sorted(p for p, d in zip(pk.pts, pk.discard) if not d and p >= floor)
+    if not kept:
+        raise PermanentMediaError("every video frame is outside the edit list; nothing to show")
+    t0_ticks = kept[0]
+    times = array("d", (float((p - t0_ticks) * tb) for p in kept))  # global times, sorted
+    n = len(times)
+    deltas = sorted(times[i + 1] - times[i] for i in range(n - 1)) if n > 1 else []
+    deltas = [d for d in deltas if d > 0]
+    if avg_frame_rate and Fraction(avg_frame_rate) > 0:
+        rate = Fraction(avg_frame_rate)
+    elif deltas:
+        rate = Fraction(1 / deltas[len(deltas) // 2]).limit_denominator(1001)
+    else:
+        rate = Fraction(30)
+    interval = deltas[len(deltas) // 2] if deltas else float(1 / rate)
+    smallest = deltas[0] if deltas else interval
+    cfr = bool(deltas) and (deltas[-1] - deltas[0]) <= max(2 * float(tb), 0.002) \
+        and abs(interval - float(1 / rate)) < 0.001 and len(deltas) == n - 1
+    if n == 1:
+        cfr = True
+    duration = times[-1] + interval
+    half = max(smallest / 2, 1e-4)
+    notes: list[str] = []
+
+    # where every rung gets a keyframe, and where each HLS segment starts
+    def first_frame_at_or_after(t: float) -> int:
+        return bisect.bisect_left(times, t - half)
+
+    kf_times, seg_starts = [], []
+    k = 0
+    while k * keyframe_seconds < duration - half:
+        idx = first_frame_at_or_after(k * keyframe_seconds)
+        if idx < n and (not kf_times or times[idx] > kf_times[-1]):
+            kf_times.append(times[idx])
+        k += 1
+    s = 0
+    while s * segment_seconds < duration - half:
+        idx = first_frame_at_or_after(s * segment_seconds)
+        if idx < n and (not seg_starts or idx > seg_starts[-1]):
+            seg_starts.append(idx)
+        s += 1
+
+    # candidate boundaries: clean keyframes, as global times
+    clean = clean_keyframes(pk)
+    cand_times = [float((pk.pts[i] - t0_ticks) * tb) for i in clean]
+    cand_idx = clean
+    target = target_chunk_seconds(duration, workers, keyframe_seconds)
+    boundaries: list[tuple[float, int | None]] = [(0.0, 0)]  # (global start, decode index or None)
+    if not clean and duration > 2 * target:
+        notes.append("no keyframe starts a closed GOP (open GOP or leading pictures): "
+                     "chunks are read from the source with exact seeking instead of stream copy")
+        boundaries = [(0.0, None)]
+        t = target
+        while t < duration - target / 2:
+            idx = first_frame_at_or_after(t)
+            boundaries.append((times[idx], None))
+            t = times[idx] + target
+    else:
+        unclean = sum(pk.key[1:]) - len(clean)
+        if unclean > 0:
+            notes.append(f"{unclean} keyframe(s) do not start a closed GOP and are not used as cut points")
+    if clean:
+        last = 0.0
+        while True:
+            want = last + target
+            if want > duration - target / 2:
+                break
+            # nearest clean keyframe to the wanted time, preferring one on the keyframe grid
+            j = _nearest(cand_times, want)
+            best = j
+            for jj in range(max(0, j - 3), min(len(cand_times), j + 4)):
+                t = cand_times[jj]
+                on_grid = abs(t / keyframe_seconds - round(t / keyframe_seconds)) * keyframe_seconds < half
+                if on_grid and abs(t - want) <= 0.25 * target:
+                    best = jj
+                    break
+            t = cand_times[best]
+            if t <= last + 0.5 * target or t >= duration - 0.25 * target:
+                # the nearest keyframe is too close to the previous cut or to the end: take the
+                # next one that is far enough, if any
+                later = bisect.bisect_right(cand_times, last + 0.5 * target)
+                if later >= len(cand_times) or cand_times[later] >= duration - 0.25 * target:
+                    break
+                best = later
+                t = cand_times[best]
+            boundaries.append((t, cand_idx[best]))
+            last = t
+    bounds = boundaries + [(duration, None)]
+    chunks: list[Chunk] = []
+    starts: list[int] = []
+    t0_sec = float(t0_ticks * tb)
+    count = len(boundaries)
+    for i in range(count):
+        start, dec_idx = bounds[i]
+        end = bounds[i + 1][0]
+        f0 = first_frame_at_or_after(start)
+        f1 = first_frame_at_or_after(end) if i + 1 < count else n
+        mode = "copy" if dec_idx is not None else "seek"
+        key_pts = pk.seconds(pk.pts[dec_idx]) if dec_idx is not None else t0_sec + start
+        if i == 0 and mode == "copy":
+            key_pts = pk.seconds(pk.pts[0])
+        chunks.append(Chunk(
+            index=i, count=count, mode=mode, start=times[f0] if f0 < n else start,
+            end=times[f1] if f1 < n else duration, frames=f1 - f0, first_frame=f0,
+            key_pts=key_pts, source_start=t0_sec + times[f0],
+            source_end=(t0_sec + times[f1]) if f1 < n else t0_sec + duration + 3600.0,
+            half_frame=half,
+            reason="" if mode == "copy" else "no closed-GOP keyframe at this cut",
+        ))
+        starts.append(dec_idx if dec_idx is not None else -1)
+    # chunk 0 in seek mode when the whole source is a single copy chunk is pointless: copy
+    # mode for one chunk is still exact (its frames are selected by timestamp)
+    plan = SplitPlan(
+        frames=n, duration=duration, t0=t0_sec,
+        frame_rate=f"{rate.numerator}/{rate.denominator}", cfr=cfr, frame_interval=interval,
+        segment_starts=seg_starts, segment_times=[times[i] for i in seg_starts],
+        keyframe_times=kf_times, chunks=[c.to_dict() for c in chunks], notes=notes,
+    )
+    return plan, starts
+
+
+# ---------------------------------------------------------------------------------------------
+# the task
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - called outside a Prefect run (tests, bench)
+        return log
+
+
+def split_source_fn(source_url: str, work_url: str, *, workers: int, video_stream_index: int | None = None,
+                    avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
+                    segment_seconds: float | None = None) -> dict:
+    """Plan the chunks and write the stream-copy slices under `work_url`/chunks/."""
+    settings = get_settings()
+    keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
+    segment_seconds = segment_seconds or settings.segment_seconds
+    logger = _logger()
+    with storage.local_copy(source_url, settings.work_dir) as src:
+        pk = read_packets(src, video_stream_index)
+        plan, starts = plan_split(pk, workers=workers, keyframe_seconds=keyframe_seconds,
+                                  segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate)
+        for note in plan.notes:
+            logger.warning(note)
+        copy_chunks = [c for c in plan.chunks if c["mode"] == "copy"]
+        if copy_chunks:
+            settings.work_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="split-") as tmp:
+                cuts = [starts[c["index"]] for c in plan.chunks if c["index"] > 0]
+                # contiguous copy chunks from the first; a seek chunk never follows a copy
+                # chunk in one plan, so one segment run covers them all
+                args = [*ffmpeg.SAFE_INPUT, "-i", str(src), "-map", f"0:{video_stream_index}"
+                        if video_stream_index is not None else "0:v:0",
+                        "-c", "copy", "-an", "-sn", "-dn", "-f", "segment", "-segment_format", "matroska",
+                        "-reset_timestamps", "0"]
+                if cuts:
+                    args += ["-segment_frames", ",".join(str(c) for c in cuts)]
+                else:
+                    args += ["-segment_time", str(10**9)]
+                args += ["-segment_start_number", "0", str(Path(tmp) / "chunk_%05d.mkv")]
+                ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)")
+                made = sorted(Path(tmp).glob("chunk_*.mkv"))
+                if len(made) != len(copy_chunks):
+                    raise ffmpeg.TransientMediaError(
+                        f"split made {len(made)} chunks, expected {len(copy_chunks)}")
+                for c, path in zip(copy_chunks, made):
+                    url = storage.join(work_url, "chunks", path.name)
+                    storage.move_local_file(path, url)
+                    c["url"] = url
+    n_seek = sum(1 for c in plan.chunks if c["mode"] == "seek")
+    logger.info("split into %d chunks (%d stream copy, %d exact seek), %d frames, %.3f s, %s",
+                len(plan.chunks), len(plan.chunks) - n_seek, n_seek, plan.frames, plan.duration,
+                "constant frame rate" if plan.cfr else "variable frame rate")
+    return plan.to_dict()
+
+
+@task(name="split", task_run_name="split {source_url}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def split_source(source_url: str, work_url: str, workers: int, video_stream_index: int | None = None,
+                 avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
+                 segment_seconds: float | None = None) -> dict:
+    return split_source_fn(source_url, work_url, workers=workers, video_stream_index=video_stream_index,
+                           avg_frame_rate=avg_frame_rate, keyframe_seconds=keyframe_seconds,
+                           segment_seconds=segment_seconds)
+
+
+def chunk_math_ok(plan: dict) -> bool:
+    """Chunks tile the timeline and their frames add up (a cheap self-check)."""
+    total = sum(c["frames"] for c in plan["chunks"])
+    return total == plan["frames"] and all(
+        math.isclose(a["end"], b["start"]) for a, b in zip(plan["chunks"], plan["chunks"][1:]))

@@ -1,0 +1,174 @@
+"""Bulk ingest: a watch folder or bucket prefix, ingested once per content, never half-written."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from catalog.db import session_scope
+from catalog.models import IngestedSource, Video, VideoStatus
+from config import storage
+from flows.bulk_ingest import bulk_ingest, run_bulk_ingest, summary_markdown
+from tests.media import make_clip
+from tests.ops_support import artifacts_of, moto_s3
+
+
+@pytest.fixture(autouse=True)
+def no_dispatch(monkeypatch):
+    # these tests check intake and dedupe; transcoding is covered by the stack tests
+    monkeypatch.setenv("VODFLOW_DISPATCH", "off")
+
+
+@pytest.fixture(scope="module")
+def clip_b(media_dir) -> Path:
+    return make_clip(media_dir / "clip_b.mp4", duration=2, size="320x180", source="testsrc")
+
+
+def _videos() -> list[Video]:
+    with session_scope() as s:
+        return list(s.scalars(select(Video).order_by(Video.created_at)))
+
+
+def test_same_content_under_two_names_is_ingested_once(tmp_path, clip, clip_b):
+    watch = tmp_path / "incoming"
+    (watch / "sub").mkdir(parents=True)
+    shutil.copy(clip, watch / "holiday.mp4")
+    shutil.copy(clip, watch / "sub" / "holiday (copy).MP4")  # same bytes, another name and folder
+    shutil.copy(clip_b, watch / "other.mov")
+    (watch / "notes.mp4").write_text("this is a text file with a video name\n" * 20)
+    shutil.copy(clip_b, watch / "big.mp4.part")  # a copy tool's partial file
+    shutil.copy(clip_b, watch / ".hidden.mp4")
+    (watch / "readme.txt").write_text("not a video")
+
+    report = run_bulk_ingest(str(watch), settle_seconds=0)
+    by_name = {o.name: o for o in report.outcomes}
+    assert set(by_name) == {"holiday.mp4", "sub/holiday (copy).MP4", "other.mov", "notes.mp4"}
+    results = sorted(o.result for o in report.outcomes)
+    assert results == ["duplicate", "failed", "ingested", "ingested"]
+    assert "not a video" in by_name["notes.mp4"].note
+    dup = next(o for o in report.outcomes if o.result == "duplicate")
+    first = next(o for o in report.outcomes if o.name in ("holiday.mp4", "sub/holiday (copy).MP4")
+                 and o.result == "ingested")
+    assert dup.video_id == first.video_id
+
+    videos = _videos()
+    assert len(videos) == 2 and all(v.status == VideoStatus.UPLOADED for v in videos)
+    for v in videos:  # the stored source is byte-identical to the file dropped in
+        expected = clip if v.original_filename.lower().startswith("holiday") else clip_b
+        assert storage.read_bytes(v.source_url) == expected.read_bytes()
+        assert v.content_hash and len(v.content_hash) == 64
+
+    # a later scan finds nothing new; a fresh copy under a third name is still a duplicate
+    again = run_bulk_ingest(str(watch), settle_seconds=0)
+    assert {o.name: o.result for o in again.outcomes}["holiday.mp4"] in ("known", "duplicate")
+    assert {o.result for o in again.outcomes} <= {"known", "duplicate"}
+    shutil.copy(clip, watch / "holiday-final.mp4")
+    third = run_bulk_ingest(str(watch), settle_seconds=0)
+    assert {o.name: o.result for o in third.outcomes}["holiday-final.mp4"] == "duplicate"
+    assert len(_videos()) == 2
+    # the refused file is remembered by content and not read again
+    with session_scope() as s:
+        failed = s.scalars(select(IngestedSource).where(IngestedSource.status == "FAILED")).all()
+        assert len(failed) == 1 and "not a video" in failed[0].error
+
+
+def test_a_file_still_being_copied_is_not_taken_half_written(tmp_path, clip):
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    data = clip.read_bytes()
+    target = watch / "slow.mp4"
+    started = threading.Event()
+
+    def slow_copy():
+        with open(target, "wb") as fh:
+            step = max(1, len(data) // 20)
+            for i in range(0, len(data), step):
+                fh.write(data[i:i + step])
+                fh.flush()
+                started.set()
+                time.sleep(0.15)
+
+    writer = threading.Thread(target=slow_copy)
+    writer.start()
+    started.wait(5)
+    report = run_bulk_ingest(str(watch), settle_seconds=0.6)
+    assert [o.result for o in report.outcomes] == ["writing"]
+    assert _videos() == []
+    writer.join()
+    report = run_bulk_ingest(str(watch), settle_seconds=0.6)
+    assert [o.result for o in report.outcomes] == ["ingested"]
+    (video,) = _videos()
+    assert storage.read_bytes(video.source_url) == data
+
+
+def test_bucket_prefix_on_s3(monkeypatch, clip, clip_b):
+    with moto_s3("drop") as (endpoint, s3):
+        monkeypatch.setenv("VODFLOW_S3_ENDPOINT_URL", endpoint)
+        from config.settings import reset_settings
+
+        reset_settings()
+        s3.put_object(Bucket="drop", Key="incoming/a.mp4", Body=clip.read_bytes())
+        s3.put_object(Bucket="drop", Key="incoming/2024/a-again.mp4", Body=clip.read_bytes())
+        s3.put_object(Bucket="drop", Key="incoming/b.mp4", Body=clip_b.read_bytes())
+        s3.put_object(Bucket="drop", Key="elsewhere/c.mp4", Body=clip_b.read_bytes())
+        report = run_bulk_ingest("s3://drop/incoming/", settle_seconds=0)
+        got = sorted((o.name, o.result) for o in report.outcomes)
+        assert [r for _, r in got].count("ingested") == 2
+        assert [r for _, r in got].count("duplicate") == 1
+        assert all(not n.startswith("elsewhere") for n, _ in got)
+        assert sorted(v.source_size for v in _videos()) == sorted([clip.stat().st_size, clip_b.stat().st_size])
+
+
+def test_flow_leaves_a_markdown_summary(prefect_api, tmp_path, clip):
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    shutil.copy(clip, watch / "one.mp4")
+    shutil.copy(clip, watch / "two.mp4")
+    (watch / "bad.mkv").write_bytes(b"\x1a\x45\xdf\xa3" + b"\0" * 5000)  # Matroska magic, no content
+
+    state = bulk_ingest(str(watch), settle_seconds=0, return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["counts"]["ingested"] == 1 and summary["counts"]["duplicate"] == 1
+    assert summary["counts"]["failed"] == 1
+    run_id = str(state.state_details.flow_run_id)
+    arts = artifacts_of(prefect_api, run_id)
+    (art,) = [a for a in arts if a["key"] == "bulk-ingest-summary"]
+    md = art["data"]
+    assert "`one.mp4`" in md and "`two.mp4`" in md and "`bad.mkv`" in md
+    assert "duplicate" in md and "failed" in md and "/watch/" in md
+
+
+def test_cli_ingests_a_folder(tmp_path, clip, clip_b):
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    watch = tmp_path / "drop"
+    watch.mkdir()
+    shutil.copy(clip, watch / "x.mp4")
+    shutil.copy(clip, watch / "x-copy.mp4")
+    shutil.copy(clip_b, watch / "y.mp4")
+    result = CliRunner().invoke(app, ["ingest", str(watch), "--settle", "0"])
+    assert result.exit_code == 0, result.output
+    ids = [v.id for v in _videos()]
+    assert len(ids) == 2
+    assert all(f"/watch/{i}" in result.output for i in ids)
+    assert "duplicate" in result.output
+    # nothing new the second time: exit code 1 and a message, not an error trace
+    result = CliRunner().invoke(app, ["ingest", str(watch), "--settle", "0"])
+    assert result.exit_code == 1 and "known" in result.output
+
+
+def test_summary_lists_every_file(tmp_path, clip):
+    watch = tmp_path / "w"
+    watch.mkdir()
+    shutil.copy(clip, watch / "a|b.mp4")
+    report = run_bulk_ingest(str(watch), settle_seconds=0)
+    md = summary_markdown(report)
+    assert "1 ingested" in md and "a\\|b.mp4" in md

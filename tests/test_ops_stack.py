@@ -1,0 +1,250 @@
+"""The whole stack as `vodflow up` starts it, and the faults it must survive.
+
+One stack serves every test in this module (starting it costs ~15 s): an upload through tus
+reaching READY through the `ingest/on-demand` deployment, a Dask worker killed mid-encode, the
+serve process killed mid-run and recovered by maintenance, a watch folder with one file under two
+names, and finally a clean shutdown that leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.media import make_clip
+from tests.ops_support import alive, artifacts_of, descendants, kill_group, prefect_get, prefect_post
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+TERMINAL = ("READY", "PARTIAL", "FAILED", "DELETED")
+
+
+class Stack:
+    def __init__(self, proc, log: Path, api: str, web: str, data: Path, watch: Path):
+        self.proc, self.log, self.api, self.web, self.data, self.watch = proc, log, api, web, data, watch
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def component(self, needle: str) -> psutil.Process:
+        for p in psutil.Process(self.proc.pid).children():
+            if needle in " ".join(p.cmdline()):
+                return p
+        raise LookupError(needle)
+
+    def video(self, vid: str) -> dict:
+        r = requests.get(f"{self.web}/api/videos/{vid}", timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_video(self, vid: str, until=TERMINAL, timeout: float = 240) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = self.video(vid)
+            if v["status"] in until:
+                return v
+            assert self.proc.poll() is None, "the stack stopped:\n" + self.output()[-3000:]
+            time.sleep(0.5)
+        raise TimeoutError(f"video {vid} still {v['status']} after {timeout}s")
+
+    def wait_run(self, run_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = prefect_get(self.api, f"/flow_runs/{run_id}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") \
+                    or time.monotonic() > deadline:
+                return run
+            time.sleep(0.3)
+
+    def run_deployment(self, name: str, parameters: dict | None = None, timeout: float = 180) -> dict:
+        dep = prefect_get(self.api, f"/deployments/name/{name}")
+        run = prefect_post(self.api, f"/deployments/{dep['id']}/create_flow_run",
+                           {"parameters": parameters or {}})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = prefect_get(self.api, f"/flow_runs/{run['id']}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+            time.sleep(0.5)
+        raise TimeoutError(f"{name} run did not finish")
+
+    def upload(self, path: Path) -> str:
+        with open(path, "rb") as fh:
+            r = requests.post(f"{self.web}/api/uploads", files={"file": (path.name, fh, "video/mp4")}, timeout=60)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stack")
+    data, watch = base / "var", base / "watch"
+    watch.mkdir()
+    ports = {"VODFLOW_PREFECT_PORT": free_port(), "VODFLOW_DASK_SCHEDULER_PORT": free_port(),
+             "VODFLOW_WEB_PORT": free_port()}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "VODFLOW_"))}
+    env.update({k: str(v) for k, v in ports.items()})
+    env.update({
+        "VODFLOW_DATA_DIR": str(data),
+        "VODFLOW_WEB_HOST": "127.0.0.1",
+        "VODFLOW_WEB_WORKERS": "2",
+        "VODFLOW_BULK_INGEST_URL": str(watch),
+        "VODFLOW_BULK_INGEST_SETTLE_SECONDS": "1",
+        # above the 30 s heartbeat, so only a really silent run counts as dead
+        "VODFLOW_STALE_RUN_SECONDS": "40",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_UI_ENABLED": "false",
+    })
+    log = base / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "up"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=base)
+    s = Stack(proc, log, f"http://127.0.0.1:{ports['VODFLOW_PREFECT_PORT']}/api",
+              f"http://127.0.0.1:{ports['VODFLOW_WEB_PORT']}", data, watch)
+    deadline = time.monotonic() + 240
+    while "vodflow is up" not in s.output():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("vodflow up did not come up:\n" + s.output()[-4000:])
+        time.sleep(0.5)
+    yield s
+    if proc.poll() is None:
+        tree = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for p in alive(tree):
+            p.kill()
+
+
+def test_stack_is_healthy_and_serves_the_deployments(stack):
+    health = requests.get(f"{stack.web}/healthz", timeout=10).json()
+    assert health["status"] == "ok", health
+    assert all(c["ok"] and c.get("configured", True) for c in health["checks"].values())
+    ingest = prefect_get(stack.api, "/deployments/name/ingest/on-demand")
+    assert ingest["global_concurrency_limit"]["limit"] == 2
+    for name, cron in (("bulk-ingest/scheduled", "*/10 * * * *"), ("maintenance/hourly", "7 * * * *")):
+        dep = prefect_get(stack.api, f"/deployments/name/{name}")
+        assert not dep["paused"]
+        assert [s["schedule"]["cron"] for s in dep["schedules"] if s["active"]] == [cron]
+    out = stack.output()
+    for line in ("Prefect UI", "Dask        tcp://127.0.0.1:", f"web app", "/upload"):
+        assert line in out
+
+
+def test_tus_upload_becomes_ready_through_the_deployment(stack, clip):
+    from tusclient.client import TusClient
+
+    uploader = TusClient(f"{stack.web}/files/").uploader(str(clip), chunk_size=256 * 1024,
+                                                         metadata={"filename": "tus clip.mp4"})
+    uploader.upload()
+    head = requests.head(uploader.url, headers={"Tus-Resumable": "1.0.0"}, timeout=10)
+    vid = head.headers["Vodflow-Video-Id"]
+    video = stack.wait_video(vid)
+    assert video["status"] == "READY", video
+    run = stack.wait_run(video["flow_run_id"])  # the video is READY just before the run ends
+    dep = prefect_get(stack.api, f"/deployments/{run['deployment_id']}")
+    assert dep["name"] == "on-demand" and run["parameters"] == {"video_id": vid}
+    assert run["state"]["type"] == "COMPLETED"
+    assert artifacts_of(stack.api, run["id"]), "the ingest run left no artifacts"
+    master = requests.get(f"{stack.web}/v/{vid}/master.m3u8", timeout=10)
+    assert master.status_code == 200 and "#EXT-X-STREAM-INF" in master.text
+
+
+def _worker_ffmpeg(stack, timeout: float = 120) -> psutil.Process:
+    """An ffmpeg started by a Dask worker process of the stack, as soon as one runs."""
+    workers = stack.component("dask worker")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in workers.children(recursive=True):
+            try:
+                if p.name() == "ffmpeg":
+                    return p
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    raise TimeoutError("no ffmpeg ran on a worker")
+
+
+def test_killing_a_worker_mid_encode_still_ends_ready(stack, media_dir):
+    clip = make_clip(media_dir / "long.mp4", duration=12, size="640x360")
+    vid = stack.upload(clip)
+    ffmpeg = _worker_ffmpeg(stack)
+    worker = ffmpeg.parent()
+    assert "dask" in " ".join(worker.cmdline()) or "multiprocessing" in " ".join(worker.cmdline())
+    os.kill(worker.pid, signal.SIGKILL)
+    video = stack.wait_video(vid)
+    assert video["status"] == "READY", video
+    # the killed worker's ffmpeg did not live on
+    assert not alive([ffmpeg])
+    assert "READY" == stack.video(vid)["status"]
+
+
+def test_killing_the_serve_process_mid_run_is_recovered_by_maintenance(stack, media_dir):
+    clip = make_clip(media_dir / "medium.mp4", duration=6, size="640x360")
+    vid = stack.upload(clip)
+    stack.wait_video(vid, until=("PROCESSING",) + TERMINAL)
+    first_run = stack.video(vid).get("flow_run_id")
+    serve = stack.component("serve-flows")
+    kill_group(serve.pid)  # the serve process and the flow run it was executing, as in a crash
+    # the supervisor restarts serve; maintenance notices the silent run and dispatches again
+    deadline = time.monotonic() + 240
+    while True:
+        report = stack.run_deployment("maintenance/hourly", {"cleanup": False})
+        assert report["state"]["type"] == "COMPLETED", report["state"]
+        v = stack.video(vid)
+        if v.get("flow_run_id") != first_run or v["status"] in TERMINAL:
+            break
+        assert time.monotonic() < deadline, "maintenance never re-dispatched the video"
+        time.sleep(5)
+    video = stack.wait_video(vid)
+    assert video["status"] == "READY", video
+    old = prefect_get(stack.api, f"/flow_runs/{first_run}")
+    assert old["state"]["type"] == "CRASHED"
+    # the restarted serve process kept the schedules running
+    for name in ("bulk-ingest/scheduled", "maintenance/hourly"):
+        dep = prefect_get(stack.api, f"/deployments/name/{name}")
+        assert not dep["paused"] and all(s["active"] for s in dep["schedules"])
+    assert "serve exited" in stack.output()
+
+
+def test_same_file_dropped_twice_is_transcoded_once(stack, clip):
+    before = {v["id"] for v in requests.get(f"{stack.web}/api/videos", timeout=10).json()["videos"]}
+    shutil.copy(clip, stack.watch / "dropped.mp4")
+    shutil.copy(clip, stack.watch / "dropped again.mp4")
+    run = stack.run_deployment("bulk-ingest/scheduled")
+    assert run["state"]["type"] == "COMPLETED"
+    new = [v for v in requests.get(f"{stack.web}/api/videos", timeout=10).json()["videos"] if v["id"] not in before]
+    assert len(new) == 1
+    video = stack.wait_video(new[0]["id"])
+    assert video["status"] == "READY"
+    runs = prefect_post(stack.api, "/flow_runs/filter", {"flow_runs": {"name": {"like_": new[0]["id"]}}})
+    assert len([r for r in runs if r["parameters"].get("video_id") == new[0]["id"]]) == 1
+    (art,) = [a for a in artifacts_of(stack.api, run["id"]) if a["key"] == "bulk-ingest-summary"]
+    assert "duplicate" in art["data"]
+
+
+def test_zz_ctrl_c_stops_everything(stack):
+    tree = descendants(stack.proc.pid)
+    assert len(tree) >= 5
+    stack.proc.send_signal(signal.SIGINT)
+    assert stack.proc.wait(120) == 0
+    time.sleep(0.5)
+    left = alive(tree)
+    assert left == [], [p.cmdline() for p in left]
+    leftovers = [p for p in psutil.process_iter(["name", "cmdline"])
+                 if p.info["name"] == "ffmpeg" and str(stack.data) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []
+    assert "stopped cleanly" in stack.output()

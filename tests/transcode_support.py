@@ -1,0 +1,214 @@
+"""Fixtures and checks shared by the transcode tests: a real Dask cluster, real Prefect, real
+ffmpeg, and the checks a person would make on the published HLS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import m3u8
+import pytest
+
+from tests.media import make_clip
+
+KEYFRAME_SECONDS = 2.0
+SEGMENT_SECONDS = 6.0
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_api, tmp_path_factory):
+    """2 single-threaded worker processes (the machine has 2 cores), sharing the session."""
+    from distributed import LocalCluster
+
+    data = tmp_path_factory.mktemp("dask-var")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           memory_limit=0, env={"VODFLOW_DATA_DIR": str(data), "VODFLOW_WORKERS_ON_HOST": "2",
+                                                "PREFECT_API_URL": prefect_api})
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def ingest_env(prefect_api, dask_cluster, monkeypatch):
+    from config.settings import reset_settings
+
+    monkeypatch.setenv("VODFLOW_DASK_ADDRESS", dask_cluster.scheduler_address)
+    reset_settings()
+    return dask_cluster
+
+
+def add_video(path: Path, title: str = "clip") -> str:
+    """Store a source and catalog it (UPLOADED), the way intake does, without dispatching."""
+    from flows.intake import accept
+    from tasks.probe import probe_path
+
+    info = probe_path(path)
+    tmp = Path(tempfile.mkdtemp()) / path.name
+    shutil.copyfile(path, tmp)
+    return accept(tmp, filename=path.name, title=title, info=info, dispatch=False)
+
+
+def add_raw_video(path: Path) -> str:
+    """Catalog a file intake would have refused (to see how the flow copes)."""
+    from catalog.db import session_scope
+    from catalog.models import Video, VideoStatus, new_id
+    from config import storage
+
+    vid = new_id()
+    url = storage.url_for("sources", vid, "source" + path.suffix)
+    storage.put_file(path, url)
+    with session_scope() as s:
+        s.add(Video(id=vid, title="raw", source_url=url, status=VideoStatus.UPLOADED))
+    return vid
+
+
+def run_ingest(video_id: str):
+    """Run the flow; returns (result or None, exception or None)."""
+    from flows.ingest import ingest
+
+    try:
+        return ingest(video_id), None
+    except Exception as exc:  # noqa: BLE001 - tests look at the catalog afterwards
+        return None, exc
+
+
+def video_row(video_id: str):
+    from catalog.db import session_scope
+    from catalog.state import get_video
+
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        rends = [dict(name=r.name, run=r.run, status=r.status.value, width=r.width, height=r.height,
+                      bandwidth=r.bandwidth, average_bandwidth=r.average_bandwidth, codecs=r.codecs,
+                      frame_rate=r.frame_rate, playlist_url=r.playlist_url, segment_count=r.segment_count,
+                      error=r.error)
+                 for r in v.renditions]
+        return dict(status=v.status.value, progress=v.progress, error=v.error, current_run=v.current_run,
+                    renditions=rends)
+
+
+def ffprobe(target: str, *args: str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-protocol_whitelist", "concat,file,pipe",
+                          "-print_format", "json", *args, target], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def source_frames(path: Path) -> list[float]:
+    """The source's displayed frames, as a player decodes them (timestamps, sorted)."""
+    data = ffprobe(str(path), "-select_streams", "v:0", "-show_entries", "frame=pts_time,best_effort_timestamp_time",
+                   "-show_frames")
+    times = []
+    for f in data.get("frames", []):
+        t = f.get("pts_time") or f.get("best_effort_timestamp_time")
+        if t not in (None, "N/A"):
+            times.append(float(t))
+    return sorted(times)
+
+
+def local(url: str) -> Path:
+    from config import storage
+
+    return storage.local_path_of(url)
+
+
+def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_status: str = "READY") -> dict:
+    """What a person would check on the published video; returns the facts for more asserts."""
+    from catalog.db import session_scope
+    from catalog.state import get_video, published_renditions
+    from streaming_app.delivery.master import render_master
+
+    row = video_row(video_id)
+    assert row["status"] == expect_status, row
+    assert row["progress"] == 100.0 or expect_status != "READY"
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        master_text = render_master(published_renditions(s, v))
+    master = m3u8.loads(master_text)
+    assert master.playlists, master_text
+    frames = source_frames(source)
+    n_src = len(frames)
+    src_interval = (frames[-1] - frames[0]) / max(1, n_src - 1) if n_src > 1 else 1 / 30
+    src_duration = frames[-1] - frames[0] + src_interval
+    facts: dict = {"renditions": {}}
+    boundaries = None
+    for variant in master.playlists:
+        si = variant.stream_info
+        assert si.bandwidth > 0 and si.average_bandwidth and si.average_bandwidth <= si.bandwidth
+        assert si.codecs.startswith("avc1.64"), si.codecs
+        assert ("mp4a.40.2" in si.codecs) == expect_audio, si.codecs
+        assert si.resolution and si.frame_rate
+        rend = next(r for r in row["renditions"] if r["run"] == row["current_run"] and variant.uri.startswith(
+            f"{r['run']}/{r['name']}/"))
+        playlist_path = local(rend["playlist_url"])
+        text = playlist_path.read_text()
+        pl = m3u8.loads(text)
+        assert "#EXT-X-PLAYLIST-TYPE:VOD" in text and "#EXT-X-INDEPENDENT-SEGMENTS" in text
+        assert pl.version >= 3 and pl.is_endlist
+        assert pl.target_duration <= SEGMENT_SECONDS
+        seg_paths = [playlist_path.parent / s.uri for s in pl.segments]
+        for s in pl.segments:
+            assert round(s.duration) <= pl.target_duration
+        concat = "concat:" + "|".join(str(p) for p in seg_paths)
+        streams = ffprobe(str(seg_paths[0]), "-show_streams")["streams"]
+        v = next(s for s in streams if s["codec_type"] == "video")
+        assert v["codec_name"] == "h264" and v["profile"] == "High" and v["pix_fmt"] == "yuv420p"
+        assert int(v["level"]) <= 42
+        assert (v["width"], v["height"]) == tuple(si.resolution)
+        assert v.get("sample_aspect_ratio", "1:1") in ("1:1", "N/A")
+        a = [s for s in streams if s["codec_type"] == "audio"]
+        if expect_audio:
+            assert a and a[0]["codec_name"] == "aac" and a[0]["profile"] == "LC"
+            assert int(a[0]["sample_rate"]) == 48000 and int(a[0]["channels"]) == 2
+        else:
+            assert not a
+        # every frame, per segment: count, keyframe at each segment start, same cut in every rung
+        starts, seg_first_key, vpts = [], [], []
+        for p in seg_paths:
+            pk = ffprobe(str(p), "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+                         "-show_packets")["packets"]
+            seg_first_key.append("K" in pk[0]["flags"])
+            starts.append(len(vpts))
+            vpts += [float(x["pts_time"]) for x in pk]
+        assert len(vpts) == n_src, f"{rend['name']}: {len(vpts)} frames, source has {n_src}"
+        assert all(seg_first_key), f"{rend['name']}: a segment does not start with a keyframe"
+        out_duration = max(vpts) - min(vpts) + src_interval
+        assert abs(out_duration - src_duration) <= src_interval + 1e-3, (out_duration, src_duration)
+        if boundaries is None:
+            boundaries = starts
+        assert starts == boundaries, "segment boundaries differ between rungs"
+        # keyframes on the global grid (every KEYFRAME_SECONDS from the first frame)
+        keys = ffprobe(concat, "-select_streams", "v:0", "-skip_frame", "nokey", "-show_entries",
+                       "frame=pts_time", "-show_frames")["frames"]
+        key_times = sorted(float(k["pts_time"]) - min(vpts) for k in keys)
+        m = 0
+        while m * KEYFRAME_SECONDS < out_duration - src_interval:
+            want = m * KEYFRAME_SECONDS
+            assert any(-src_interval / 2 - 1e-3 <= kt - want < src_interval + 1e-3 for kt in key_times), \
+                f"{rend['name']}: no keyframe at {want} s (keys {key_times[:12]})"
+            m += 1
+        # segment lengths from the pictures themselves
+        seg_starts_t = sorted(vpts[i] for i in starts)
+        ordered = sorted(vpts)
+        for i, t in enumerate(seg_starts_t):
+            end = seg_starts_t[i + 1] if i + 1 < len(seg_starts_t) else ordered[-1] + src_interval
+            assert end - t <= SEGMENT_SECONDS + src_interval / 2 + 1e-3, f"segment {i} lasts {end - t:.3f} s"
+        if expect_audio:
+            apk = ffprobe(str(seg_paths[0]), "-select_streams", "a:0", "-show_entries", "packet=pts_time",
+                          "-read_intervals", "%+#1", "-show_packets")["packets"]
+            skew = float(apk[0]["pts_time"]) + 1024 / 48000 - min(vpts)
+            assert abs(skew) <= src_interval + 1e-3, f"audio starts {skew * 1000:.1f} ms off the video"
+        facts["renditions"][rend["name"]] = {"width": v["width"], "height": v["height"], "segments": len(seg_paths),
+                                             "frames": len(vpts), "bandwidth": si.bandwidth}
+    facts["source_frames"] = n_src
+    facts["row"] = row
+    return facts
+
+
+def clip(media_dir: Path, name: str, **kw) -> Path:
+    path = media_dir / name
+    if not path.exists():
+        make_clip(path, **kw)
+    return path
