@@ -163,6 +163,55 @@ def test_tus_upload_becomes_ready_through_the_deployment(stack, clip):
     assert master.status_code == 200 and "#EXT-X-STREAM-INF" in master.text
 
 
+def test_curl_upload_plays_end_to_end(stack, media_dir):
+    """The foundation's promise: curl a file in, get every rendition out as valid HLS."""
+    import json
+
+    import m3u8
+
+    src = make_clip(media_dir / "e2e 480p.mp4", duration=5, size="854x480")
+    out = subprocess.run(["curl", "-sS", "-F", f"file=@{src}", f"{stack.web}/api/uploads"],
+                         capture_output=True, text=True, check=True)
+    body = json.loads(out.stdout)
+    assert set(body) >= {"id", "status_url", "watch_url"}
+    video = stack.wait_video(body["id"])
+    assert video["status"] == "READY", video
+
+    master_url = f"{stack.web}/v/{body['id']}/master.m3u8"
+    master = m3u8.load(master_url)
+    assert master.is_variant
+    heights = sorted(p.stream_info.resolution[1] for p in master.playlists)
+    assert heights == [360, 480]
+    for variant in master.playlists:
+        info = variant.stream_info
+        assert info.codecs.startswith("avc1.64") and "mp4a.40.2" in info.codecs
+        assert info.bandwidth >= (info.average_bandwidth or 0) > 0
+        playlist = m3u8.load(variant.absolute_uri)
+        assert playlist.playlist_type == "vod" and playlist.is_endlist
+        total = 0.0
+        for seg in playlist.segments:
+            data = requests.get(seg.absolute_uri, timeout=10)
+            assert data.status_code == 200 and data.headers["Content-Type"] == "video/mp2t"
+            tmp = stack.data.parent / "seg.ts"
+            tmp.write_bytes(data.content)
+            probe = json.loads(subprocess.run(
+                ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(tmp)],
+                capture_output=True, text=True, check=True).stdout)
+            v = next(s for s in probe["streams"] if s["codec_type"] == "video")
+            a = next(s for s in probe["streams"] if s["codec_type"] == "audio")
+            assert (v["codec_name"], v["profile"], v["pix_fmt"]) == ("h264", "High", "yuv420p")
+            assert [v["width"], v["height"]] == list(info.resolution)
+            assert (a["codec_name"], a["channels"], a["sample_rate"]) == ("aac", 2, "48000")
+            assert abs(float(probe["format"]["duration"]) - seg.duration) < 0.1
+            total += seg.duration
+        assert abs(total - 5.0) < 0.1
+    # ffprobe reads every rendition through the master playlist, over HTTP
+    probe = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_programs", master_url],
+                           capture_output=True, text=True, check=True)
+    programs = json.loads(probe.stdout)["programs"]
+    assert len(programs) == 2
+
+
 def _worker_ffmpeg(stack, timeout: float = 120) -> psutil.Process:
     """An ffmpeg started by a Dask worker process of the stack, as soon as one runs."""
     workers = stack.component("dask worker")
