@@ -341,6 +341,22 @@ def test_progressive_master_changes_etag_as_renditions_publish(client, hls_ladde
     assert f"max-age={MASTER_MAX_AGE}" in r.headers["Cache-Control"]
 
 
+def test_unpublished_output_is_not_served_until_the_catalog_points_at_it(client, hls_ladder):
+    """A rung still pending validation (its files already in storage) and a run folder the
+    catalog does not know are invisible; the rung appears once it is published."""
+    from config import storage
+
+    v = publish_video(hls_ladder, rungs=["180p"], status="PROCESSING")
+    assert client.get(v.path("180p", "index.m3u8")).status_code == 200
+    assert client.get(v.path("360p", "index.m3u8")).status_code == 404
+    assert client.get(v.path("360p", "seg_00000.ts")).status_code == 404
+    stray = storage.url_for("hls", v.video_id, "rstray", "180p", "index.m3u8")
+    storage.write_text(stray, "#EXTM3U\n")
+    assert client.get(f"/v/{v.video_id}/rstray/180p/index.m3u8").status_code == 404
+    mark_ready(v, "360p")
+    assert client.get(v.path("360p", "seg_00000.ts")).status_code == 200
+
+
 # ---------------------------------------------------------------- S3 specifics
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)

@@ -17,11 +17,14 @@ import time
 from dataclasses import dataclass
 
 from catalog.db import session_scope
-from catalog.models import Rendition, VideoStatus
+from sqlalchemy import select
+
+from catalog.models import Rendition, RenditionStatus, VideoStatus
 from catalog.state import VideoNotFound, get_video, published_renditions
 from streaming_app.delivery.conditional import Representation, epoch_seconds
 
 VIEW_TTL = 1.0
+SIDE_FILES = frozenset({"poster.jpg", "thumbs"})  # beside the rungs, written by the thumbnails task
 MASTER_MAX_AGE = 5
 _MAX_ENTRIES = 10_000
 
@@ -58,6 +61,21 @@ class VideoView:
     master: bytes | None = None  # None while no rendition is published
     master_rep: Representation | None = None
     loaded_at: float = 0.0
+    # (run, rung) pairs that passed validation and were published, in any run still on record,
+    # so a player that loaded a playlist before a re-transcode can finish it
+    published: frozenset = frozenset()
+    current_run: str | None = None
+
+    def may_serve(self, run: str, parts: list[str]) -> bool:
+        """Output becomes visible only once the catalog points at it: the files of a published
+        rung, and the side files (poster, timeline previews) of a run with a published rung.
+        A run still being encoded, a rung that failed validation: not found."""
+        rungs = {rung for r, rung in self.published if r == run}
+        if not rungs:
+            return False
+        if len(parts) >= 2 and parts[0] in rungs:
+            return True
+        return parts[0] in SIDE_FILES
 
     @property
     def deleted(self) -> bool:
@@ -76,8 +94,12 @@ def _load(video_id: str) -> VideoView:
         except VideoNotFound:
             return VideoView(video_id, exists=False, loaded_at=now)
         status = VideoStatus(video.status)
+        published = frozenset(s.execute(
+            select(Rendition.run, Rendition.name).where(
+                Rendition.video_id == video_id, Rendition.status == RenditionStatus.READY)).all())
         base = dict(video_id=video_id, exists=True, status=status, progress=float(video.progress or 0),
-                    error=video.error, loaded_at=now)
+                    error=video.error, loaded_at=now, published=frozenset(tuple(p) for p in published),
+                    current_run=video.current_run)
         if status == VideoStatus.DELETED:
             return VideoView(**base)
         rends = published_renditions(s, video)

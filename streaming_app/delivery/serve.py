@@ -180,6 +180,14 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
     gone = _unavailable(view)
     if gone is not None:
         return gone
+    if not view.may_serve(run, parts):
+        # not published (yet): maybe just now; ask the catalog before refusing
+        view = video_view(video_id, fresh=True)
+        gone = _unavailable(view)
+        if gone is not None:
+            return gone
+        if not view.may_serve(run, parts):
+            return _no_file()
     url = storage.url_for("hls", video_id, run, *parts)
     local = storage.is_local(url)
     if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
