@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import distributed
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -198,6 +199,18 @@ class Tracker:
     last: float = -1.0
     chunk_done: dict = field(default_factory=dict)  # index -> fraction
     events_since: float = 0.0
+    inflight: list = field(default_factory=list)  # every future submitted, to cancel on failure
+
+    def track(self, fut):
+        self.inflight.append(fut)
+        return fut
+
+    def cancel_all(self) -> None:
+        for fut in self.inflight:
+            try:
+                fut.wrapped_future.cancel()
+            except Exception:  # noqa: BLE001
+                pass
 
     def set(self, pct: float, stage: str | None = None) -> None:
         if pct < self.last + 0.5 and stage is None:
@@ -249,6 +262,17 @@ def _outcome(fut) -> tuple[bool, object]:
     return True, state
 
 
+def _wait_any(client, futures: list) -> None:
+    """Return as soon as one future finishes, or after the poll interval (progress updates)."""
+    if not futures:
+        return
+    try:
+        with client.as_current():
+            distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+    except (TimeoutError, distributed.TimeoutError):
+        pass
+
+
 def _describe(exc: object) -> str:
     text = str(exc) or type(exc).__name__
     detail = getattr(exc, "detail", "")
@@ -291,6 +315,7 @@ def ingest(video_id: str) -> dict:
         result = _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive,
                             published, logger)
     except BaseException as exc:
+        tracker.cancel_all()
         message = exc.args[0] if isinstance(exc, IngestFailed) else (
             f"{_describe(exc)}" if isinstance(exc, MediaError) else
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
@@ -345,9 +370,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     # audio first: it takes one slot for a short while and is ready long before the video
     audio_fut = None
     if info.has_audio:
-        audio_fut = encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
+        audio_fut = tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
                                         info.audio_stream_index, plan["t0"], plan["duration"],
-                                        info.audio_channels, label=video_id)
+                                        info.audio_channels, label=video_id))
     # side tasks run alongside the encodes and never decide the video's fate (poster and
     # sprite sheets go here); each entry: (name, future)
     side_tasks: list[tuple[str, object]] = []
@@ -359,14 +384,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                          keyframe_seconds=settings.keyframe_seconds)
 
     def submit_chunk(c: dict):
-        return encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
-                                   progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs)
+        return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
+                                                 progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
 
     pending = {c["index"]: submit_chunk(c) for c in chunks}
     resubmits = {c["index"]: 0 for c in chunks}
     encoded: dict[int, dict] = {}
     while pending:
-        time.sleep(POLL_SECONDS)
+        _wait_any(client, [f.wrapped_future for f in pending.values()])
         tracker.poll_events(client, run)
         for idx, fut in list(pending.items()):
             if not fut.wrapped_future.done():
@@ -416,9 +441,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                     for c in chunks] for r in rungs}
     packaging = {}
     for r in rungs:  # lowest first: Dask starts them in submission order
-        packaging[r["name"]] = package_rung.submit(
+        packaging[r["name"]] = tracker.track(package_rung.submit(
             r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
-            plan["segment_times"], plan["duration"], rung_name=r["name"])
+            plan["segment_times"], plan["duration"], rung_name=r["name"]))
     validating: dict[str, object] = {}
     packaged: dict[str, dict] = {}
     results: dict[str, dict] = {}  # name -> {"ok", "reason"}
@@ -426,7 +451,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     by_name = {r["name"]: r for r in rungs}
     next_to_publish = 0
     while next_to_publish < len(order):
-        time.sleep(POLL_SECONDS / 2)
+        _wait_any(client, [f.wrapped_future for f in [*packaging.values(), *validating.values()]])
         for name, fut in list(packaging.items()):
             if fut.wrapped_future.done():
                 del packaging[name]
@@ -435,9 +460,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                     results[name] = {"ok": False, "reason": f"packaging failed: {_describe(value)}"}
                     continue
                 packaged[name] = value
-                validating[name] = validate_rung.submit(
+                validating[name] = tracker.track(validate_rung.submit(
                     value["playlist_url"], by_name[name], plan["frames"], plan["duration"], plan["frame_interval"],
-                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name)
+                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name))
         for name, fut in list(validating.items()):
             if fut.wrapped_future.done():
                 del validating[name]
