@@ -79,6 +79,8 @@ def forced_keyframes(start: float, end: float, keyframe_seconds: float, half_fra
         t = m * keyframe_seconds - start - half_frame
         if rate is not None:
             t = math.ceil(t * rate - 1e-6) / rate
+        if t >= end - start - 1e-6:
+            break  # that frame is the next chunk's first
         if t > times[-1] + 1e-6:
             times.append(float(t))
         m += 1
