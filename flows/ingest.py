@@ -423,12 +423,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         logger.warning("%d of %d chunks were read by exact seeking instead of stream copy", seek_chunks,
                        len(chunks))
 
+    intervals = [("encode", i, r["started_at"], r["ended_at"]) for i, r in sorted(encoded.items())]
     audio_url = None
     audio_note = None
     if audio_fut is not None:
         ok, value = _outcome(audio_fut)
         if ok:
             audio_url = value["url"]
+            intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
         else:
             # a video whose sound cannot be decoded is still worth watching; say so
             audio_note = f"the audio track could not be encoded ({_describe(value)}); published without sound"
@@ -511,7 +513,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     _ladder_artifact(video_id, run, rungs, packaged, results, status, settings)
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
             "chunks": len(chunks), "seek_chunks": seek_chunks,
-            "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()}}
+            "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
+            "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals,
+            "package_seconds": {n: round(p["seconds"], 3) for n, p in packaged.items()}}
 
 
 def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
@@ -543,17 +547,24 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flows.ingest VIDEO_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     server = None
+    settings_ctx = contextlib.nullcontext()
     if not os.environ.get("PREFECT_API_URL"):
         # without an API every Dask worker would start its own temporary Prefect server:
-        # start one here and point the workers at it
+        # start one here and point this process and the workers (through the env) at it
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()
         server.start()
         os.environ["PREFECT_API_URL"] = server.api_url
+        settings_ctx = temporary_settings(updates={PREFECT_API_URL: server.api_url})
     try:
-        ingest(args[0])
+        with settings_ctx:
+            ingest(args[0])
     except Exception as exc:  # noqa: BLE001
         print(f"ingest {args[0]} failed: {exc}", file=sys.stderr)
         return 1

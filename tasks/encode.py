@@ -150,7 +150,16 @@ def count_video_packets(path: str) -> int:
 
 
 def worker_threads() -> int:
-    """Cores per task on this machine: the cores divided among the Dask worker threads here."""
+    """ffmpeg threads for one chunk: this task's share of the machine's cores, plus one.
+
+    ffmpeg 5.1 decodes, scales and feeds every rung from one thread; x264's own threads run
+    beside it. With exactly one thread per core share, a core idles whenever its sibling task
+    is between chunks (start-up, upload) and, on a machine shared with other work, a
+    single-threaded process gets a fraction of a core. One extra thread keeps the cores busy;
+    x264 loses nothing measurable with two frame threads. `VODFLOW_ENCODE_THREADS` overrides."""
+    forced = int(os.environ.get("VODFLOW_ENCODE_THREADS", "0") or 0)
+    if forced > 0:
+        return forced
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     slots = int(os.environ.get("VODFLOW_TASK_SLOTS", "0") or 0)
     if not slots:
@@ -161,7 +170,7 @@ def worker_threads() -> int:
             slots = w.state.nthreads * int(os.environ.get("VODFLOW_WORKERS_ON_HOST", "1") or 1)
         except (ImportError, ValueError, AttributeError):
             slots = 1
-    return max(1, cores // max(1, slots))
+    return max(1, cores // max(1, slots)) + 1
 
 
 def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, rotation: int,
@@ -174,6 +183,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     threads = threads or worker_threads()
     label = f"chunk {chunk['index'] + 1}/{chunk['count']}"
     t_begin = time.monotonic()
+    started_at = time.time()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     mode = "seek" if force_seek or chunk["mode"] == "seek" or not chunk.get("url") else "copy"
 
@@ -214,7 +224,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     logger.info("%s: %d frames x %d rungs in %.2f s (%s, %d threads)", label, chunk["frames"], len(rungs),
                 seconds, mode, threads)
     return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "outputs": outputs,
-            "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads}
+            "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads,
+            "started_at": started_at, "ended_at": time.time()}
 
 
 @task(name="encode", task_run_name="encode chunk {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
