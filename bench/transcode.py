@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-quality", action="store_true", help="skip the PSNR comparison")
     ap.add_argument("--long-check", action="store_true", help="memory of the duration-bound steps on 2 h")
     ap.add_argument("--json", type=Path, help="write the figures here too")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (sources, outputs)")
     args = ap.parse_args(argv)
 
     import psutil
@@ -347,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  run {rep + 1}: baseline {wall:.1f} s")
     finally:
         pass
-
     v_wall = median([r["wall"] for r in runs])
     b_wall = median([r["wall"] for r in base_runs])
     v_cpu = median([r["cpu"] / (r["wall"] * cores) for r in runs])
@@ -414,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     if server is not None:
         server.stop()
     cluster.close()
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"outputs kept in {work}")
     if args.json:
         args.json.write_text(json.dumps({
             "baseline_wall": b_wall, "vodflow_wall": v_wall, "ratio": v_wall / b_wall, "overhead": overhead,

@@ -551,7 +551,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = None
     settings_ctx = contextlib.nullcontext()
     if not os.environ.get("PREFECT_API_URL"):
         # without an API every Dask worker would start its own temporary Prefect server:
@@ -568,9 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"ingest {args[0]} failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            server.stop()
+    # the temporary server stops itself at exit, after Prefect has shipped the run's logs
+    # and events (stopping it here first leaves those retrying a closed port for a minute)
     return 0
 
 

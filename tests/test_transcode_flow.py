@@ -68,3 +68,22 @@ def _flow_run_id(video_id: str) -> str:
 
     with session_scope() as s:
         return get_video(s, video_id).flow_run_id
+
+
+def test_python_m_flows_ingest_runs_one_video(ingest_env, media_dir):
+    """What dispatch spawns when no deployment is served: exit 0 and the video READY; an
+    unknown id exits 1 with a message."""
+    import os
+    import subprocess
+    import sys
+
+    src = clip(media_dir, "cli.mp4", duration=2, size="320x240", gop=30)
+    vid = add_video(src)
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "flows.ingest", vid], env=env, capture_output=True, text=True,
+                         timeout=240, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_published(vid, src, expect_audio=True)
+    bad = subprocess.run([sys.executable, "-m", "flows.ingest", "nosuchvideo"], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert bad.returncode == 1 and "nosuchvideo" in bad.stderr
