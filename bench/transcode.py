@@ -52,6 +52,7 @@ class TreeSampler:
         self.peak_name = ""
         self.peaks: dict[str, int] = {}
         self._cpu: dict[int, float] = {}
+        self._kind: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -82,6 +83,7 @@ class TreeSampler:
             kind = "ffmpeg" if "ffmpeg" in name else ("dask worker" if "spawn" in cmd or "multiprocessing" in cmd
                                                      else ("prefect server" if "prefect" in cmd else "python"))
             self.peaks[kind] = max(self.peaks.get(kind, 0), rss)
+            self._kind[p.pid] = "flow process (scheduler, flow)" if p.pid == os.getpid() else kind
             if rss > self.peak_rss:
                 self.peak_rss, self.peak_name = rss, f"{name} ({kind})"
 
@@ -106,6 +108,15 @@ class TreeSampler:
 
     def used(self) -> float:
         return sum(v - self._base.get(pid, 0.0) for pid, v in self._cpu.items())
+
+    def used_by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, v in self._cpu.items():
+            k = self._kind.get(pid, "?")
+            if k == "dask worker":
+                k = "dask workers (incl. their ffmpeg)"
+            out[k] = out.get(k, 0.0) + v - self._base.get(pid, 0.0)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                             cur_b = max(cur_b, b)
                     if cur_b is not None:
                         covered += cur_b - cur_a
-                    runs.append({"wall": wall, "cpu": s.used(), "peak": s.peak_rss, "peak_name": s.peak_name,
+                    runs.append({"wall": wall, "cpu": s.used(), "cpu_by_kind": s.used_by_kind(), "peak": s.peak_rss, "peak_name": s.peak_name,
                                  "peaks": dict(s.peaks), "encoding": covered, "result": result})
                     print(f"  run {rep + 1}: vodflow {wall:.1f} s ({result['chunks']} chunks)")
                 else:
@@ -358,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     print("== wall time (median of %d) ==" % args.repeat)
     print(f"  baseline, one ffmpeg (-threads 0): {b_wall:7.2f} s   CPU use {100 * b_cpu:5.1f} % of {cores} cores")
     print(f"  vodflow, {n_workers} Dask workers:        {v_wall:7.2f} s   CPU use {100 * v_cpu:5.1f} % of {cores} cores")
+    print("  vodflow CPU seconds by process: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in sorted(runs[-1]["cpu_by_kind"].items(), key=lambda kv: -kv[1])))
+    print(f"  CPU seconds: baseline {median([r['cpu'] for r in base_runs]):.1f}, "
+          f"vodflow {median([r['cpu'] for r in runs]):.1f}")
+    enc_cpu = sum(v or 0 for v in runs[-1]["result"].get("encode_cpu_seconds", {}).values())
+    print(f"  of which chunk encodes (ffmpeg): {enc_cpu:.1f} CPU s")
     print(f"  ratio vodflow / baseline: {v_wall / b_wall:.3f}   (goal <= 0.85, aim 0.80)")
     print(f"  pipeline overhead (wall outside chunk+audio encodes): {overhead:.2f} s = "
           f"{100 * overhead / v_wall:.1f} % of vodflow's wall (goal <= 10 %)")

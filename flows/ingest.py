@@ -163,12 +163,22 @@ def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, s
         transition(s, v, status, error=error)
 
 
-def fail(video_id: str, message: str) -> None:
+def fail(video_id: str, message: str, *, published: str | None = None) -> None:
+    """End the run as failed. A video that still has an earlier published run keeps playing
+    it: it goes back to READY/PARTIAL with the reason of this failure in `error`."""
     with session_scope() as s:
         v = get_video(s, video_id)
-        if VideoStatus(v.status) == VideoStatus.PROCESSING:
-            v.stage = "failed"
-            transition(s, v, VideoStatus.FAILED, error=message)
+        if VideoStatus(v.status) != VideoStatus.PROCESSING:
+            return
+        v.stage = "failed"
+        if published and v.current_run == published:
+            kept = [r for r in v.renditions if r.run == published]
+            ok = all(r.status == RenditionStatus.READY for r in kept)
+            transition(s, v, VideoStatus.READY if ok else VideoStatus.PARTIAL,
+                       error=f"reprocessing failed, the previous version is still published: {message}")
+            v.progress = 100.0
+            return
+        transition(s, v, VideoStatus.FAILED, error=message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +331,7 @@ def ingest(video_id: str) -> dict:
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
             "re-run it with `python -m flows.ingest " + video_id + "` and report it if it repeats")
         try:
-            fail(video_id, message)
+            fail(video_id, message, published=published)
         finally:
             storage.delete(work_url)
             if not _has_published(video_id, run):
@@ -514,6 +524,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
             "chunks": len(chunks), "seek_chunks": seek_chunks,
             "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
+            "encode_cpu_seconds": {i: r.get("cpu_seconds") for i, r in encoded.items()},
             "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals,
             "package_seconds": {n: round(p["seconds"], 3) for n, p in packaged.items()}}
 

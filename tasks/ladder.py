@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from tasks.ffmpeg import PermanentMediaError
 from tasks.probe import MediaInfo
 
 # short side -> maxrate kb/s at 30 fps (Apple's authoring ladder, capped-CRF peaks)
@@ -47,8 +48,8 @@ H264_LEVELS: list[tuple[str, int, int, int, int]] = [
 HIGH_FACTOR = 1.25
 
 
-class LadderError(ValueError):
-    pass
+class LadderError(PermanentMediaError):
+    """No rung can be made from this source (retrying cannot help)."""
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from tasks.retry import RETRY_OPTIONS
 
 log = logging.getLogger(__name__)
 
-MIN_CHUNK_SECONDS = 2.0
+MIN_CHUNK_SECONDS = 4.0
 MAX_CHUNK_SECONDS = 30.0
-CHUNKS_PER_WORKER = 6
+CHUNKS_PER_WORKER = 4
 
 
 @dataclass

@@ -154,3 +154,20 @@ def test_reprocessing_keeps_the_video_playable_and_switches_runs(ingest_env, med
     assert facts["row"]["current_run"] == second["run"]
     assert {r["run"] for r in facts["row"]["renditions"]} == {second["run"]}
     assert not storage.exists(storage.url_for("hls", vid, first["run"]))
+
+
+def test_failed_reprocessing_keeps_the_published_version(ingest_env, media_dir):
+    from config import storage
+
+    src = make_clip(media_dir / "keep.mp4", duration=2, size="320x240", gop=30)
+    vid = add_video(src)
+    first, exc = run_ingest(vid)
+    assert exc is None, exc
+    row = video_row(vid)
+    storage.delete(storage.url_for("sources", vid))  # the source is gone: reprocessing must fail
+    _, exc = run_ingest(vid)
+    assert exc is not None
+    row = video_row(vid)
+    assert row["status"] == "READY" and row["current_run"] == first["run"]
+    assert "previous version is still published" in row["error"]
+    check_published(vid, src, expect_audio=True)
