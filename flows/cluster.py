@@ -34,7 +34,10 @@ def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
         # ffmpeg's memory is in child processes; the worker itself holds only small dicts
         "memory_limit": 0,
         # each task sizes ffmpeg's threads to its share of this machine's cores
-        "env": {"VODFLOW_WORKERS_ON_HOST": str(n)},
+        "env": {"VODFLOW_WORKERS_ON_HOST": str(n),
+                # the statistical profiler samples every thread every 10 ms: CPU that
+                # ffmpeg needs more, for a profile of a thread that only waits on ffmpeg
+                "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"},
     }
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import distributed
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -162,12 +163,22 @@ def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, s
         transition(s, v, status, error=error)
 
 
-def fail(video_id: str, message: str) -> None:
+def fail(video_id: str, message: str, *, published: str | None = None) -> None:
+    """End the run as failed. A video that still has an earlier published run keeps playing
+    it: it goes back to READY/PARTIAL with the reason of this failure in `error`."""
     with session_scope() as s:
         v = get_video(s, video_id)
-        if VideoStatus(v.status) == VideoStatus.PROCESSING:
-            v.stage = "failed"
-            transition(s, v, VideoStatus.FAILED, error=message)
+        if VideoStatus(v.status) != VideoStatus.PROCESSING:
+            return
+        v.stage = "failed"
+        if published and v.current_run == published:
+            kept = [r for r in v.renditions if r.run == published]
+            ok = all(r.status == RenditionStatus.READY for r in kept)
+            transition(s, v, VideoStatus.READY if ok else VideoStatus.PARTIAL,
+                       error=f"reprocessing failed, the previous version is still published: {message}")
+            v.progress = 100.0
+            return
+        transition(s, v, VideoStatus.FAILED, error=message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +209,18 @@ class Tracker:
     last: float = -1.0
     chunk_done: dict = field(default_factory=dict)  # index -> fraction
     events_since: float = 0.0
+    inflight: list = field(default_factory=list)  # every future submitted, to cancel on failure
+
+    def track(self, fut):
+        self.inflight.append(fut)
+        return fut
+
+    def cancel_all(self) -> None:
+        for fut in self.inflight:
+            try:
+                fut.wrapped_future.cancel()
+            except Exception:  # noqa: BLE001
+                pass
 
     def set(self, pct: float, stage: str | None = None) -> None:
         if pct < self.last + 0.5 and stage is None:
@@ -249,6 +272,17 @@ def _outcome(fut) -> tuple[bool, object]:
     return True, state
 
 
+def _wait_any(client, futures: list) -> None:
+    """Return as soon as one future finishes, or after the poll interval (progress updates)."""
+    if not futures:
+        return
+    try:
+        with client.as_current():
+            distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+    except (TimeoutError, distributed.TimeoutError):
+        pass
+
+
 def _describe(exc: object) -> str:
     text = str(exc) or type(exc).__name__
     detail = getattr(exc, "detail", "")
@@ -291,12 +325,13 @@ def ingest(video_id: str) -> dict:
         result = _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive,
                             published, logger)
     except BaseException as exc:
+        tracker.cancel_all()
         message = exc.args[0] if isinstance(exc, IngestFailed) else (
             f"{_describe(exc)}" if isinstance(exc, MediaError) else
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
             "re-run it with `python -m flows.ingest " + video_id + "` and report it if it repeats")
         try:
-            fail(video_id, message)
+            fail(video_id, message, published=published)
         finally:
             storage.delete(work_url)
             if not _has_published(video_id, run):
@@ -345,9 +380,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     # audio first: it takes one slot for a short while and is ready long before the video
     audio_fut = None
     if info.has_audio:
-        audio_fut = encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
+        audio_fut = tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
                                         info.audio_stream_index, plan["t0"], plan["duration"],
-                                        info.audio_channels, label=video_id)
+                                        info.audio_channels, label=video_id))
     # side tasks run alongside the encodes and never decide the video's fate (poster and
     # sprite sheets go here); each entry: (name, future)
     side_tasks: list[tuple[str, object]] = []
@@ -359,14 +394,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                          keyframe_seconds=settings.keyframe_seconds)
 
     def submit_chunk(c: dict):
-        return encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
-                                   progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs)
+        return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
+                                                 progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
 
     pending = {c["index"]: submit_chunk(c) for c in chunks}
     resubmits = {c["index"]: 0 for c in chunks}
     encoded: dict[int, dict] = {}
     while pending:
-        time.sleep(POLL_SECONDS)
+        _wait_any(client, [f.wrapped_future for f in pending.values()])
         tracker.poll_events(client, run)
         for idx, fut in list(pending.items()):
             if not fut.wrapped_future.done():
@@ -398,12 +433,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         logger.warning("%d of %d chunks were read by exact seeking instead of stream copy", seek_chunks,
                        len(chunks))
 
+    intervals = [("encode", i, r["started_at"], r["ended_at"]) for i, r in sorted(encoded.items())]
     audio_url = None
     audio_note = None
     if audio_fut is not None:
         ok, value = _outcome(audio_fut)
         if ok:
             audio_url = value["url"]
+            intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
         else:
             # a video whose sound cannot be decoded is still worth watching; say so
             audio_note = f"the audio track could not be encoded ({_describe(value)}); published without sound"
@@ -416,9 +453,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                     for c in chunks] for r in rungs}
     packaging = {}
     for r in rungs:  # lowest first: Dask starts them in submission order
-        packaging[r["name"]] = package_rung.submit(
+        packaging[r["name"]] = tracker.track(package_rung.submit(
             r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
-            plan["segment_times"], plan["duration"], rung_name=r["name"])
+            plan["segment_times"], plan["duration"], rung_name=r["name"]))
     validating: dict[str, object] = {}
     packaged: dict[str, dict] = {}
     results: dict[str, dict] = {}  # name -> {"ok", "reason"}
@@ -426,7 +463,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     by_name = {r["name"]: r for r in rungs}
     next_to_publish = 0
     while next_to_publish < len(order):
-        time.sleep(POLL_SECONDS / 2)
+        _wait_any(client, [f.wrapped_future for f in [*packaging.values(), *validating.values()]])
         for name, fut in list(packaging.items()):
             if fut.wrapped_future.done():
                 del packaging[name]
@@ -435,9 +472,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                     results[name] = {"ok": False, "reason": f"packaging failed: {_describe(value)}"}
                     continue
                 packaged[name] = value
-                validating[name] = validate_rung.submit(
+                validating[name] = tracker.track(validate_rung.submit(
                     value["playlist_url"], by_name[name], plan["frames"], plan["duration"], plan["frame_interval"],
-                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name)
+                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name))
         for name, fut in list(validating.items()):
             if fut.wrapped_future.done():
                 del validating[name]
@@ -486,7 +523,10 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     _ladder_artifact(video_id, run, rungs, packaged, results, status, settings)
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
             "chunks": len(chunks), "seek_chunks": seek_chunks,
-            "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()}}
+            "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
+            "encode_cpu_seconds": {i: r.get("cpu_seconds") for i, r in encoded.items()},
+            "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals,
+            "package_seconds": {n: round(p["seconds"], 3) for n, p in packaged.items()}}
 
 
 def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
@@ -518,23 +558,28 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m flows.ingest VIDEO_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = None
+    import contextlib
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    settings_ctx = contextlib.nullcontext()
     if not os.environ.get("PREFECT_API_URL"):
         # without an API every Dask worker would start its own temporary Prefect server:
-        # start one here and point the workers at it
+        # start one here and point this process and the workers (through the env) at it
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()
         server.start()
         os.environ["PREFECT_API_URL"] = server.api_url
+        settings_ctx = temporary_settings(updates={PREFECT_API_URL: server.api_url})
     try:
-        ingest(args[0])
+        with settings_ctx:
+            ingest(args[0])
     except Exception as exc:  # noqa: BLE001
         print(f"ingest {args[0]} failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if server is not None:
-            server.stop()
+    # the temporary server stops itself at exit, after Prefect has shipped the run's logs
+    # and events (stopping it here first leaves those retrying a closed port for a minute)
     return 0
 
 

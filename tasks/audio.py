@@ -56,6 +56,7 @@ def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: flo
     settings = get_settings()
     logger = _logger()
     t_begin = time.monotonic()
+    started_at = time.time()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="audio-") as tmp:
         out = str(Path(tmp) / "audio.m4a")
@@ -68,7 +69,8 @@ def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: flo
     seconds = time.monotonic() - t_begin
     logger.info("audio: %.2f s of AAC-LC stereo %d Hz in %.2f s (source had %d channels)",
                 duration, SAMPLE_RATE, seconds, channels)
-    return {"url": out_url, "seconds": seconds, "codecs": AUDIO_CODECS, "channels_in": channels}
+    return {"url": out_url, "seconds": seconds, "codecs": AUDIO_CODECS, "channels_in": channels,
+            "started_at": started_at, "ended_at": time.time()}
 
 
 @task(name="audio", task_run_name="audio {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)

@@ -74,6 +74,19 @@ def classify(returncode: int, stderr: str, what: str) -> MediaError:
     return TransientMediaError(f"{what} failed (exit {returncode})", tail, returncode)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the process that started us dies (Linux).
+
+    A Dask worker that is killed mid-encode must not leave its ffmpeg running: the task is
+    rescheduled elsewhere and an orphan would only burn CPU and fill the scratch disk."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the process-group kill still applies
+        pass
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -108,6 +121,7 @@ def run(
         stderr=subprocess.PIPE,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
         text=True,
         errors="replace",
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from tasks.ffmpeg import PermanentMediaError
 from tasks.probe import MediaInfo
 
 # short side -> maxrate kb/s at 30 fps (Apple's authoring ladder, capped-CRF peaks)
@@ -47,8 +48,8 @@ H264_LEVELS: list[tuple[str, int, int, int, int]] = [
 HIGH_FACTOR = 1.25
 
 
-class LadderError(ValueError):
-    pass
+class LadderError(PermanentMediaError):
+    """No rung can be made from this source (retrying cannot help)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,20 @@ def codec_string(level: str, profile_idc: int = 100) -> str:
     return f"avc1.{profile_idc:02x}00{level_idc:02x}"
 
 
+def _display_aspect(info: MediaInfo) -> float:
+    """Width/height as displayed, exactly (display_width is rounded: 720x480 at SAR 32:27 is
+    853.33 wide, and 16:9 must come out 854x480, not 852x480)."""
+    try:
+        num, den = (int(x) for x in (info.sample_aspect or "1:1").replace("/", ":").split(":"))
+        sar = num / den if num > 0 and den > 0 else 1.0
+    except ValueError:
+        sar = 1.0
+    if info.width and info.height:
+        aspect = info.width * sar / info.height
+        return 1 / aspect if info.rotation in (90, 270) else aspect
+    return info.display_width / info.display_height
+
+
 def choose_ladder(info: MediaInfo) -> list[Rung]:
     """The rungs for this source, lowest first."""
     dw, dh = info.display_width, info.display_height
@@ -114,7 +129,7 @@ def choose_ladder(info: MediaInfo) -> list[Rung]:
         raise LadderError("the source has no picture size")
     landscape = dw >= dh
     short = min(dw, dh)
-    aspect = dw / dh
+    aspect = _display_aspect(info)
     fps = info.frame_rate or 30.0
     fps_factor = 1.5 if fps > HIGH_FPS else 1.0
     sides: list[tuple[int, int]] = [(s, r) for s, r in STANDARD_RUNGS if s <= short]

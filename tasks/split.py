@@ -38,9 +38,9 @@ from tasks.retry import RETRY_OPTIONS
 
 log = logging.getLogger(__name__)
 
-MIN_CHUNK_SECONDS = 2.0
+MIN_CHUNK_SECONDS = 4.0
 MAX_CHUNK_SECONDS = 30.0
-CHUNKS_PER_WORKER = 6
+CHUNKS_PER_WORKER = 4
 
 
 @dataclass
@@ -187,7 +187,8 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
     """Choose chunk boundaries. Returns the plan (chunks without URLs yet) and, for copy
     chunks, the decode-order packet index each chunk starts at."""
     tb = pk.time_base
-    first_key = next((i for i in range(len(pk)) if pk.key[i] and not pk.discard[i]), None)
+    # the first keyframe may itself be hidden by an edit list: it is still where decoding starts
+    first_key = next((i for i in range(len(pk)) if pk.key[i]), None)
     if first_key is None:
         raise PermanentMediaError("the video has no keyframe to start decoding from; the file may be corrupt")
     # frames before the first keyframe (a capture cut mid-GOP) or displayed before it (leading

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
 
 from tests.transcode_support import (  # noqa: F401 - fixtures
     add_video,
@@ -15,13 +16,74 @@ from tests.transcode_support import (  # noqa: F401 - fixtures
 )
 
 
-def test_ingest_publishes_a_checked_ladder(ingest_env, media_dir):
+def test_ingest_publishes_a_checked_ladder_with_progress_and_artifacts(ingest_env, media_dir):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
     src = clip(media_dir, "ladder.mp4", duration=8, size="854x480", rate="30", gop=30, bframes=3)
     vid = add_video(src)
+    seen: list[tuple[str, float]] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            row = video_row(vid)
+            seen.append((row["status"], row["progress"]))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     result, exc = run_ingest(vid)
+    stop.set()
+    watcher.join()
     assert exc is None, exc
     facts = check_published(vid, src, expect_audio=True)
     assert set(facts["renditions"]) == {"360p", "480p"}
     assert facts["renditions"]["480p"]["width"] == 854
-    assert result["chunks"] >= 2
-    assert result["seek_chunks"] == 0
+    assert result["chunks"] >= 2 and result["seek_chunks"] == 0
+    # progress only moves forward, through intermediate values, to 100
+    values = [p for s, p in seen if s == "PROCESSING"]
+    assert values == sorted(values)
+    assert any(0 < p < 100 for p in values)
+    assert video_row(vid)["progress"] == 100.0
+
+    with get_client(sync_client=True) as client:
+        row_flow = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[__import__("uuid").UUID(_flow_run_id(vid))])))[0]
+        assert row_flow.name == f"ingest {vid}"
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[row_flow.id])))
+        names = {t.name for t in tasks}
+        n = result["chunks"]
+        assert {f"encode chunk {i}/{n}" for i in range(1, n + 1)} <= names
+        assert {"package 360p", "package 480p", "validate 360p", "validate 480p"} <= names
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"transcode-{vid}"])))
+        assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
+        ladder = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"ladder-{vid}"])))
+        assert ladder and "| 480p | 854x480 |" in ladder[0].data and f"/watch/{vid}" in ladder[0].data
+
+
+def _flow_run_id(video_id: str) -> str:
+    from catalog.db import session_scope
+    from catalog.state import get_video
+
+    with session_scope() as s:
+        return get_video(s, video_id).flow_run_id
+
+
+def test_python_m_flows_ingest_runs_one_video(ingest_env, media_dir):
+    """What dispatch spawns when no deployment is served: exit 0 and the video READY; an
+    unknown id exits 1 with a message."""
+    import os
+    import subprocess
+    import sys
+
+    src = clip(media_dir, "cli.mp4", duration=2, size="320x240", gop=30)
+    vid = add_video(src)
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "flows.ingest", vid], env=env, capture_output=True, text=True,
+                         timeout=240, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-3000:]
+    check_published(vid, src, expect_audio=True)
+    bad = subprocess.run([sys.executable, "-m", "flows.ingest", "nosuchvideo"], env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert bad.returncode == 1 and "nosuchvideo" in bad.stderr

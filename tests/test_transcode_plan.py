@@ -1,0 +1,104 @@
+"""Chunk planning from packet timestamps (pure functions), and the split on real files."""
+
+from __future__ import annotations
+
+import subprocess
+from array import array
+from fractions import Fraction
+
+from tasks.encode import forced_keyframes
+from tasks.split import Packets, chunk_math_ok, clean_keyframes, plan_split, read_packets
+from tests.media import make_clip
+
+
+def packets_closed_gop(n_gops: int, gop: int, *, bframes: bool = True, discard_first: int = 0) -> Packets:
+    """Decode-order packets of an IPBB... stream with closed GOPs, 1 tick per frame."""
+    pts, key = array("q"), bytearray()
+    for g in range(n_gops):
+        base = g * gop
+        order = [0]
+        i = 1
+        while i < gop:
+            if bframes and i + 1 < gop:
+                order += [i + 1, i]  # P then the B it anchors
+                i += 2
+            else:
+                order.append(i)
+                i += 1
+        for k in order:
+            pts.append(base + k)
+            key.append(1 if k == 0 else 0)
+    discard = bytearray(1 if p < discard_first else 0 for p in pts)
+    return Packets(Fraction(1, 30), pts, key, discard)
+
+
+def test_closed_gops_are_clean_cut_points():
+    pk = packets_closed_gop(5, 30)
+    assert clean_keyframes(pk) == [30, 60, 90, 120]
+
+
+def test_open_gop_keyframes_are_refused():
+    pk = packets_closed_gop(3, 30)
+    # make GOP 2 open: a leading B after its I is displayed before it
+    i = 30
+    pk.pts[i + 1], pk.pts[i] = pk.pts[i], pk.pts[i] - 1
+    pk.key[i], pk.key[i + 1] = 0, 1
+    pk.pts[i], pk.pts[i + 1] = pk.pts[i + 1], pk.pts[i]
+    assert 31 not in clean_keyframes(pk) and 30 not in clean_keyframes(pk)
+    assert 60 in clean_keyframes(pk)
+
+
+def test_plan_tiles_the_timeline_and_counts_every_frame():
+    pk = packets_closed_gop(30, 60)  # 60 s at 30 fps, 2 s GOPs
+    plan, starts = plan_split(pk, workers=2, keyframe_seconds=2, segment_seconds=6, avg_frame_rate="30/1")
+    d = plan.to_dict()
+    assert plan.frames == 1800 and abs(plan.duration - 60) < 1e-9 and plan.cfr
+    assert chunk_math_ok(d)
+    assert 6 <= len(plan.chunks) <= 20
+    assert all(c["mode"] == "copy" for c in plan.chunks)
+    # cuts on the keyframe grid, so chunk starts add no extra keyframes
+    assert all(abs(c["start"] / 2 - round(c["start"] / 2)) < 1e-9 for c in plan.chunks)
+    assert plan.segment_starts == list(range(0, 1800, 180))
+    assert plan.keyframe_times == [float(2 * k) for k in range(30)]
+
+
+def test_edit_list_hidden_frames_are_not_counted():
+    pk = packets_closed_gop(4, 30, discard_first=10)
+    plan, _ = plan_split(pk, workers=2, keyframe_seconds=2, segment_seconds=6, avg_frame_rate="30/1")
+    assert plan.frames == 110
+    assert abs(plan.t0 - 10 / 30) < 1e-9
+    assert plan.chunks[0]["source_start"] == plan.t0
+
+
+def test_no_clean_keyframe_means_seek_chunks():
+    pk = packets_closed_gop(20, 30)
+    for i in range(1, len(pk)):
+        if pk.key[i]:
+            pk.key[i] = 0  # only the first frame is a keyframe: cuts must seek in the source
+    plan, _ = plan_split(pk, workers=2, keyframe_seconds=2, segment_seconds=6, avg_frame_rate="30/1")
+    assert len(plan.chunks) == 1 or all(c["mode"] == "seek" for c in plan.chunks)
+
+
+def test_forced_keyframes_land_on_the_grid():
+    rate = Fraction(30000, 1001)
+    half = 0.5 / float(rate)
+    kf = [float(x) for x in forced_keyframes(1.5015, 6.006, 2.0, half, rate).split(",")]
+    # chunk-relative: the chunk start, then frames 60 and 120 of the video (2.002 s, 4.004 s)
+    assert [round(t + 1.5015, 4) for t in kf] == [1.5015, 2.002, 4.004]
+
+
+def test_split_writes_exact_chunks_from_a_real_file(tmp_path, monkeypatch):
+    from config.settings import reset_settings
+    from config import storage
+    from tasks.split import split_source_fn
+
+    monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "var"))
+    reset_settings()
+    src = make_clip(tmp_path / "s.mp4", duration=6, size="320x240", gop=30, bframes=3, audio=False)
+    plan = split_source_fn("file://" + str(src), storage.url_for("work", "v", "r"), workers=2,
+                           avg_frame_rate="30/1")
+    assert plan["frames"] == 180 and len(plan["chunks"]) >= 2 and chunk_math_ok(plan)
+    for c in plan["chunks"]:
+        path = storage.local_path_of(c["url"])
+        n = len(read_packets(path).pts)
+        assert n == c["frames"]  # closed GOPs: the slice holds exactly its own frames

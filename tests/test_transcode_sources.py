@@ -1,0 +1,167 @@
+"""Awkward sources through the whole flow: every published rung must pass the same checks
+(frame count, duration, keyframe-aligned segments identical across rungs, segment length,
+audio/video start), whatever the source's shape, codec, timing or audio."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.media import make_clip
+from tests.transcode_support import (  # noqa: F401 - fixtures
+    add_raw_video,
+    add_video,
+    check_published,
+    dask_cluster,
+    ffprobe,
+    ingest_env,
+    run_ingest,
+    video_row,
+)
+
+
+def _remux(src, dst, *args):
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", *args, str(dst)], check=True)
+    return dst
+
+
+def _make(media_dir, kind):
+    p = media_dir / f"src-{kind}"
+    if kind == "odd":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="321x241", gop=30,
+                         extra_video=["-pix_fmt", "yuv444p"])
+    if kind == "portrait":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="360x640", gop=30)
+    if kind == "rotated":
+        base = make_clip(media_dir / "rot-base.mp4", duration=3, size="480x270", gop=30)
+        return _remux(base, p.with_suffix(".mp4"), "-metadata:s:v:0", "rotate=90")
+    if kind == "nonsquare":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="480x360", gop=30,
+                         extra_video=["-vf", "setsar=4/3"])
+    if kind == "fps60":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="320x240", rate="60", gop=60)
+    if kind == "vfr":
+        return make_clip(p.with_suffix(".mp4"), duration=4, size="320x240", gop=30,
+                         extra_video=["-vf", "select='not(eq(mod(n\\,4)\\,1))'", "-fps_mode", "vfr"])
+    if kind == "longgop":
+        return make_clip(p.with_suffix(".mp4"), duration=13, size="320x240", rate="15", gop=150, bframes=2)
+    if kind == "hevc":
+        return make_clip(p.with_suffix(".mp4"), duration=4, size="320x240", vcodec="libx265", gop=30,
+                         extra_video=["-preset", "ultrafast", "-x265-params", "log-level=error", "-tag:v", "hvc1"])
+    if kind == "vp9":
+        return make_clip(p.with_suffix(".mkv"), duration=4, size="320x240", vcodec="libvpx-vp9", gop=30,
+                         extra_video=["-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"])
+    if kind == "silent":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="320x240", gop=30, audio=False)
+    if kind == "surround":
+        return make_clip(p.with_suffix(".mp4"), duration=3, size="320x240", gop=30, channels=6)
+    if kind == "onesecond":
+        return make_clip(p.with_suffix(".mp4"), duration=1, size="320x240", gop=15)
+    if kind == "editlist":
+        base = make_clip(media_dir / "edit-base.mp4", duration=5, size="320x240", gop=45, bframes=3)
+        # a stream-copy trim that starts mid-GOP: an edit list hides the first frames
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-ss", "0.5", "-i", str(base), "-c", "copy",
+                        str(p.with_suffix(".mp4"))], check=True)
+        return p.with_suffix(".mp4")
+    raise AssertionError(kind)
+
+
+CASES = {
+    # kind: (expect_audio, expected top rung size or None)
+    "odd": (True, (320, 240)),
+    "portrait": (True, (360, 640)),
+    "rotated": (True, (270, 480)),
+    "nonsquare": (True, (640, 360)),
+    "fps60": (True, (320, 240)),
+    "vfr": (True, (320, 240)),
+    "longgop": (True, (320, 240)),
+    "hevc": (True, (320, 240)),
+    "vp9": (True, (320, 240)),
+    "silent": (False, (320, 240)),
+    "surround": (True, (320, 240)),
+    "onesecond": (True, (320, 240)),
+    "editlist": (True, (320, 240)),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_awkward_source_comes_out_right(ingest_env, media_dir, kind):
+    src = _make(media_dir, kind)
+    expect_audio, top = CASES[kind]
+    vid = add_video(src, title=kind)
+    result, exc = run_ingest(vid)
+    assert exc is None, f"{kind}: {exc} / {video_row(vid)}"
+    facts = check_published(vid, src, expect_audio=expect_audio)
+    sizes = [(r["width"], r["height"]) for r in facts["renditions"].values()]
+    assert top in sizes, sizes
+    if kind == "hevc":
+        # x265 uses open GOPs: stream-copy cuts there would lose frames, so chunks seek instead
+        assert result["chunks"] == 1 or result["seek_chunks"] > 0
+    if kind == "longgop":
+        assert result["chunks"] >= 2
+
+
+def test_rotated_video_is_turned_like_a_player_does(ingest_env, media_dir):
+    """Compare our top rung with ffmpeg's own autorotated decode of the source (PSNR)."""
+    src = _make(media_dir, "rotated")
+    vid = add_video(src, title="rotated")
+    _, exc = run_ingest(vid)
+    assert exc is None, exc
+    row = video_row(vid)
+    rend = next(r for r in row["renditions"] if r["status"] == "READY")
+    from tests.transcode_support import local
+
+    seg = local(rend["playlist_url"]).parent / "seg_00000.ts"
+    out = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-i", str(seg), "-i", str(src), "-filter_complex",
+         f"[1:v]scale={rend['width']}:{rend['height']},setsar=1[ref];[0:v]setsar=1[out];[out][ref]psnr",
+         "-frames:v", "30", "-f", "null", "-"], capture_output=True, text=True)
+    text = out.stderr
+    avg = float(text.split("average:")[1].split()[0])
+    assert avg > 30, text
+
+
+def _task_runs(flow_run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _flow_run_id(video_id: str) -> str:
+    from catalog.db import session_scope
+    from catalog.state import get_video
+
+    with session_scope() as s:
+        return get_video(s, video_id).flow_run_id
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "audio-only"])
+def test_bad_input_fails_permanently_without_retries(ingest_env, media_dir, tmp_path, kind):
+    if kind == "corrupt":
+        good = make_clip(media_dir / "to-corrupt.mp4", duration=2, size="320x240")
+        data = bytearray(good.read_bytes())
+        i = data.find(b"moov")
+        data[i - 4: i + 400] = b"\x00" * 404  # the index is gone: nothing can be decoded
+        path = tmp_path / "corrupt.mp4"
+        path.write_bytes(bytes(data))
+    else:
+        path = tmp_path / "song.m4a"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac",
+                        str(path)], check=True)
+    vid = add_raw_video(path)
+    _, exc = run_ingest(vid)
+    assert exc is not None
+    row = video_row(vid)
+    assert row["status"] == "FAILED"
+    if kind == "corrupt":
+        assert "cannot read this input" in row["error"]
+    else:
+        assert "no video stream" in row["error"] and "audio" in row["error"]
+    runs = _task_runs(_flow_run_id(vid))
+    probe = [r for r in runs if r.name.startswith("probe")]
+    assert probe and probe[0].state.is_failed()
+    assert probe[0].run_count == 1, "a permanent error must not be retried"
+    assert not [r for r in runs if r.name.startswith("encode")]
