@@ -43,6 +43,7 @@ from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
 from tasks.retry import PROGRESS_TOPIC, RETRY_OPTIONS, is_permanent
 from tasks.split import split_source
+from tasks.thumbnails import thumbnails_task
 from tasks.validate import validate_rung
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,13 @@ def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str) ->
     with session_scope() as s:
         s.add(Rendition(video_id=video_id, run=run, name=rung["name"], width=rung["width"],
                         height=rung["height"], status=RenditionStatus.FAILED, error=reason[:2000]))
+
+
+def save_thumbnails(video_id: str, thumbs: dict) -> None:
+    with session_scope() as s:
+        v = get_video(s, video_id)
+        v.poster_url = thumbs.get("poster_url")
+        v.thumbnails_url = thumbs.get("thumbnails_url")
 
 
 def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None) -> None:
@@ -385,7 +393,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
                                         info.audio_channels, label=video_id))
     # side tasks run alongside the encodes and never decide the video's fate (poster and
     # sprite sheets go here); each entry: (name, future)
-    side_tasks: list[tuple[str, object]] = []
+    side_tasks: list[tuple[str, object]] = [
+        ("thumbnails", tracker.track(thumbnails_task.submit(source_url, hls_url, label=video_id))),
+    ]
 
     t = time.monotonic()
     rotation = info.rotation
@@ -502,9 +512,12 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     timings["package"] = time.monotonic() - t
 
     for name, fut in side_tasks:
+        _wait_any(client, [fut.wrapped_future])
         ok, value = _outcome(fut)
         if not ok:
             logger.warning("side task %s failed: %s", name, _describe(value))
+        elif name == "thumbnails":
+            save_thumbnails(video_id, value)
 
     good = [n for n in order if results[n]["ok"]]
     bad = [n for n in order if not results[n]["ok"]]

@@ -31,11 +31,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from config import storage
 from config.settings import get_settings
 from tasks import ffmpeg
 from tasks.ffmpeg import PermanentMediaError
 from tasks.probe import probe_path
+from tasks.retry import RETRY_OPTIONS
 
 PREVIEW_LONG_SIDE = 160  # px: the size players show under the seek bar
 ANALYSIS_WIDTH = 320  # px: large enough for blur detection, small enough to be cheap
@@ -212,3 +216,9 @@ def make_thumbnails(source_url: str, output_url: str) -> dict:
         "rows": rows,
         "poster_time": round(poster_time, 3),
     }
+
+
+@task(name="thumbnails", task_run_name="thumbnails {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def thumbnails_task(source_url: str, output_url: str, label: str = "") -> dict:
+    """`make_thumbnails` as a Prefect task on the cluster, retried when transient."""
+    return make_thumbnails(source_url, output_url)

@@ -46,6 +46,19 @@ def test_ingest_publishes_a_checked_ladder_with_progress_and_artifacts(ingest_en
     assert values == sorted(values)
     assert any(0 < p < 100 for p in values)
     assert video_row(vid)["progress"] == 100.0
+    # the poster and timeline previews ran on the cluster beside the encodes, in the run folder
+    from catalog.db import session_scope
+    from catalog.state import get_video
+    from config import storage
+
+    with session_scope() as s:
+        v = get_video(s, vid)
+        poster, vtt, run = v.poster_url, v.thumbnails_url, v.current_run
+    assert poster == storage.url_for("hls", vid, run, "poster.jpg")
+    assert storage.read_bytes(poster)[:3] == b"\xff\xd8\xff"  # a JPEG
+    cues = storage.read_text(vtt)
+    assert cues.startswith("WEBVTT") and "#xywh=" in cues
+    assert "thumbnails" in {t.name.split(" ")[0] for t in _task_runs(vid)}
 
     with get_client(sync_client=True) as client:
         row_flow = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -60,6 +73,17 @@ def test_ingest_publishes_a_checked_ladder_with_progress_and_artifacts(ingest_en
         assert progress and progress[0].type == "progress" and float(progress[0].data) == 100.0
         ladder = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"ladder-{vid}"])))
         assert ladder and "| 480p | 854x480 |" in ladder[0].data and f"/watch/{vid}" in ladder[0].data
+
+
+def _task_runs(video_id: str):
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[UUID(_flow_run_id(video_id))])))
 
 
 def _flow_run_id(video_id: str) -> str:
