@@ -412,6 +412,41 @@ def test_cors_preflight_and_exposed_headers(server):
     assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
+TUS_EXPOSED = {"location", "upload-offset", "upload-length", "upload-metadata", "upload-defer-length",
+               "upload-expires", "upload-concat", "tus-resumable", "tus-version", "tus-extension",
+               "tus-max-size", "tus-checksum-algorithm"}
+VODFLOW_EXPOSED = {"vodflow-video-id", "vodflow-status-url", "vodflow-watch-url"}
+
+
+def _cross_origin_creation(base_files_url: str, clip_bytes: bytes, origin: str) -> requests.Response:
+    """A page on `origin` creates an upload with its whole body (creation-with-upload)."""
+    r = requests.post(base_files_url, data=clip_bytes, headers={
+        **TUS, "Origin": origin, "Upload-Length": str(len(clip_bytes)), "Content-Type": OFFSET_TYPE,
+        "Upload-Metadata": metadata(filename="cross-origin.mp4")}, timeout=60)
+    assert r.status_code == 201, r.text
+    assert r.headers["Vodflow-Video-Id"]
+    return r
+
+
+def _exposed(r: requests.Response) -> set[str]:
+    return {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+
+
+def test_cross_origin_creation_lets_script_read_tus_and_video_headers(server, clip_bytes, tmp_path):
+    """One CORS policy: a second layer used to overwrite Access-Control-Expose-Headers, so a
+    page on another origin could not read which video its upload became."""
+    r = _cross_origin_creation(server.files_url, clip_bytes, ORIGIN)
+    assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert TUS_EXPOSED | VODFLOW_EXPOSED <= _exposed(r)
+    assert [v.strip() for v in r.headers["Vary"].split(",")].count("Origin") == 1
+    # with every origin allowed the answer is the same for all: no Vary, so one cached copy serves
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log", VODFLOW_CORS_ORIGINS="*") as open_server:
+        r = _cross_origin_creation(open_server.files_url, clip_bytes, ORIGIN)
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert TUS_EXPOSED | VODFLOW_EXPOSED <= _exposed(r)
+        assert "Origin" not in r.headers.get("Vary", "")
+
+
 def test_tuspy_reports_refusal(server, tmp_path):
     png = tmp_path / "photo.mp4"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 300_000)

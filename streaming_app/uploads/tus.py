@@ -28,11 +28,14 @@ from werkzeug.exceptions import ClientDisconnected
 from catalog.models import UploadSession, UploadStatus
 from config.settings import get_settings
 from streaming_app.errors import error_response
-from streaming_app.uploads import bp, cors, sessions, store
+from streaming_app import cors
+from streaming_app.uploads import bp, sessions, store
 from streaming_app.uploads import metadata as meta
 from tasks.intake import SNIFF_BYTES, UploadRejected, check_declared, check_head
 
 log = logging.getLogger(__name__)
+# the app-wide CORS policy exposes the tus headers; a page on another origin also reads these
+cors.expose_headers("Vodflow-Video-Id", "Vodflow-Status-Url", "Vodflow-Watch-Url")
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination",
@@ -201,7 +204,6 @@ def _tus_headers(resp: Response) -> Response:
     if path.startswith(("/files", "/api/uploads")):
         if request.method in ("PATCH", "POST") and resp.status_code >= 400:
             _drain_body()
-        cors.apply(resp)
     return resp
 
 
