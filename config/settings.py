@@ -8,6 +8,7 @@ bad value stops start-up with a message that names the variable.
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
                                                     "CPU of a playlist request; CDNs log at the edge)")
     public_url: str = Field("", description="base URL users reach the web app at (for printed links)")
+    node_name: str = Field("", description="this machine's name in the catalog (whose disk holds an "
+                                           "upload's bytes); default: the host name")
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     cors_origins: str = "*"
     admin_token: str | None = None
@@ -103,6 +106,8 @@ class Settings(BaseSettings):
                 "VODFLOW_SEGMENT_SECONDS must be a whole multiple of VODFLOW_KEYFRAME_SECONDS "
                 f"(got {self.segment_seconds} and {self.keyframe_seconds})"
             )
+        if not self.node_name:
+            self.node_name = socket.gethostname()
         if not self.public_url:
             self.public_url = f"http://localhost:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")

@@ -177,7 +177,8 @@ def cleanup(
         f"uploads: {report.expired} expired, {report.handed_off} interrupted hand-offs finished, "
         f"{report.orphan_files} orphaned temp files, {report.pruned_sessions} old sessions forgotten; "
         f"{verb} {report.bytes_freed / 1e6:.1f} MB"
-        + (f" ({report.busy} busy, left for next time)" if report.busy else ""))
+        + (f" ({report.busy} busy, left for next time)" if report.busy else "")
+        + (f"; {report.elsewhere} belong to other web hosts (run cleanup there)" if report.elsewhere else ""))
 
 
 @app.command("serve-flows")
