@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     dask_scheduler_port: int = Field(8786, ge=1, le=65535, description="port of the scheduler `vodflow up` starts")
     dask_dashboard_port: int = Field(8787, ge=0, le=65535, description="Dask dashboard port; 0 = any free port")
     bulk_ingest_settle_seconds: float = Field(5.0, ge=0, description="a watched file must keep its size this long")
+    bulk_ingest_claim_grace_seconds: float = Field(
+        3600.0, gt=0, description="a scan that claimed a file and went silent this long died; "
+                                  "another scan may take the file")
     stale_run_seconds: float = Field(300.0, gt=0, description="a Running flow run silent this long has died")
     max_ingest_attempts: int = Field(3, ge=1, description="processing attempts before a video is FAILED")
     orphan_file_hours: float = Field(12.0, gt=0, description="age after which unreferenced scratch files go")
