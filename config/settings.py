@@ -12,7 +12,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,7 +42,11 @@ class Settings(BaseSettings):
     web_workers: int = Field(0, ge=0, description="gunicorn workers; 0 = sized to the machine")
     web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
                                                     "CPU of a playlist request; CDNs log at the edge)")
-    public_url: str = Field("", description="base URL users reach the web app at (for printed links)")
+    public_url: str = Field("", description="base URL users reach the web app at (links in answers, "
+                                            "reports and the CLI); unset: the URL of each request")
+    trusted_proxies: int = Field(0, ge=0, le=10, description="proxies (load balancer, CDN) in front of the "
+                                                             "web app whose X-Forwarded-* headers are "
+                                                             "believed; 0 = none")
     node_name: str = Field("", description="this machine's name in the catalog (whose disk holds an "
                                            "upload's bytes); default: the host name")
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
@@ -70,6 +74,8 @@ class Settings(BaseSettings):
     max_ingest_attempts: int = Field(3, ge=1, description="processing attempts before a video is FAILED")
     orphan_file_hours: float = Field(12.0, gt=0, description="age after which unreferenced scratch files go")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+
+    _public_url_explicit: bool = PrivateAttr(False)
 
     @classmethod
     def settings_customise_sources(
@@ -111,10 +117,16 @@ class Settings(BaseSettings):
             )
         if not self.node_name:
             self.node_name = socket.gethostname()
+        self._public_url_explicit = bool(self.public_url)
         if not self.public_url:
             self.public_url = f"http://localhost:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")
         return self
+
+    @property
+    def public_url_explicit(self) -> bool:
+        """VODFLOW_PUBLIC_URL was given (not the localhost default)."""
+        return self._public_url_explicit
 
     @property
     def cors_origin_list(self) -> list[str]:

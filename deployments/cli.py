@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from config import links
 from config.settings import SettingsError, get_settings
 
 app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
@@ -53,6 +54,9 @@ def gunicorn_command(settings) -> list[str]:
         "--workers", str(workers),
         "--worker-class", "gthread", "--threads", "32", "--worker-connections", "2000",
         "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
+        # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
+        # default gunicorn believes X-Forwarded-Proto from any local process
+        "--forwarded-allow-ips", "",
         *(["--access-logfile", "-"] if settings.web_access_log else []),
         "streaming_app.wsgi:app",
     ]
@@ -80,7 +84,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
     from catalog.db import session_scope
     from catalog.state import get_video
 
-    settings = _settings()
+    _settings()
     failed = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
@@ -99,7 +103,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
                         progress.console.print(f"[red]{labels[vid]}: {status}: {error}[/red]")
             time.sleep(0.5)
     for vid in video_ids:
-        console.print(f"{vid}  {settings.public_url}/watch/{vid}")
+        console.print(f"{vid}  {links.watch_url(vid)}")
     return failed
 
 
@@ -128,7 +132,7 @@ def ingest(
     labels = {vid: name for name, vid in accepted}
     if not wait:
         for name, vid in accepted:
-            console.print(f"{vid}  {name}  {_settings().public_url}/watch/{vid}")
+            console.print(f"{vid}  {name}  {links.watch_url(vid)}")
         return
     raise typer.Exit(1 if _wait_with_progress([vid for _, vid in accepted], labels) else 0)
 

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from catalog.db import session_scope
 from catalog.models import IngestedSource, Video, VideoStatus
-from config import storage
+from config import links, storage
 from config.settings import get_settings
 from tasks.intake import SUPPORTED_EXTENSIONS, UploadRejected
 
@@ -365,7 +365,6 @@ def _size(n: int) -> str:
 
 
 def summary_markdown(report: BatchReport) -> str:
-    public = get_settings().public_url
     d = report.to_dict()["counts"]
     lines = [
         f"# Bulk ingest of `{report.watch_url}`",
@@ -377,7 +376,7 @@ def summary_markdown(report: BatchReport) -> str:
         "|---|---:|---|---|---|",
     ]
     for o in report.outcomes:
-        video = f"[{o.video_id}]({public}/watch/{o.video_id})" if o.video_id else ""
+        video = f"[{o.video_id}]({links.watch_url(o.video_id)})" if o.video_id else ""
         note = (o.note or "").replace("|", "\\|").replace("\n", " ")[:300]
         name = o.name.replace("|", "\\|")
         lines.append(f"| `{name}` | {_size(o.size)} | {o.result} | {video} | {note} |")

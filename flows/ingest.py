@@ -30,7 +30,7 @@ from sqlalchemy import select
 from catalog.db import session_scope
 from catalog.models import Rendition, RenditionStatus, VideoStatus
 from catalog.state import get_video, set_progress, transition
-from config import storage
+from config import links, storage
 from config.settings import get_settings
 from flows import cluster
 from tasks.audio import encode_audio
@@ -490,7 +490,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
 
 
 def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
-    watch = f"{settings.public_url}/watch/{video_id}"
+    watch = links.watch_url(video_id)
     lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "",
              "| rung | resolution | level | peak kb/s | average kb/s | codecs | segments | status |",
              "|---|---|---|---|---|---|---|---|"]

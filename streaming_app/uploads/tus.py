@@ -22,10 +22,11 @@ import time
 from email.utils import format_datetime
 from urllib.parse import urlparse
 
-from flask import Response, g, jsonify, request, url_for
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected
 
 from catalog.models import UploadSession, UploadStatus
+from config import links
 from config.settings import get_settings
 from streaming_app.errors import error_response
 from streaming_app import cors
@@ -80,15 +81,17 @@ def _http_date(dt) -> str:
 
 
 def _upload_url(upload_id: str) -> str:
-    return url_for("uploads.tus_upload", upload_id=upload_id, _external=True)
+    # absolute, so curl scripts can use it as is (tus clients also resolve a relative one
+    # against their endpoint); from VODFLOW_PUBLIC_URL or the request as the proxy forwarded it
+    return links.upload_url(upload_id)
 
 
 def _video_headers(resp: Response, video_id: str | None) -> Response:
     if video_id:
-        status_url = url_for("api.get_video", video_id=video_id, _external=True)
-        resp.headers["Vodflow-Video-Id"] = video_id
-        resp.headers["Vodflow-Status-Url"] = status_url
-        resp.headers["Vodflow-Watch-Url"] = url_for("pages.watch", video_id=video_id, _external=True)
+        video = links.video_links(video_id)
+        resp.headers["Vodflow-Video-Id"] = video["id"]
+        resp.headers["Vodflow-Status-Url"] = video["status_url"]
+        resp.headers["Vodflow-Watch-Url"] = video["watch_url"]
     return resp
 
 
@@ -345,11 +348,7 @@ def _status(upload_id: str) -> Response:
         "video": None,
     }
     if sess.video_id and sess.status == UploadStatus.COMPLETE:
-        body["video"] = {
-            "id": sess.video_id,
-            "status_url": url_for("api.get_video", video_id=sess.video_id, _external=True),
-            "watch_url": url_for("pages.watch", video_id=sess.video_id, _external=True),
-        }
+        body["video"] = links.video_links(sess.video_id)
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return _video_headers(resp, body["video"]["id"] if body["video"] else None)
