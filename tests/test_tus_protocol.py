@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -259,6 +260,89 @@ def test_delete_terminates_and_frees_the_bytes(server, clip_bytes):
     assert patch(url, 50_000, clip_bytes[50_000:]).status_code == 410
     assert requests.delete(url, headers=TUS).status_code == 410
     assert requests.get(url).json()["status"] == "TERMINATED"
+
+
+def test_delete_of_a_finished_upload_keeps_its_video(server, clip_bytes):
+    r = requests.post(server.files_url, data=clip_bytes, headers={
+        **TUS, "Upload-Length": str(len(clip_bytes)), "Content-Type": OFFSET_TYPE,
+        "Upload-Metadata": metadata(filename="kept.mp4")})
+    assert r.status_code == 201, r.text
+    url, vid = r.headers["Location"], r.headers["Vodflow-Video-Id"]
+    gone = requests.delete(url, headers=TUS)
+    assert gone.status_code == 204 and gone.headers["Vodflow-Video-Id"] == vid
+    assert video_of(server, url)["id"] == vid  # GET still leads to the video
+    h = head(url)
+    assert h.status_code == 200 and h.headers["Upload-Offset"] == str(len(clip_bytes))
+    assert server.video(vid) is not None
+
+
+def test_delete_racing_the_last_patch_has_one_outcome(server, clip_bytes):
+    """Either the DELETE wins (TERMINATED, no video) or the hand-off does (COMPLETE, a video the
+    DELETE names); never a 204 for the DELETE while a video appears behind it, nor a
+    TERMINATED upload whose video exists."""
+    tail = 64 * 1024
+    outcomes = set()
+    for i, delay in enumerate((0.0, 0.03, 0.08, 0.15, 0.3)):
+        name = f"race-{i}.mp4"
+        url = create(server, len(clip_bytes), meta=metadata(filename=name)).headers["Location"]
+        assert patch(url, 0, clip_bytes[:-tail]).status_code == 204
+        last: dict = {}
+        t = threading.Thread(target=lambda: last.update(r=patch(url, len(clip_bytes) - tail, clip_bytes[-tail:])))
+        t.start()
+        time.sleep(delay)
+        deleted = requests.delete(url, headers=TUS, timeout=30)
+        t.join(30)
+        made = [v for v in server.videos() if v["original_filename"] == name]
+        status = requests.get(url, timeout=10).json()
+        assert deleted.status_code == 204, deleted.text
+        if made:
+            outcomes.add("handed off")
+            assert status["status"] == "COMPLETE" and status["video"]["id"] == made[0]["id"]
+            assert deleted.headers["Vodflow-Video-Id"] == made[0]["id"]
+            assert last["r"].status_code == 204
+        else:
+            outcomes.add("terminated")
+            assert status["status"] == "TERMINATED" and status["video"] is None
+            assert "Vodflow-Video-Id" not in deleted.headers
+            assert last["r"].status_code == 410
+            assert not server.part_file(url.rsplit("/", 1)[1]).exists()
+        assert len(made) <= 1
+    assert outcomes  # which interleavings happen depends on timing; each must be consistent
+
+
+def test_delete_stops_a_patch_that_is_still_streaming(server, clip_bytes):
+    url = create(server, len(clip_bytes), meta=metadata(filename="slow.mp4")).headers["Location"]
+    upload_id = url.rsplit("/", 1)[1]
+
+    def slowly():
+        for i in range(0, len(clip_bytes), 8192):
+            yield clip_bytes[i:i + 8192]
+            time.sleep(0.05)
+
+    result: dict = {}
+
+    def send():
+        try:
+            result["r"] = requests.patch(url, data=slowly(), timeout=60, headers={
+                **TUS, "Upload-Offset": "0", "Content-Type": OFFSET_TYPE})
+        except requests.ConnectionError as exc:  # the server may answer and close mid-body
+            result["error"] = exc
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    r = requests.delete(url, headers=TUS, timeout=30)
+    assert r.status_code == 204, r.text
+    assert time.monotonic() - started < 8  # the PATCH let go of the upload, the DELETE got it
+    t.join(60)
+    if "r" in result:
+        assert result["r"].status_code == 410
+    assert requests.get(url).json()["status"] == "TERMINATED"
+    assert head(url).status_code == 410
+    assert not server.part_file(upload_id).exists()
+    assert not any(upload_id in p.name for p in server.upload_bytes_on_disk())
+    assert not [v for v in server.videos() if v["original_filename"] == "slow.mp4"]
 
 
 # ---------------------------------------------------------------- concatenation

@@ -25,7 +25,7 @@ from streaming_app.uploads import sessions, store
 from tasks.intake import UploadRejected
 
 log = logging.getLogger(__name__)
-_TUS_FILE = re.compile(r"^([0-9a-f]{32})\.(part|chunk|lock)$")
+_TUS_FILE = re.compile(r"^([0-9a-f]{32})\.(part|chunk|lock|terminating)$")
 
 
 @dataclass

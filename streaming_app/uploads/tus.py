@@ -314,6 +314,8 @@ def _retry_handoff(upload_id: str) -> None:
     sess = sessions.get(upload_id)
     if sess.video_id is None and store.offset_on_disk(upload_id) != sess.length:
         return
+    if store.termination_requested(upload_id):
+        return  # a DELETE is waiting for the lock
     try:
         with store.upload_lock(upload_id, timeout=0):
             sessions.finish(upload_id)
@@ -355,16 +357,35 @@ def _status(upload_id: str) -> Response:
 
 
 def _delete(upload_id: str) -> Response:
+    """tus termination. The status changes only under the upload's lock, so a hand-off running
+    right now either finishes first (the upload is COMPLETE: nothing to terminate) or never
+    starts; never both a 204 here and a video made from the bytes behind its back.
+
+    A COMPLETE upload is no longer the client's to free: its bytes are the video's source now
+    (deleting the video is `DELETE /api/videos/{id}`). Its DELETE answers 204, as the
+    termination extension requires, changes nothing and names the video, so GET and HEAD keep
+    pointing at it."""
     loaded = _load(upload_id)
     if isinstance(loaded, Response):
         return loaded
-    # Mark it first: a PATCH streaming into this upload sees it and stops.
-    sessions.update(upload_id, status=UploadStatus.TERMINATED)
+    if loaded.status == UploadStatus.COMPLETE:
+        return _video_headers(Response(status=204), loaded.video_id)
+    store.request_termination(upload_id)  # a PATCH streaming into it stops within seconds
     try:
         with store.upload_lock(upload_id, timeout=LOCK_WAIT):
-            store.remove(upload_id)
+            sess = sessions.get(upload_id)
+            if sess.status == UploadStatus.COMPLETE:  # the hand-off won the race
+                store.drop_termination_request(upload_id)
+                return _video_headers(Response(status=204), sess.video_id)
+            if sess.status != UploadStatus.ACTIVE:
+                store.drop_termination_request(upload_id)
+                return _gone(sess)
+            sessions.end(upload_id, UploadStatus.TERMINATED)
     except store.LockTimeout:
-        pass  # the writing request removes the bytes when it notices
+        # the request holding the lock stops writing when it next looks; this one asks again
+        resp = _error(423, "another request is still working on this upload; repeat the DELETE")
+        resp.headers["Retry-After"] = "1"
+        return resp
     log.info("upload %s terminated by the client", upload_id)
     return Response(status=204)
 
@@ -553,6 +574,8 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                       offset=sess.length, video_id=sess.video_id)
     if sess.status != UploadStatus.ACTIVE:
         return _gone(sess)
+    if store.termination_requested(upload_id):
+        return _error(410, "this upload is being deleted; start a new upload")
     current = store.offset_on_disk(upload_id)
     if current is None:
         return _lost(upload_id)
@@ -592,6 +615,8 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
             check_head(first, filename)
 
     def still_wanted() -> bool:
+        if store.termination_requested(upload_id):
+            return False
         s = sessions.get(upload_id)
         return s is not None and s.status == UploadStatus.ACTIVE
 
@@ -610,8 +635,7 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                            f"discarded; send it again from offset {offset}", offset=offset)
     except store.TooMuchData:
         return _error(413, f"the body is larger than the {room} bytes this upload can still take")
-    except store.Cancelled:
-        store.remove(upload_id)
+    except store.Cancelled:  # what arrived was not kept; the DELETE ends the upload under the lock
         return _error(410, "this upload was deleted while the data was arriving")
     except OSError as exc:
         log.exception("upload %s: could not store data", upload_id)
@@ -620,8 +644,7 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                            "retry later from the offset HEAD reports")
     new_offset = offset + got.written
     expires = sessions.touch(upload_id, new_offset)
-    if not still_wanted():
-        store.remove(upload_id)
+    if not still_wanted():  # a DELETE came in as the last bytes did: no hand-off
         return _error(410, "this upload was deleted while the data was arriving")
     if not got.complete:
         log.info("upload %s: client went away at %d bytes", upload_id, new_offset)
