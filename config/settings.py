@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -168,3 +169,27 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (tests and `vodflow` subcommands that change the environment)."""
     get_settings.cache_clear()
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API vodflow uses, looked up one way everywhere: `PREFECT_API_URL` in the
+    environment (read now, not when settings were cached: `vodflow up` and tests set it late),
+    else the one in vodflow.toml. None: no Prefect server (ingest runs as local processes).
+
+    Prefect's own client and every child process read only the environment, so a URL found only
+    in vodflow.toml is put there too, and an already-imported Prefect is told to re-read it."""
+    url = os.environ.get("PREFECT_API_URL") or get_settings().prefect_api_url
+    if url and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = url
+        prefect_context = sys.modules.get("prefect.context")
+        if prefect_context is not None and hasattr(prefect_context, "refresh_global_settings_context"):
+            prefect_context.refresh_global_settings_context()
+    return url or None
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or taskset's share), not
+    the machine's count, which over-sizes workers and ffmpeg threads where cores are pinned."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config import links
-from config.settings import SettingsError, get_settings
+from config.settings import SettingsError, available_cores, get_settings
 
 app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -47,7 +47,7 @@ def gunicorn_command(settings) -> list[str]:
     The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
     and it measured as costly as the whole playlist response; CDNs log at the edge.
     """
-    workers = settings.web_workers or max(2, (os.cpu_count() or 1) + 1)
+    workers = settings.web_workers or max(2, available_cores() + 1)
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.web_host}:{settings.web_port}",

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 
+from config.settings import prefect_api_url
+
 log = logging.getLogger(__name__)
 DEPLOYMENT = "ingest/on-demand"
 LOCAL_PREFIX = "local:"
@@ -53,7 +55,7 @@ def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
         # store and catalog only: the video stays UPLOADED until maintenance or an operator starts it
         log.info("dispatch is off (VODFLOW_DISPATCH=%s): video %s stays UPLOADED", mode, video_id)
         return "off"
-    if os.environ.get("PREFECT_API_URL") and mode == "deployment":
+    if mode == "deployment" and prefect_api_url():
         try:
             from prefect.deployments import run_deployment
 

@@ -31,7 +31,7 @@ from catalog.db import session_scope
 from catalog.models import Rendition, RenditionStatus, VideoStatus
 from catalog.state import get_video, set_progress, transition
 from config import links, storage
-from config.settings import get_settings
+from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from tasks.audio import encode_audio
 from tasks.encode import encode_chunk
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = None
-    if not os.environ.get("PREFECT_API_URL"):
+    if not prefect_api_url():
         # without an API every Dask worker would start its own temporary Prefect server:
         # start one here and point the workers at it
         from prefect.server.api.server import SubprocessASGIServer

@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import storage
-from config.settings import get_settings
+from config.settings import available_cores, get_settings
 from tasks import ffmpeg
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
@@ -149,7 +149,7 @@ def count_video_packets(path: str) -> int:
 
 def worker_threads() -> int:
     """Cores per task on this machine: the cores divided among the Dask worker threads here."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     slots = int(os.environ.get("VODFLOW_TASK_SLOTS", "0") or 0)
     if not slots:
         try:
