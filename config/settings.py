@@ -12,6 +12,7 @@ import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(60, gt=0)
     upload_expiry_hours: float = Field(24, gt=0)
     max_concurrent_ingests: int = Field(2, ge=1)
+    dispatch: Literal["deployment", "local", "off"] = Field(
+        "deployment", description="how a stored video starts processing: the Prefect deployment (else a "
+                                  "local process), always a local process, or not at all")
     bulk_ingest_url: str = Field("", description="watch location for scheduled bulk ingest")
     bulk_ingest_cron: str = "*/10 * * * *"
     redirect_segments: bool = False
@@ -92,6 +96,12 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("dispatch", mode="before")
+    @classmethod
+    def _dispatch_words(cls, v):
+        v = str(v).strip().lower()
+        return "off" if v in ("none", "0", "false", "no") else v
 
     @field_validator("keyframe_seconds")
     @classmethod
