@@ -147,6 +147,8 @@ class UploadSession(Base):
     filename: Mapped[str | None] = mapped_column(String(500))
     mime_type: Mapped[str | None] = mapped_column(String(128))
     temp_path: Mapped[str | None] = mapped_column(Text)
+    # the machine whose disk holds temp_path (VODFLOW_NODE_NAME); None: written before hosts were recorded
+    host: Mapped[str | None] = mapped_column(String(255))
     concat: Mapped[str | None] = mapped_column(String(16))  # None | "partial" | "final"
     parts: Mapped[list | None] = mapped_column(JSON)  # ids of partial uploads, for "final"
     status: Mapped[UploadStatus] = mapped_column(_enum(UploadStatus), default=UploadStatus.ACTIVE, index=True)

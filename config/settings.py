@@ -8,10 +8,13 @@ bad value stops start-up with a message that names the variable.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,7 +44,13 @@ class Settings(BaseSettings):
     web_workers: int = Field(0, ge=0, description="gunicorn workers; 0 = sized to the machine")
     web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
                                                     "CPU of a playlist request; CDNs log at the edge)")
-    public_url: str = Field("", description="base URL users reach the web app at (for printed links)")
+    public_url: str = Field("", description="base URL users reach the web app at (links in answers, "
+                                            "reports and the CLI); unset: the URL of each request")
+    trusted_proxies: int = Field(0, ge=0, le=10, description="proxies (load balancer, CDN) in front of the "
+                                                             "web app whose X-Forwarded-* headers are "
+                                                             "believed; 0 = none")
+    node_name: str = Field("", description="this machine's name in the catalog (whose disk holds an "
+                                           "upload's bytes); default: the host name")
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     cors_origins: str = "*"
     admin_token: str | None = None
@@ -52,6 +61,9 @@ class Settings(BaseSettings):
     probe_timeout: float = Field(60, gt=0)
     upload_expiry_hours: float = Field(24, gt=0)
     max_concurrent_ingests: int = Field(2, ge=1)
+    dispatch: Literal["deployment", "local", "off"] = Field(
+        "deployment", description="how a stored video starts processing: the Prefect deployment (else a "
+                                  "local process), always a local process, or not at all")
     bulk_ingest_url: str = Field("", description="watch location for scheduled bulk ingest")
     bulk_ingest_cron: str = "*/10 * * * *"
     redirect_segments: bool = False
@@ -60,10 +72,15 @@ class Settings(BaseSettings):
     dask_scheduler_port: int = Field(8786, ge=1, le=65535, description="port of the scheduler `vodflow up` starts")
     dask_dashboard_port: int = Field(8787, ge=0, le=65535, description="Dask dashboard port; 0 = any free port")
     bulk_ingest_settle_seconds: float = Field(5.0, ge=0, description="a watched file must keep its size this long")
+    bulk_ingest_claim_grace_seconds: float = Field(
+        3600.0, gt=0, description="a scan that claimed a file and went silent this long died; "
+                                  "another scan may take the file")
     stale_run_seconds: float = Field(300.0, gt=0, description="a Running flow run silent this long has died")
     max_ingest_attempts: int = Field(3, ge=1, description="processing attempts before a video is FAILED")
     orphan_file_hours: float = Field(12.0, gt=0, description="age after which unreferenced scratch files go")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+
+    _public_url_explicit: bool = PrivateAttr(False)
 
     @classmethod
     def settings_customise_sources(
@@ -79,6 +96,12 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("dispatch", mode="before")
+    @classmethod
+    def _dispatch_words(cls, v):
+        v = str(v).strip().lower()
+        return "off" if v in ("none", "0", "false", "no") else v
 
     @field_validator("keyframe_seconds")
     @classmethod
@@ -103,10 +126,18 @@ class Settings(BaseSettings):
                 "VODFLOW_SEGMENT_SECONDS must be a whole multiple of VODFLOW_KEYFRAME_SECONDS "
                 f"(got {self.segment_seconds} and {self.keyframe_seconds})"
             )
+        if not self.node_name:
+            self.node_name = socket.gethostname()
+        self._public_url_explicit = bool(self.public_url)
         if not self.public_url:
             self.public_url = f"http://localhost:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")
         return self
+
+    @property
+    def public_url_explicit(self) -> bool:
+        """VODFLOW_PUBLIC_URL was given (not the localhost default)."""
+        return self._public_url_explicit
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -148,3 +179,27 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (tests and `vodflow` subcommands that change the environment)."""
     get_settings.cache_clear()
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API vodflow uses, looked up one way everywhere: `PREFECT_API_URL` in the
+    environment (read now, not when settings were cached: `vodflow up` and tests set it late),
+    else the one in vodflow.toml. None: no Prefect server (ingest runs as local processes).
+
+    Prefect's own client and every child process read only the environment, so a URL found only
+    in vodflow.toml is put there too, and an already-imported Prefect is told to re-read it."""
+    url = os.environ.get("PREFECT_API_URL") or get_settings().prefect_api_url
+    if url and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_API_URL"] = url
+        prefect_context = sys.modules.get("prefect.context")
+        if prefect_context is not None and hasattr(prefect_context, "refresh_global_settings_context"):
+            prefect_context.refresh_global_settings_context()
+    return url or None
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a container's or taskset's share), not
+    the machine's count, which over-sizes workers and ffmpeg threads where cores are pinned."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -337,14 +337,28 @@ def presigned_url(url: str, expires: int = 3600) -> str | None:
 
 
 def check() -> dict:
-    """Reachability of the storage root, for /healthz."""
+    """Reachability of the storage root, for /healthz.
+
+    A local root is created if missing (a fresh data dir) and must be a writable folder. For an
+    object store the bucket must exist; the prefix below it may well be empty. A missing bucket
+    is FileNotFoundError in s3fs, exactly like an empty prefix in a listing, so only the bucket
+    itself is asked about."""
+    url = root_url()
     try:
-        fs, path = filesystem(root_url())
-        if is_local(root_url()):
-            Path(path).mkdir(parents=True, exist_ok=True)
-        fs.ls(path)
-        return {"ok": True, "url": root_url()}
-    except FileNotFoundError:
-        return {"ok": True, "url": root_url()}
+        fs, path = filesystem(url)
+        if is_local(url):
+            root = Path(path)
+            root.mkdir(parents=True, exist_ok=True)
+            if not os.access(root, os.W_OK | os.X_OK):
+                return {"ok": False, "url": url, "error": f"{root} is not writable by this process"}
+        else:
+            bucket = path.split("/", 1)[0] or path
+            try:
+                fs.invalidate_cache(bucket)
+                fs.info(bucket)
+            except FileNotFoundError:
+                return {"ok": False, "url": url,
+                        "error": f"bucket '{bucket}' does not exist (VODFLOW_STORAGE_URL); create it"}
+        return {"ok": True, "url": url}
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        return {"ok": False, "url": root_url(), "error": str(exc)}
+        return {"ok": False, "url": url, "error": str(exc)}

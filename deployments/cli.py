@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from config.settings import SettingsError, get_settings
+from config import links
+from config.settings import SettingsError, available_cores, get_settings
 
 app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -46,13 +47,16 @@ def gunicorn_command(settings) -> list[str]:
     The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
     and it measured as costly as the whole playlist response; CDNs log at the edge.
     """
-    workers = settings.web_workers or max(2, (os.cpu_count() or 1) + 1)
+    workers = settings.web_workers or max(2, available_cores() + 1)
     return [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.web_host}:{settings.web_port}",
         "--workers", str(workers),
         "--worker-class", "gthread", "--threads", "32", "--worker-connections", "2000",
         "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
+        # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
+        # default gunicorn believes X-Forwarded-Proto from any local process
+        "--forwarded-allow-ips", "",
         *(["--access-logfile", "-"] if settings.web_access_log else []),
         "streaming_app.wsgi:app",
     ]
@@ -80,7 +84,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
     from catalog.db import session_scope
     from catalog.state import get_video
 
-    settings = _settings()
+    _settings()
     failed = 0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
@@ -99,7 +103,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
                         progress.console.print(f"[red]{labels[vid]}: {status}: {error}[/red]")
             time.sleep(0.5)
     for vid in video_ids:
-        console.print(f"{vid}  {settings.public_url}/watch/{vid}")
+        console.print(f"{vid}  {links.watch_url(vid)}")
     return failed
 
 
@@ -128,7 +132,7 @@ def ingest(
     labels = {vid: name for name, vid in accepted}
     if not wait:
         for name, vid in accepted:
-            console.print(f"{vid}  {name}  {_settings().public_url}/watch/{vid}")
+            console.print(f"{vid}  {name}  {links.watch_url(vid)}")
         return
     raise typer.Exit(1 if _wait_with_progress([vid for _, vid in accepted], labels) else 0)
 
@@ -177,7 +181,8 @@ def cleanup(
         f"uploads: {report.expired} expired, {report.handed_off} interrupted hand-offs finished, "
         f"{report.orphan_files} orphaned temp files, {report.pruned_sessions} old sessions forgotten; "
         f"{verb} {report.bytes_freed / 1e6:.1f} MB"
-        + (f" ({report.busy} busy, left for next time)" if report.busy else ""))
+        + (f" ({report.busy} busy, left for next time)" if report.busy else "")
+        + (f"; {report.elsewhere} belong to other web hosts (run cleanup there)" if report.elsewhere else ""))
 
 
 @app.command("serve-flows")

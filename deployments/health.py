@@ -7,18 +7,13 @@ without a Dask address each run starts its own LocalCluster, so "not configured"
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from urllib.parse import urlparse
 
+from config.settings import prefect_api_url
+
 TIMEOUT = 2.0
-
-
-def prefect_api_url() -> str | None:
-    from config.settings import get_settings
-
-    return os.environ.get("PREFECT_API_URL") or get_settings().prefect_api_url
 
 
 def check_prefect(timeout: float = TIMEOUT) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 
-from config.settings import Settings
+from config.settings import Settings, prefect_api_url
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def serve_flows(settings: Settings) -> None:
     """Register the deployments and run their flow runs until stopped (SIGTERM, Ctrl-C)."""
     from prefect import serve
 
-    if not os.environ.get("PREFECT_API_URL"):
+    if not prefect_api_url():
         raise RuntimeError(
             "PREFECT_API_URL is not set: serving needs a running Prefect server "
             "(`prefect server start`, or `vodflow up` for the whole stack)")

@@ -36,7 +36,7 @@ from typing import IO
 
 import requests
 
-from config.settings import Settings
+from config.settings import Settings, available_cores, prefect_api_url
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
@@ -64,7 +64,7 @@ def worker_sizing(settings: Settings) -> tuple[int, int, str]:
 
     One single-threaded worker per core: each chunk encode is one ffmpeg whose thread count the
     encode task sizes to its worker, and separate processes keep a crash to one chunk."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     n = settings.dask_workers or cores
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -148,7 +148,7 @@ class Stack:
                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
         comps: list[Component] = []
 
-        external_api = os.environ.get("PREFECT_API_URL") or s.prefect_api_url
+        external_api = prefect_api_url()
         if external_api:
             self.prefect_api = external_api.rstrip("/")
         else:
@@ -321,7 +321,7 @@ class Stack:
     def preflight(self) -> str | None:
         s = self.settings
         checks = [("web", s.web_port, "VODFLOW_WEB_PORT")]
-        if not (os.environ.get("PREFECT_API_URL") or s.prefect_api_url):
+        if not prefect_api_url():
             checks.append(("prefect", s.prefect_port, "VODFLOW_PREFECT_PORT (or PREFECT_API_URL to use a running server)"))
         if not s.dask_address:
             checks.append(("scheduler", s.dask_scheduler_port,

@@ -11,6 +11,9 @@ and ingest every new video in it exactly once.
 - A file that fails (not a video, unreadable, storage error) is recorded with the reason and
   the batch goes on. A refused file is not retried until its content changes; a transient
   failure (storage, a busy machine) is retried by the next scan.
+- A scan that dies between claiming a file and recording the outcome leaves its claim behind;
+  once older than `VODFLOW_BULK_INGEST_CLAIM_GRACE_SECONDS` (1 h) the next scan takes it over,
+  so a crash never blocks that content for good.
 - The batch ends with a markdown artifact listing every file and what happened to it.
 
 The scheduled deployment `bulk-ingest/scheduled` runs the flow; `vodflow ingest <folder|URL>`
@@ -28,16 +31,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from catalog.db import session_scope
 from catalog.models import IngestedSource, Video, VideoStatus
-from config import storage
+from config import links, storage
 from config.settings import get_settings
 from tasks.intake import SUPPORTED_EXTENSIONS, UploadRejected
 
@@ -48,7 +51,7 @@ PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".downl
 HASH_BLOCK = 8 * 1024 * 1024
 
 # IngestedSource.status values
-INGESTED, FAILED = "INGESTED", "FAILED"
+CLAIMED, INGESTED, FAILED = "CLAIMED", "INGESTED", "FAILED"
 
 
 @dataclass
@@ -167,12 +170,24 @@ def content_hash(url: str) -> str:
     return h.hexdigest()
 
 
+def _claim_expiry() -> datetime:
+    """Claims made before this moment belong to scans that died."""
+    return datetime.now(timezone.utc) - timedelta(seconds=get_settings().bulk_ingest_claim_grace_seconds)
+
+
+def _abandoned(row: IngestedSource) -> bool:
+    seen = row.first_seen_at
+    if seen.tzinfo is None:
+        seen = seen.replace(tzinfo=timezone.utc)
+    return row.status == CLAIMED and seen < _claim_expiry()
+
+
 def _already_seen(c: Candidate) -> IngestedSource | None:
     """A row for this very URL and size recorded after the file last changed: no need to hash."""
     with session_scope() as s:
         row = s.scalars(select(IngestedSource).where(IngestedSource.source_url == c.url,
                                                     IngestedSource.size == c.size)).first()
-        if row is None:
+        if row is None or _abandoned(row):
             return None
         seen = row.first_seen_at
         if seen.tzinfo is None:
@@ -186,19 +201,35 @@ def _claim(c: Candidate, digest: str) -> tuple[bool, IngestedSource | None]:
     """Record the content hash; (True, None) if this scan owns it, (False, row) if known."""
     with session_scope() as s:
         row = s.scalars(select(IngestedSource).where(IngestedSource.content_hash == digest)).first()
-        if row is not None:
+        if row is not None and not _abandoned(row):
             return False, row
         video = s.scalars(select(Video).where(Video.content_hash == digest,
                                               Video.status != VideoStatus.DELETED)).first()
         if video is not None:
-            # uploaded another way already: remember it so the next scan skips without reading
-            s.add(IngestedSource(content_hash=digest, source_url=c.url, size=c.size,
-                                 video_id=video.id, status=INGESTED))
+            # uploaded another way already (or by the dead scan before it could say so):
+            # remember it so the next scan skips without reading
+            if row is None:
+                s.add(IngestedSource(content_hash=digest, source_url=c.url, size=c.size,
+                                     video_id=video.id, status=INGESTED))
+            else:
+                row.status, row.video_id, row.error = INGESTED, video.id, None
             return False, IngestedSource(content_hash=digest, source_url=c.url, video_id=video.id,
                                          status=INGESTED)
+    if row is not None:
+        # the scan that claimed it died: take the claim over, unless another scan just did
+        with session_scope() as s:
+            taken = s.execute(update(IngestedSource).where(
+                IngestedSource.content_hash == digest, IngestedSource.status == CLAIMED,
+                IngestedSource.first_seen_at < _claim_expiry(),
+            ).values(source_url=c.url, size=c.size, first_seen_at=datetime.now(timezone.utc), error=None))
+        if taken.rowcount == 1:
+            log.info("%s: taking over a claim abandoned since %s", c.url, row.first_seen_at)
+            return True, None
+        with session_scope() as s:
+            return False, s.scalars(select(IngestedSource).where(IngestedSource.content_hash == digest)).first()
     try:
         with session_scope() as s:
-            s.add(IngestedSource(content_hash=digest, source_url=c.url, size=c.size, status="CLAIMED"))
+            s.add(IngestedSource(content_hash=digest, source_url=c.url, size=c.size, status=CLAIMED))
         return True, None
     except IntegrityError:  # another scan claimed it between our read and write
         with session_scope() as s:
@@ -334,7 +365,6 @@ def _size(n: int) -> str:
 
 
 def summary_markdown(report: BatchReport) -> str:
-    public = get_settings().public_url
     d = report.to_dict()["counts"]
     lines = [
         f"# Bulk ingest of `{report.watch_url}`",
@@ -346,7 +376,7 @@ def summary_markdown(report: BatchReport) -> str:
         "|---|---:|---|---|---|",
     ]
     for o in report.outcomes:
-        video = f"[{o.video_id}]({public}/watch/{o.video_id})" if o.video_id else ""
+        video = f"[{o.video_id}]({links.watch_url(o.video_id)})" if o.video_id else ""
         note = (o.note or "").replace("|", "\\|").replace("\n", " ")[:300]
         name = o.name.replace("|", "\\|")
         lines.append(f"| `{name}` | {_size(o.size)} | {o.result} | {video} | {note} |")

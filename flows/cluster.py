@@ -17,14 +17,14 @@ from typing import Any
 import distributed
 from prefect_dask import DaskTaskRunner
 
-from config.settings import get_settings
+from config.settings import available_cores, get_settings
 
 log = logging.getLogger(__name__)
 
 
 def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
     settings = get_settings()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     n = workers or settings.dask_workers or cores
     return {
         "n_workers": n,

@@ -1,7 +1,7 @@
 """Start an ingest run for a stored video: through the Prefect deployment `ingest/on-demand` when
 a Prefect API is configured, else in a detached local process (a machine running only the web app).
-`VODFLOW_DISPATCH=local` forces the local process, `off` only stores and catalogs (maintenance
-dispatches what is left UPLOADED).
+`VODFLOW_DISPATCH=local` (a setting like any other) forces the local process, `off` only stores
+and catalogs (maintenance dispatches what is left UPLOADED).
 
 The run's id is written to `Video.flow_run_id` so maintenance can later ask Prefect what became
 of it. The deployment's concurrency limit (set by the serve process) queues runs beyond
@@ -11,10 +11,11 @@ of it. The deployment's concurrency limit (set by the serve process) queues runs
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
+
+from config.settings import get_settings, prefect_api_url
 
 log = logging.getLogger(__name__)
 DEPLOYMENT = "ingest/on-demand"
@@ -48,12 +49,12 @@ def local_run_id(pid: int) -> str:
 def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
     """Dispatch once; returns the flow run id (or 'local:<host>:<pid>') after recording it on the
     Video, or 'off' when dispatch is disabled."""
-    mode = os.environ.get("VODFLOW_DISPATCH", "deployment").strip().lower()
-    if mode in ("off", "none", "0", "false"):
+    mode = get_settings().dispatch
+    if mode == "off":
         # store and catalog only: the video stays UPLOADED until maintenance or an operator starts it
         log.info("dispatch is off (VODFLOW_DISPATCH=%s): video %s stays UPLOADED", mode, video_id)
         return "off"
-    if os.environ.get("PREFECT_API_URL") and mode == "deployment":
+    if mode == "deployment" and prefect_api_url():
         try:
             from prefect.deployments import run_deployment
 

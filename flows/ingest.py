@@ -31,8 +31,8 @@ from sqlalchemy import select
 from catalog.db import session_scope
 from catalog.models import Rendition, RenditionStatus, VideoStatus
 from catalog.state import get_video, set_progress, transition
-from config import storage
-from config.settings import get_settings
+from config import links, storage
+from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from tasks.audio import encode_audio
 from tasks.encode import encode_chunk
@@ -543,7 +543,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
 
 
 def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
-    watch = f"{settings.public_url}/watch/{video_id}"
+    watch = links.watch_url(video_id)
     lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "",
              "| rung | resolution | level | peak kb/s | average kb/s | codecs | segments | status |",
              "|---|---|---|---|---|---|---|---|"]
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     settings_ctx = contextlib.nullcontext()
-    if not os.environ.get("PREFECT_API_URL"):
+    if not prefect_api_url():
         # without an API every Dask worker would start its own temporary Prefect server:
         # start one here and point this process and the workers (through the env) at it
         from prefect.server.api.server import SubprocessASGIServer

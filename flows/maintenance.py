@@ -38,7 +38,7 @@ from catalog.db import session_scope
 from catalog.models import Video, VideoStatus
 from catalog.state import InvalidTransition, transition
 from config import storage
-from config.settings import get_settings
+from config.settings import get_settings, prefect_api_url
 from flows.dispatch import LOCAL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class PrefectRuns:
     """The few questions maintenance asks the Prefect API (None when no API is configured)."""
 
     def __init__(self) -> None:
-        self.api = os.environ.get("PREFECT_API_URL") or get_settings().prefect_api_url
+        self.api = prefect_api_url()
 
     @property
     def available(self) -> bool:

@@ -46,6 +46,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     cors = init_cors(app, settings)
     fastpath.install(app, cors)  # media answers skip Flask's request cycle (CPU per request)
+    if settings.trusted_proxies:
+        # Outermost, so every layer sees the client's address (the analytics rate limit keys on
+        # it) and the scheme and host it used (links in answers). Only as many hops as there are
+        # proxies: a client can send X-Forwarded-* of its own, and those must not count.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

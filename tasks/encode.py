@@ -21,7 +21,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import storage
-from config.settings import get_settings
+from config.settings import available_cores, get_settings
 from tasks import ffmpeg
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
@@ -164,7 +164,7 @@ def worker_threads() -> int:
     forced = int(os.environ.get("VODFLOW_ENCODE_THREADS", "0") or 0)
     if forced > 0:
         return forced
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     slots = int(os.environ.get("VODFLOW_TASK_SLOTS", "0") or 0)
     if not slots:
         try:

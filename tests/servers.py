@@ -51,12 +51,25 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15)
         proc.wait()
 
 
+def web_settings(env: dict, **overrides):
+    """vodflow's settings as a process started with `env` (on top of ours) would read them."""
+    from unittest import mock
+
+    from config.settings import load_settings
+
+    with mock.patch.dict(os.environ, env):
+        return load_settings(**overrides)
+
+
 @contextmanager
 def gunicorn_app(env: dict, log_path: Path, workers: int = 2):
-    """The web app under gunicorn (as `vodflow web` runs it) on a free port. Yields base URL."""
+    """The web app under gunicorn, with the very command `vodflow web` runs (worker class,
+    threads, timeouts, forwarded-header policy) and the settings `env` gives, on a free loopback
+    port. Yields base URL."""
+    from deployments.cli import gunicorn_command
+
     port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-           "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "streaming_app.wsgi:app"]
+    cmd = gunicorn_command(web_settings(env, web_host="127.0.0.1", web_port=port, web_workers=workers))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

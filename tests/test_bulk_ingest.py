@@ -77,6 +77,47 @@ def test_same_content_under_two_names_is_ingested_once(tmp_path, clip, clip_b):
         assert len(failed) == 1 and "not a video" in failed[0].error
 
 
+def test_a_claim_left_by_a_dead_scan_is_taken_over_after_the_grace(tmp_path, clip, monkeypatch):
+    """A scan killed between claiming a file and recording what became of it must not block
+    that content for good: later scans wait out the grace, then ingest it."""
+    from datetime import datetime, timedelta
+
+    from flows import intake
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    shutil.copy(clip, watch / "interrupted.mp4")
+
+    def die(*_a, **_k):
+        raise SystemExit("killed mid-ingest")  # not an Exception: nothing in the scan catches it
+
+    with monkeypatch.context() as m:
+        m.setattr(intake, "check_file", die)
+        with pytest.raises(SystemExit):
+            run_bulk_ingest(str(watch), settle_seconds=0)
+    with session_scope() as s:
+        assert [r.status for r in s.scalars(select(IngestedSource))] == ["CLAIMED"]
+
+    # moments later the claim may belong to a scan still working on it: left alone
+    soon = run_bulk_ingest(str(watch), settle_seconds=0)
+    assert [o.result for o in soon.outcomes] in (["known"], ["duplicate"])
+    assert _videos() == []
+
+    # an hour on, the claim is abandoned: the next scan takes it over and ingests once
+    with session_scope() as s:
+        row = s.scalars(select(IngestedSource)).one()
+        row.first_seen_at = datetime.utcnow() - timedelta(hours=1, minutes=1)
+    later = run_bulk_ingest(str(watch), settle_seconds=0)
+    assert [o.result for o in later.outcomes] == ["ingested"], later.outcomes
+    [video] = _videos()
+    assert video.id == later.outcomes[0].video_id
+    assert storage.read_bytes(video.source_url) == clip.read_bytes()
+    with session_scope() as s:
+        row = s.scalars(select(IngestedSource)).one()
+        assert (row.status, row.video_id) == ("INGESTED", video.id)
+    assert [o.result for o in run_bulk_ingest(str(watch), settle_seconds=0).outcomes] == ["known"]
+
+
 def test_a_file_still_being_copied_is_not_taken_half_written(tmp_path, clip):
     watch = tmp_path / "incoming"
     watch.mkdir()

@@ -51,3 +51,20 @@ def test_bad_setting_stops_with_the_variable_named():
 def test_unknown_benchmark_is_named():
     out = run("bench", "nonsense")
     assert out.returncode == 2 and "transcode, upload or delivery" in out.stderr
+
+
+def test_dispatch_is_a_setting_the_file_can_hold(clip, vodflow_env, tmp_path):
+    """Every VODFLOW_ variable can go in vodflow.toml, VODFLOW_DISPATCH included."""
+    import sqlite3
+
+    (tmp_path / "vodflow.toml").write_text('dispatch = "off"\n')  # the working directory's file
+    env = {k: v for k, v in os.environ.items() if k != "VODFLOW_DISPATCH"}
+    out = subprocess.run([VODFLOW, "ingest", str(clip)], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    vid = out.stdout.split()[0]
+    with sqlite3.connect(vodflow_env / "vodflow.db") as db:
+        status, run_id = db.execute("SELECT status, flow_run_id FROM videos WHERE id = ?", (vid,)).fetchone()
+    assert (status, run_id) == ("UPLOADED", None)  # stored, nothing started
+    typo = run("videos", env={"VODFLOW_DISPATCH": "sometimes"})
+    assert typo.returncode == 2 and "VODFLOW_DISPATCH" in typo.stderr

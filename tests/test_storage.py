@@ -86,3 +86,28 @@ def test_move_local_file_into_storage(store, tmp_path):
 
 def test_health_check_reports_reachability(store):
     assert storage.check()["ok"] is True
+
+
+def test_health_check_fails_for_a_missing_bucket(s3_server, monkeypatch):
+    """s3fs says FileNotFoundError for a bucket that does not exist, as for an empty prefix:
+    /healthz must not call that storage healthy (the load balancer would send uploads to it)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("VODFLOW_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("VODFLOW_STORAGE_URL", "s3://no-such-bucket/media")
+    reset_settings()
+    from streaming_app.app import create_app
+
+    r = create_app().test_client().get("/healthz")
+    assert r.status_code == 503
+    body = r.get_json()
+    assert body["checks"]["database"]["ok"]
+    assert not body["checks"]["storage"]["ok"]
+    assert "no-such-bucket" in body["checks"]["storage"]["error"]
+
+    # an existing bucket with nothing under the prefix yet is a healthy new deployment
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="no-such-bucket")
+    assert create_app().test_client().get("/healthz").get_json()["checks"]["storage"]["ok"]

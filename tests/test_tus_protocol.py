@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
@@ -261,6 +262,89 @@ def test_delete_terminates_and_frees_the_bytes(server, clip_bytes):
     assert requests.get(url).json()["status"] == "TERMINATED"
 
 
+def test_delete_of_a_finished_upload_keeps_its_video(server, clip_bytes):
+    r = requests.post(server.files_url, data=clip_bytes, headers={
+        **TUS, "Upload-Length": str(len(clip_bytes)), "Content-Type": OFFSET_TYPE,
+        "Upload-Metadata": metadata(filename="kept.mp4")})
+    assert r.status_code == 201, r.text
+    url, vid = r.headers["Location"], r.headers["Vodflow-Video-Id"]
+    gone = requests.delete(url, headers=TUS)
+    assert gone.status_code == 204 and gone.headers["Vodflow-Video-Id"] == vid
+    assert video_of(server, url)["id"] == vid  # GET still leads to the video
+    h = head(url)
+    assert h.status_code == 200 and h.headers["Upload-Offset"] == str(len(clip_bytes))
+    assert server.video(vid) is not None
+
+
+def test_delete_racing_the_last_patch_has_one_outcome(server, clip_bytes):
+    """Either the DELETE wins (TERMINATED, no video) or the hand-off does (COMPLETE, a video the
+    DELETE names); never a 204 for the DELETE while a video appears behind it, nor a
+    TERMINATED upload whose video exists."""
+    tail = 64 * 1024
+    outcomes = set()
+    for i, delay in enumerate((0.0, 0.03, 0.08, 0.15, 0.3)):
+        name = f"race-{i}.mp4"
+        url = create(server, len(clip_bytes), meta=metadata(filename=name)).headers["Location"]
+        assert patch(url, 0, clip_bytes[:-tail]).status_code == 204
+        last: dict = {}
+        t = threading.Thread(target=lambda: last.update(r=patch(url, len(clip_bytes) - tail, clip_bytes[-tail:])))
+        t.start()
+        time.sleep(delay)
+        deleted = requests.delete(url, headers=TUS, timeout=30)
+        t.join(30)
+        made = [v for v in server.videos() if v["original_filename"] == name]
+        status = requests.get(url, timeout=10).json()
+        assert deleted.status_code == 204, deleted.text
+        if made:
+            outcomes.add("handed off")
+            assert status["status"] == "COMPLETE" and status["video"]["id"] == made[0]["id"]
+            assert deleted.headers["Vodflow-Video-Id"] == made[0]["id"]
+            assert last["r"].status_code == 204
+        else:
+            outcomes.add("terminated")
+            assert status["status"] == "TERMINATED" and status["video"] is None
+            assert "Vodflow-Video-Id" not in deleted.headers
+            assert last["r"].status_code == 410
+            assert not server.part_file(url.rsplit("/", 1)[1]).exists()
+        assert len(made) <= 1
+    assert outcomes  # which interleavings happen depends on timing; each must be consistent
+
+
+def test_delete_stops_a_patch_that_is_still_streaming(server, clip_bytes):
+    url = create(server, len(clip_bytes), meta=metadata(filename="slow.mp4")).headers["Location"]
+    upload_id = url.rsplit("/", 1)[1]
+
+    def slowly():
+        for i in range(0, len(clip_bytes), 8192):
+            yield clip_bytes[i:i + 8192]
+            time.sleep(0.05)
+
+    result: dict = {}
+
+    def send():
+        try:
+            result["r"] = requests.patch(url, data=slowly(), timeout=60, headers={
+                **TUS, "Upload-Offset": "0", "Content-Type": OFFSET_TYPE})
+        except requests.ConnectionError as exc:  # the server may answer and close mid-body
+            result["error"] = exc
+
+    t = threading.Thread(target=send)
+    t.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    r = requests.delete(url, headers=TUS, timeout=30)
+    assert r.status_code == 204, r.text
+    assert time.monotonic() - started < 8  # the PATCH let go of the upload, the DELETE got it
+    t.join(60)
+    if "r" in result:
+        assert result["r"].status_code == 410
+    assert requests.get(url).json()["status"] == "TERMINATED"
+    assert head(url).status_code == 410
+    assert not server.part_file(upload_id).exists()
+    assert not any(upload_id in p.name for p in server.upload_bytes_on_disk())
+    assert not [v for v in server.videos() if v["original_filename"] == "slow.mp4"]
+
+
 # ---------------------------------------------------------------- concatenation
 
 
@@ -410,6 +494,41 @@ def test_cors_preflight_and_exposed_headers(server):
     stranger = requests.options(server.files_url, headers={"Origin": "https://evil.example",
                                                            "Access-Control-Request-Method": "PATCH"})
     assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+TUS_EXPOSED = {"location", "upload-offset", "upload-length", "upload-metadata", "upload-defer-length",
+               "upload-expires", "upload-concat", "tus-resumable", "tus-version", "tus-extension",
+               "tus-max-size", "tus-checksum-algorithm"}
+VODFLOW_EXPOSED = {"vodflow-video-id", "vodflow-status-url", "vodflow-watch-url"}
+
+
+def _cross_origin_creation(base_files_url: str, clip_bytes: bytes, origin: str) -> requests.Response:
+    """A page on `origin` creates an upload with its whole body (creation-with-upload)."""
+    r = requests.post(base_files_url, data=clip_bytes, headers={
+        **TUS, "Origin": origin, "Upload-Length": str(len(clip_bytes)), "Content-Type": OFFSET_TYPE,
+        "Upload-Metadata": metadata(filename="cross-origin.mp4")}, timeout=60)
+    assert r.status_code == 201, r.text
+    assert r.headers["Vodflow-Video-Id"]
+    return r
+
+
+def _exposed(r: requests.Response) -> set[str]:
+    return {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+
+
+def test_cross_origin_creation_lets_script_read_tus_and_video_headers(server, clip_bytes, tmp_path):
+    """One CORS policy: a second layer used to overwrite Access-Control-Expose-Headers, so a
+    page on another origin could not read which video its upload became."""
+    r = _cross_origin_creation(server.files_url, clip_bytes, ORIGIN)
+    assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert TUS_EXPOSED | VODFLOW_EXPOSED <= _exposed(r)
+    assert [v.strip() for v in r.headers["Vary"].split(",")].count("Origin") == 1
+    # with every origin allowed the answer is the same for all: no Vary, so one cached copy serves
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log", VODFLOW_CORS_ORIGINS="*") as open_server:
+        r = _cross_origin_creation(open_server.files_url, clip_bytes, ORIGIN)
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert TUS_EXPOSED | VODFLOW_EXPOSED <= _exposed(r)
+        assert "Origin" not in r.headers.get("Vary", "")
 
 
 def test_tuspy_reports_refusal(server, tmp_path):

@@ -35,8 +35,8 @@ def test_upload_expires_after_inactivity(tmp_path, clip):
         assert srv.upload_bytes_on_disk() == []
 
 
-def vodflow_cleanup(data_dir: Path, *args: str) -> dict:
-    env = {**os.environ, "VODFLOW_DATA_DIR": str(data_dir)}
+def vodflow_cleanup(data_dir: Path, *args: str, **env_vars: str) -> dict:
+    env = {**os.environ, "VODFLOW_DATA_DIR": str(data_dir), **env_vars}
     out = subprocess.run([sys.executable, "-m", "deployments.cli", "cleanup", "--json", *args], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -81,3 +81,49 @@ def test_vodflow_cleanup_removes_abandoned_and_orphaned_only(tmp_path, clip):
         r = patch(live, 300_000, data[300_000:])
         assert r.status_code == 204
         assert sha256(srv.stored_source(r.headers["Vodflow-Video-Id"])) == sha256(data)
+
+
+def test_maintenance_elsewhere_leaves_a_web_hosts_uploads_to_it(tmp_path, clip, monkeypatch):
+    """Maintenance runs wherever Prefect schedules it, usually not on the web host holding the
+    bytes: finding no bytes there must not fail (or expire) that host's uploads."""
+    from catalog.db import reset_engines
+    from config.settings import reset_settings
+    from flows.maintenance import run_maintenance
+
+    data = clip.read_bytes()
+    with Server(tmp_path / "web", tmp_path / "gunicorn.log", VODFLOW_NODE_NAME="web-1") as srv:
+        # the last PATCH's bytes landed, then the worker died before the hand-off finished
+        cut = create(srv, len(data), meta=metadata(filename="cut.mp4")).headers["Location"]
+        assert patch(cut, 0, data[:-1]).status_code == 204
+        cut_id = cut.rsplit("/", 1)[1]
+        with open(srv.part_file(cut_id), "ab") as f:
+            f.write(data[-1:])
+        idle = create(srv, len(data), meta=metadata(filename="idle.mp4")).headers["Location"]
+        assert patch(idle, 0, data[:100_000]).status_code == 204
+        idle_id = idle.rsplit("/", 1)[1]
+        with srv.db() as conn:
+            assert conn.execute("SELECT host FROM upload_sessions WHERE id = ?", (cut_id,)).fetchone()[0] == "web-1"
+            conn.execute("UPDATE upload_sessions SET video_id = 'a1b2c3d4e5f6' WHERE id = ?", (cut_id,))
+            conn.execute("UPDATE upload_sessions SET expires_at = ? WHERE id = ?",
+                         ((datetime.utcnow() - timedelta(hours=1)).isoformat(" "), idle_id))
+
+        # the flow-runner machine: same catalog, its own disk, another name
+        monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "flows"))
+        monkeypatch.setenv("VODFLOW_DATABASE_URL", f"sqlite:///{srv.data_dir / 'vodflow.db'}")
+        monkeypatch.setenv("VODFLOW_NODE_NAME", "flows-1")
+        monkeypatch.setenv("VODFLOW_DISPATCH", "off")
+        reset_settings()
+        reset_engines()
+        report = run_maintenance()
+        assert report.errors == [] and report.expired_uploads == 0
+        for upload_id in (cut_id, idle_id):
+            assert srv.session(upload_id)["status"] == "ACTIVE"
+        assert srv.part_file(cut_id).stat().st_size == len(data)
+        assert srv.part_file(idle_id).exists()
+        reset_engines()
+
+        # on the web host itself the same housekeeping finishes one and expires the other
+        done = vodflow_cleanup(srv.data_dir, VODFLOW_NODE_NAME="web-1", VODFLOW_DISPATCH="off")
+        assert done["handed_off"] == 1 and done["expired"] == 1 and done["elsewhere"] == 0
+        assert srv.session(cut_id)["status"] == "COMPLETE" and srv.session(idle_id)["status"] == "EXPIRED"
+        assert sha256(srv.stored_source("a1b2c3d4e5f6")) == sha256(data)

@@ -1,26 +1,16 @@
-"""Alembic environment: runs on the connection catalog.db hands over (or the settings URL)."""
+"""Alembic environment: runs on the connection `catalog.db.migrate()` hands over.
+
+Migrations are applied by the application itself (`catalog.db.get_engine()` migrates before the
+first use, one process at a time); vodflow ships no alembic.ini for the alembic command line.
+"""
 
 from alembic import context
 
 from catalog.models import Base
 
-config = context.config
-target_metadata = Base.metadata
-
-
-def run() -> None:
-    connection = config.attributes.get("connection")
-    if connection is None:
-        from catalog.db import make_engine
-        from config.settings import get_settings
-
-        engine = make_engine(get_settings().database_url)
-        with engine.begin() as conn:
-            context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
-            context.run_migrations()
-        return
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-    context.run_migrations()
-
-
-run()
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("vodflow applies its migrations itself: call catalog.db.migrate() "
+                       "(any vodflow command or the web app does it at start-up)")
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+context.run_migrations()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import url_for
 
 from catalog.models import Rendition, Video
+from config import links
 
 
 def rendition_dict(r: Rendition) -> dict:
@@ -60,9 +61,9 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
             "size": v.source_size,
         },
         "renditions": [rendition_dict(r) for r in rends],
-        "master_url": url_for("delivery.master_playlist", video_id=v.id, _external=True)
-        if status in ("READY", "PARTIAL", "PROCESSING") else None,
-        "watch_url": url_for("pages.watch", video_id=v.id, _external=True),
+        "master_url": links.master_url(v.id) if status in ("READY", "PARTIAL", "PROCESSING") else None,
+        "watch_url": links.watch_url(v.id),
+        "status_url": links.status_url(v.id),
         "poster_url": run_file_url(v.id, v.poster_url),
         "thumbnails_url": run_file_url(v.id, v.thumbnails_url),
     }

@@ -25,9 +25,16 @@ def _admin_ok() -> bool:
     return hmac.compare_digest(given, token)
 
 
+MAX_LIST = 5000
+
+
 @bp.get("/api/videos")
 def list_videos():
     status = request.args.get("status")
+    raw_limit = request.args.get("limit", "500").strip()
+    if not raw_limit.isdigit() or int(raw_limit) < 1:
+        return error_response(400, f"limit must be a whole number from 1 to {MAX_LIST} (got '{raw_limit}')")
+    limit = min(int(raw_limit), MAX_LIST)
     with session_scope() as s:
         stmt = select(Video).where(Video.status != VideoStatus.DELETED).order_by(Video.created_at.desc())
         if status:
@@ -36,7 +43,7 @@ def list_videos():
             except ValueError:
                 return error_response(400, f"unknown status '{status}'; use one of "
                                            f"{', '.join(x.value for x in VideoStatus)}")
-        videos = s.scalars(stmt.limit(min(int(request.args.get("limit", 500)), 5000))).all()
+        videos = s.scalars(stmt.limit(limit)).all()
         return jsonify(videos=[video_dict(v) for v in videos])
 
 
@@ -55,7 +62,13 @@ def get_video_route(video_id: str):
 @bp.delete("/api/videos/<video_id>")
 def delete_video(video_id: str):
     if not _admin_ok():
-        return error_response(401, "deleting needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
+        resp = error_response(401, "deleting needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
+        # RFC 9110 §11.6.1: a 401 names the scheme to use; RFC 6750 §3 says why a sent token failed
+        challenge = 'Bearer realm="vodflow"'
+        if request.headers.get("Authorization"):
+            challenge += ', error="invalid_token"'
+        resp.headers["WWW-Authenticate"] = challenge
+        return resp
     with session_scope() as s:
         try:
             v = get_video(s, video_id, lock=True)

@@ -3,7 +3,9 @@
 Run by the maintenance flow on a schedule and by `vodflow cleanup` on demand; safe to run
 while the web app serves uploads (every upload is touched under its lock, and a file that is
 still being written is never older than the grace period). Call it on each web host: upload
-bytes live on the host that received them.
+bytes live on the host that received them, so it only touches uploads whose session names this
+machine (`VODFLOW_NODE_NAME`, default the host name) and leaves other hosts' uploads to them;
+a machine without uploads (one that only runs flows) then finds nothing to do but prune.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 
 from catalog.db import session_scope
 from catalog.models import UploadSession, UploadStatus
@@ -23,7 +25,7 @@ from streaming_app.uploads import sessions, store
 from tasks.intake import UploadRejected
 
 log = logging.getLogger(__name__)
-_TUS_FILE = re.compile(r"^([0-9a-f]{32})\.(part|chunk|lock)$")
+_TUS_FILE = re.compile(r"^([0-9a-f]{32})\.(part|chunk|lock|terminating)$")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class CleanupReport:
     bytes_freed: int = 0
     pruned_sessions: int = 0  # finished sessions forgotten after `keep_days`
     busy: int = 0  # uploads skipped because a request is writing to them right now
+    elsewhere: int = 0  # expired or interrupted uploads left to the web host that holds their bytes
     dry_run: bool = False
 
     def to_dict(self) -> dict:
@@ -49,6 +52,7 @@ def cleanup_uploads(*, now: datetime | None = None, orphan_grace: float = 3600.0
     finished sessions after `keep_days` (until then their URLs answer 410 Gone)."""
     now = now or sessions.utcnow()
     report = CleanupReport(dry_run=dry_run)
+    _count_elsewhere(now, report)
     _expire(now, report)
     _finish_interrupted(report)
     _remove_orphans(now, orphan_grace, report)
@@ -57,10 +61,31 @@ def cleanup_uploads(*, now: datetime | None = None, orphan_grace: float = 3600.0
     return report
 
 
+def _on_this_host():
+    """Sessions whose bytes are on this machine's disk (and those from before hosts were
+    recorded, which a single machine wrote). Upload locks are local too: another host's upload
+    could be written to right now, and its missing bytes here say nothing about it."""
+    return or_(UploadSession.host == get_settings().node_name, UploadSession.host.is_(None))
+
+
+def _expired(now: datetime):
+    return (UploadSession.status == UploadStatus.ACTIVE) & (UploadSession.expires_at <= now)
+
+
+def _interrupted():
+    """A video id reserved but the session still ACTIVE: the process died mid hand-off."""
+    return (UploadSession.status == UploadStatus.ACTIVE) & UploadSession.video_id.is_not(None)
+
+
+def _count_elsewhere(now: datetime, report: CleanupReport) -> None:
+    with session_scope() as s:
+        report.elsewhere = len(list(s.scalars(select(UploadSession.id).where(
+            _expired(now) | _interrupted(), ~_on_this_host()))))
+
+
 def _expire(now: datetime, report: CleanupReport) -> None:
     with session_scope() as s:
-        ids = list(s.scalars(select(UploadSession.id).where(
-            UploadSession.status == UploadStatus.ACTIVE, UploadSession.expires_at <= now)))
+        ids = list(s.scalars(select(UploadSession.id).where(_expired(now), _on_this_host())))
     for upload_id in ids:
         try:
             with store.upload_lock(upload_id, timeout=0):
@@ -77,10 +102,8 @@ def _expire(now: datetime, report: CleanupReport) -> None:
 
 
 def _finish_interrupted(report: CleanupReport) -> None:
-    """A video id reserved but the session still ACTIVE: the process died mid hand-off."""
     with session_scope() as s:
-        ids = list(s.scalars(select(UploadSession.id).where(
-            UploadSession.status == UploadStatus.ACTIVE, UploadSession.video_id.is_not(None))))
+        ids = list(s.scalars(select(UploadSession.id).where(_interrupted(), _on_this_host())))
     for upload_id in ids:
         if report.dry_run:
             report.handed_off += 1

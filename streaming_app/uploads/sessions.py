@@ -54,6 +54,7 @@ def get(upload_id: str) -> UploadSession | None:
 
 def create(**fields) -> UploadSession:
     now = utcnow()
+    fields.setdefault("host", get_settings().node_name)  # the bytes will be on this machine's disk
     sess = UploadSession(created_at=now, updated_at=now, expires_at=expiry_from(now), **fields)
     with session_scope() as s:
         s.add(sess)

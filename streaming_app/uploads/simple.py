@@ -11,9 +11,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from flask import current_app, g, request, url_for
+from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from config import links
 from config.settings import get_settings
 from streaming_app.errors import error_response
 from flows import intake
@@ -113,14 +114,6 @@ def _cleanup(files) -> None:
             os.unlink(name)
 
 
-def video_links(video_id: str) -> dict:
-    return {
-        "id": video_id,
-        "status_url": url_for("api.get_video", video_id=video_id, _external=True),
-        "watch_url": url_for("pages.watch", video_id=video_id, _external=True),
-    }
-
-
 @bp.post("/api/uploads")
 def post_upload():
     settings = get_settings()
@@ -160,7 +153,7 @@ def post_upload():
         store.sync(path)
         title = meta.clean_text(request.form.get("title"), 300)
         video_id = intake.accept(path, filename=filename, title=title, info=info)
-        resp = video_links(video_id)
+        resp = links.video_links(video_id)
         resp["status"] = "UPLOADED"
         out = current_app.json.response(resp)
         out.status_code = 201

@@ -62,6 +62,9 @@ class UploadFiles:
     part: Path  # accepted bytes
     chunk: Path  # a checksummed chunk awaiting verification
     lock: Path
+    # present while a DELETE waits for the lock: tells the request holding it to stop writing
+    # (the status itself only ever changes under the lock)
+    terminating: Path
 
 
 def tus_dir() -> Path:
@@ -83,7 +86,8 @@ def files(upload_id: str) -> UploadFiles:
     if not is_upload_id(upload_id):  # never let a URL segment become a path
         raise ValueError(f"not an upload id: {upload_id!r}")
     d = tus_dir()
-    return UploadFiles(d / f"{upload_id}.part", d / f"{upload_id}.chunk", d / f"{upload_id}.lock")
+    return UploadFiles(d / f"{upload_id}.part", d / f"{upload_id}.chunk", d / f"{upload_id}.lock",
+                       d / f"{upload_id}.terminating")
 
 
 @contextlib.contextmanager
@@ -150,11 +154,25 @@ def read_head(upload_id: str, n: int) -> bytes:
         return fh.read(n)
 
 
+def request_termination(upload_id: str) -> None:
+    """Ask whoever holds the upload's lock to stop writing to it: a client is deleting it."""
+    files(upload_id).terminating.touch()
+
+
+def termination_requested(upload_id: str) -> bool:
+    return files(upload_id).terminating.exists()
+
+
+def drop_termination_request(upload_id: str) -> None:
+    files(upload_id).terminating.unlink(missing_ok=True)
+
+
 def remove(upload_id: str, *, lock_file: bool = False) -> int:
-    """Delete an upload's bytes (and its lock file if asked). Returns bytes freed."""
+    """Delete an upload's bytes and any termination request (and its lock file if asked).
+    Returns bytes freed."""
     f = files(upload_id)
     freed = 0
-    for p in (f.part, f.chunk) + ((f.lock,) if lock_file else ()):
+    for p in (f.part, f.chunk, f.terminating) + ((f.lock,) if lock_file else ()):
         try:
             freed += p.stat().st_size
             p.unlink()

@@ -22,17 +22,21 @@ import time
 from email.utils import format_datetime
 from urllib.parse import urlparse
 
-from flask import Response, g, jsonify, request, url_for
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected
 
 from catalog.models import UploadSession, UploadStatus
+from config import links
 from config.settings import get_settings
 from streaming_app.errors import error_response
-from streaming_app.uploads import bp, cors, sessions, store
+from streaming_app import cors
+from streaming_app.uploads import bp, sessions, store
 from streaming_app.uploads import metadata as meta
 from tasks.intake import SNIFF_BYTES, UploadRejected, check_declared, check_head
 
 log = logging.getLogger(__name__)
+# the app-wide CORS policy exposes the tus headers; a page on another origin also reads these
+cors.expose_headers("Vodflow-Video-Id", "Vodflow-Status-Url", "Vodflow-Watch-Url")
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = ("creation", "creation-with-upload", "creation-defer-length", "termination",
@@ -77,15 +81,17 @@ def _http_date(dt) -> str:
 
 
 def _upload_url(upload_id: str) -> str:
-    return url_for("uploads.tus_upload", upload_id=upload_id, _external=True)
+    # absolute, so curl scripts can use it as is (tus clients also resolve a relative one
+    # against their endpoint); from VODFLOW_PUBLIC_URL or the request as the proxy forwarded it
+    return links.upload_url(upload_id)
 
 
 def _video_headers(resp: Response, video_id: str | None) -> Response:
     if video_id:
-        status_url = url_for("api.get_video", video_id=video_id, _external=True)
-        resp.headers["Vodflow-Video-Id"] = video_id
-        resp.headers["Vodflow-Status-Url"] = status_url
-        resp.headers["Vodflow-Watch-Url"] = url_for("pages.watch", video_id=video_id, _external=True)
+        video = links.video_links(video_id)
+        resp.headers["Vodflow-Video-Id"] = video["id"]
+        resp.headers["Vodflow-Status-Url"] = video["status_url"]
+        resp.headers["Vodflow-Watch-Url"] = video["watch_url"]
     return resp
 
 
@@ -201,7 +207,6 @@ def _tus_headers(resp: Response) -> Response:
     if path.startswith(("/files", "/api/uploads")):
         if request.method in ("PATCH", "POST") and resp.status_code >= 400:
             _drain_body()
-        cors.apply(resp)
     return resp
 
 
@@ -309,6 +314,8 @@ def _retry_handoff(upload_id: str) -> None:
     sess = sessions.get(upload_id)
     if sess.video_id is None and store.offset_on_disk(upload_id) != sess.length:
         return
+    if store.termination_requested(upload_id):
+        return  # a DELETE is waiting for the lock
     try:
         with store.upload_lock(upload_id, timeout=0):
             sessions.finish(upload_id)
@@ -343,27 +350,42 @@ def _status(upload_id: str) -> Response:
         "video": None,
     }
     if sess.video_id and sess.status == UploadStatus.COMPLETE:
-        body["video"] = {
-            "id": sess.video_id,
-            "status_url": url_for("api.get_video", video_id=sess.video_id, _external=True),
-            "watch_url": url_for("pages.watch", video_id=sess.video_id, _external=True),
-        }
+        body["video"] = links.video_links(sess.video_id)
     resp = jsonify(body)
     resp.headers["Cache-Control"] = "no-store"
     return _video_headers(resp, body["video"]["id"] if body["video"] else None)
 
 
 def _delete(upload_id: str) -> Response:
+    """tus termination. The status changes only under the upload's lock, so a hand-off running
+    right now either finishes first (the upload is COMPLETE: nothing to terminate) or never
+    starts; never both a 204 here and a video made from the bytes behind its back.
+
+    A COMPLETE upload is no longer the client's to free: its bytes are the video's source now
+    (deleting the video is `DELETE /api/videos/{id}`). Its DELETE answers 204, as the
+    termination extension requires, changes nothing and names the video, so GET and HEAD keep
+    pointing at it."""
     loaded = _load(upload_id)
     if isinstance(loaded, Response):
         return loaded
-    # Mark it first: a PATCH streaming into this upload sees it and stops.
-    sessions.update(upload_id, status=UploadStatus.TERMINATED)
+    if loaded.status == UploadStatus.COMPLETE:
+        return _video_headers(Response(status=204), loaded.video_id)
+    store.request_termination(upload_id)  # a PATCH streaming into it stops within seconds
     try:
         with store.upload_lock(upload_id, timeout=LOCK_WAIT):
-            store.remove(upload_id)
+            sess = sessions.get(upload_id)
+            if sess.status == UploadStatus.COMPLETE:  # the hand-off won the race
+                store.drop_termination_request(upload_id)
+                return _video_headers(Response(status=204), sess.video_id)
+            if sess.status != UploadStatus.ACTIVE:
+                store.drop_termination_request(upload_id)
+                return _gone(sess)
+            sessions.end(upload_id, UploadStatus.TERMINATED)
     except store.LockTimeout:
-        pass  # the writing request removes the bytes when it notices
+        # the request holding the lock stops writing when it next looks; this one asks again
+        resp = _error(423, "another request is still working on this upload; repeat the DELETE")
+        resp.headers["Retry-After"] = "1"
+        return resp
     log.info("upload %s terminated by the client", upload_id)
     return Response(status=204)
 
@@ -552,6 +574,8 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                       offset=sess.length, video_id=sess.video_id)
     if sess.status != UploadStatus.ACTIVE:
         return _gone(sess)
+    if store.termination_requested(upload_id):
+        return _error(410, "this upload is being deleted; start a new upload")
     current = store.offset_on_disk(upload_id)
     if current is None:
         return _lost(upload_id)
@@ -591,6 +615,8 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
             check_head(first, filename)
 
     def still_wanted() -> bool:
+        if store.termination_requested(upload_id):
+            return False
         s = sessions.get(upload_id)
         return s is not None and s.status == UploadStatus.ACTIVE
 
@@ -609,8 +635,7 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                            f"discarded; send it again from offset {offset}", offset=offset)
     except store.TooMuchData:
         return _error(413, f"the body is larger than the {room} bytes this upload can still take")
-    except store.Cancelled:
-        store.remove(upload_id)
+    except store.Cancelled:  # what arrived was not kept; the DELETE ends the upload under the lock
         return _error(410, "this upload was deleted while the data was arriving")
     except OSError as exc:
         log.exception("upload %s: could not store data", upload_id)
@@ -619,8 +644,7 @@ def _receive_locked(upload_id, offset, checksum, new_length, settings) -> Respon
                            "retry later from the offset HEAD reports")
     new_offset = offset + got.written
     expires = sessions.touch(upload_id, new_offset)
-    if not still_wanted():
-        store.remove(upload_id)
+    if not still_wanted():  # a DELETE came in as the last bytes did: no hand-off
         return _error(410, "this upload was deleted while the data was arriving")
     if not got.complete:
         log.info("upload %s: client went away at %d bytes", upload_id, new_offset)

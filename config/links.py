@@ -1,0 +1,50 @@
+"""Links to a video (and an upload) that people and scripts follow, built in one place.
+
+The base is `VODFLOW_PUBLIC_URL` when it is set: what users reach the site at, whatever proxy,
+CDN or port mapping is in between. Unset, a link made while answering a request uses the URL
+the request came in on (scheme, host and prefix, corrected by ProxyFix when
+`VODFLOW_TRUSTED_PROXIES` says proxies are in front); a link made outside a request (the CLI, a
+flow's report) uses the default `http://localhost:{VODFLOW_WEB_PORT}`.
+
+No Flask needed to import this: flows and the CLI use it too. The paths are the web app's
+routes (uploads `/files/`, api `/api/videos/`, pages `/watch/`, delivery `/v/`).
+"""
+
+from __future__ import annotations
+
+from config.settings import get_settings
+
+
+def base_url() -> str:
+    """Scheme, host and path prefix of the web app, without a trailing slash."""
+    settings = get_settings()
+    if settings.public_url_explicit:
+        return settings.public_url
+    try:
+        from flask import has_request_context, request
+    except ImportError:  # a worker without the web app's dependencies
+        return settings.public_url
+    if has_request_context():
+        return request.url_root.rstrip("/")
+    return settings.public_url
+
+
+def upload_url(upload_id: str) -> str:
+    return f"{base_url()}/files/{upload_id}"
+
+
+def status_url(video_id: str) -> str:
+    return f"{base_url()}/api/videos/{video_id}"
+
+
+def watch_url(video_id: str) -> str:
+    return f"{base_url()}/watch/{video_id}"
+
+
+def master_url(video_id: str) -> str:
+    return f"{base_url()}/v/{video_id}/master.m3u8"
+
+
+def video_links(video_id: str) -> dict:
+    """{'id', 'status_url', 'watch_url'}: what an upload answers once it is a video."""
+    return {"id": video_id, "status_url": status_url(video_id), "watch_url": watch_url(video_id)}
