@@ -17,7 +17,7 @@ def upload_page_url() -> str:
 
 
 @bp.get("/")
-def library():
+def index():
     with session_scope() as s:
         videos = s.scalars(
             select(Video).where(Video.status != VideoStatus.DELETED).order_by(Video.created_at.desc()).limit(500)
