@@ -455,9 +455,15 @@ def long_check(source: Path, work: Path) -> dict:
     from tasks.split import plan_split, read_packets
 
     long_src = work / "long.mp4"
-    loops = max(1, int(math.ceil(7200 / max(1.0, probe_path(source).duration))) - 1)
+    # memory here follows the number of packets, not the bit rate: a light 1080p30 clip
+    # looped to 2 hours keeps the file at ~1-2 GB instead of tens
+    seed = work / "long-seed.mp4"
     t = time.monotonic()
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops), "-i", str(source), "-c", "copy",
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=30",
+                    "-f", "lavfi", "-i", "sine=sample_rate=48000:duration=30", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-crf", "38", "-g", "60", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-shortest", str(seed)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "239", "-i", str(seed), "-c", "copy",
                     "-t", "7200", str(long_src)], check=True)
     print()
     print(f"== 2-hour source ({long_src.stat().st_size / 2**30:.1f} GiB, built in {time.monotonic() - t:.0f} s) ==")
