@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         """Local scratch space for ffmpeg runs on this machine."""
-        return self.data_dir / "work"
+        return self.data_dir / "scratch"
 
 
 def _describe(err: ValidationError) -> str:

@@ -108,7 +108,7 @@ def remove_stale_runs(video_id: str, keep: set[str]) -> list[str]:
         if entry["type"] == "directory" and entry["name"] not in keep:
             storage.delete(entry["url"])
             removed.append(entry["name"])
-    for entry in storage.list_dir(storage.url_for("work", video_id)):
+    for entry in storage.list_dir(storage.url_for("scratch", video_id)):
         if entry["name"] not in keep:
             storage.delete(entry["url"])
     with session_scope() as s:
@@ -320,7 +320,7 @@ def ingest(video_id: str) -> dict:
         logger.info("removed unfinished earlier runs: %s", ", ".join(removed))
     # a video already playing keeps its published run until this one is complete
     progressive = published is None
-    work_url = storage.url_for("work", video_id, run)
+    work_url = storage.url_for("scratch", video_id, run)
     hls_url = storage.url_for("hls", video_id, run)
     tracker = Tracker(video_id)
     try:

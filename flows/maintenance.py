@@ -48,7 +48,7 @@ DEAD_STATES = {"CRASHED", "CANCELLED", "FAILED", "COMPLETED"}
 QUEUED_STATES = {"SCHEDULED", "PAUSED"}
 LIVE_STATES = {"RUNNING", "PENDING", "CANCELLING"}
 # storage prefixes that only ever hold scratch or intermediate files
-SCRATCH_PREFIXES = ("work", "tmp")
+SCRATCH_PREFIXES = ("scratch", "tmp")
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -400,7 +400,7 @@ def remove_orphans(report: MaintenanceReport, *, dry_run: bool = False) -> None:
                 drop(run["url"], "superseded or failed run")
     for prefix in SCRATCH_PREFIXES:
         for entry in storage.list_dir(storage.url_for(prefix)):
-            # work/{video_id}/{run}/: chunks of a run in progress are not orphans
+            # scratch/{video_id}/{run}/: chunks of a run in progress are not orphans
             if videos.get(entry["name"], (None, None))[0] == VideoStatus.PROCESSING:
                 continue
             drop(entry["url"], "intermediate files")

@@ -61,7 +61,7 @@ def test_ingest_on_s3_postgres_and_a_separate_dask_cluster(scaled_out, clip):
     assert any(k.endswith("index.m3u8") for k in keys) and any(k.endswith(".ts") for k in keys)
     assert all(f"/{run}/" in k for k in keys)
     # nothing intermediate is left in the bucket, and no local storage was used anywhere
-    leftovers = scaled_out["s3"].list_objects_v2(Bucket="media", Prefix=f"vod/work/{vid}/").get("KeyCount", 0)
+    leftovers = scaled_out["s3"].list_objects_v2(Bucket="media", Prefix=f"vod/scratch/{vid}/").get("KeyCount", 0)
     assert leftovers == 0
     assert not [p for p in scaled_out["base"].rglob("storage") if p.parent.name == "var"]
 

@@ -122,7 +122,7 @@ def test_redispatch_after_a_crash_starts_clean(ingest_env, media_dir):
     src = make_clip(media_dir / "crash.mp4", duration=3, size="320x240", gop=30)
     vid = add_video(src)
     stale_seg = storage.url_for("hls", vid, "rcrashed", "240p", "seg_00000.ts")
-    stale_chunk = storage.url_for("work", vid, "rcrashed", "chunks", "chunk_00000.mkv")
+    stale_chunk = storage.url_for("scratch", vid, "rcrashed", "chunks", "chunk_00000.mkv")
     storage.write_bytes(stale_seg, b"half")
     storage.write_bytes(stale_chunk, b"half")
     with session_scope() as s:
@@ -137,7 +137,7 @@ def test_redispatch_after_a_crash_starts_clean(ingest_env, media_dir):
     assert not storage.exists(stale_seg) and not storage.exists(stale_chunk)
     assert {r["run"] for r in facts["row"]["renditions"]} == {result["run"]}
     # intermediate chunks are gone after publishing
-    assert storage.list_files(storage.url_for("work", vid)) == []
+    assert storage.list_files(storage.url_for("scratch", vid)) == []
 
 
 def test_reprocessing_keeps_the_video_playable_and_switches_runs(ingest_env, media_dir):
