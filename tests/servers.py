@@ -70,9 +70,15 @@ def gunicorn_app(env: dict, log_path: Path, workers: int = 2):
 
     port = free_port()
     cmd = gunicorn_command(web_settings(env, web_host="127.0.0.1", web_port=port, web_workers=workers))
+    with web_process(cmd, {**os.environ, **env}, log_path, port) as base:
+        yield base
+
+
+@contextmanager
+def web_process(cmd: list[str], env: dict, log_path: Path, port: int):
+    """Run a web server command in its own process group until /healthz answers; stop it after."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/healthz", 60, proc)

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.hls_support import S3_BUCKET, hls_ladder, moto_s3, publish_video  # noqa: F401
-from tests.servers import free_port, stop, wait_http
+from tests.servers import free_port, web_process
 
 
 @dataclass
@@ -34,15 +34,8 @@ def vodflow_web(env: dict, log_path):
     port = free_port()
     env = {**os.environ, **env, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
            "VODFLOW_WEB_WORKERS": "2"}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "web"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/healthz", 60, proc)
+    with web_process([sys.executable, "-m", "deployments.cli", "web"], env, log_path, port) as base:
         yield base
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])

@@ -105,14 +105,20 @@ def _gone(sess: UploadSession) -> Response:
     return _error(410, f"{why}; start a new upload")
 
 
-def _load(upload_id: str) -> UploadSession | Response:
-    """The session if it can take requests; else the 404/410 response to send."""
+def _current(upload_id: str) -> UploadSession | None:
+    """The session as it stands now: one past its expiry is expired first."""
     sess = sessions.get(upload_id)
-    if sess is None:
-        return _error(404, f"no upload with id '{upload_id}' on this server; start a new upload")
-    if sessions.is_expired(sess):
+    if sess is not None and sessions.is_expired(sess):
         _expire(upload_id)
         sess = sessions.get(upload_id)
+    return sess
+
+
+def _load(upload_id: str) -> UploadSession | Response:
+    """The session if it can take requests; else the 404/410 response to send."""
+    sess = _current(upload_id)
+    if sess is None:
+        return _error(404, f"no upload with id '{upload_id}' on this server; start a new upload")
     if sess.status in (UploadStatus.TERMINATED, UploadStatus.EXPIRED, UploadStatus.FAILED):
         return _gone(sess)
     return sess
@@ -325,12 +331,9 @@ def _retry_handoff(upload_id: str) -> None:
 
 def _status(upload_id: str) -> Response:
     """GET /files/{id}: the upload's state as JSON (not part of tus; for pages and scripts)."""
-    sess = sessions.get(upload_id)
+    sess = _current(upload_id)
     if sess is None:
         return _error(404, f"no upload with id '{upload_id}' on this server")
-    if sessions.is_expired(sess):
-        _expire(upload_id)
-        sess = sessions.get(upload_id)
     offset = sess.length if sess.status == UploadStatus.COMPLETE else (store.offset_on_disk(upload_id) or 0)
     body = {
         "id": sess.id,
