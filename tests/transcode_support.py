@@ -174,6 +174,9 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
             vpts += [float(x["pts_time"]) for x in pk]
         assert len(vpts) == n_src, f"{rend['name']}: {len(vpts)} frames, source has {n_src}"
         assert all(seg_first_key), f"{rend['name']}: a segment does not start with a keyframe"
+        # a player starts decoding at any segment: each opens with the PAT, then the PMT
+        for p in seg_paths:
+            assert _opens_with_pat_and_pmt(p.read_bytes()[:188 * 8]), f"{p.name} does not open with PAT + PMT"
         out_duration = max(vpts) - min(vpts) + src_interval
         assert abs(out_duration - src_duration) <= src_interval + 1e-3, (out_duration, src_duration)
         if boundaries is None:
@@ -205,6 +208,24 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
     facts["source_frames"] = n_src
     facts["row"] = row
     return facts
+
+
+def _opens_with_pat_and_pmt(head: bytes) -> bool:
+    """The PAT (PID 0) and then the PMT it names come before the first media packet."""
+    packets = [head[i:i + 188] for i in range(0, len(head) - 187, 188)]
+    if not packets or any(p[0] != 0x47 for p in packets):
+        return False
+    pid = lambda p: ((p[1] & 0x1F) << 8) | p[2]  # noqa: E731
+    pmt_pid = None
+    for p in packets:
+        if pid(p) == 0 and p[1] & 0x40:
+            section = p[5 + p[4]:]  # after the pointer field
+            pmt_pid = ((section[10] & 0x1F) << 8) | section[11]  # first program, after the header
+        elif pmt_pid is not None and pid(p) == pmt_pid:
+            return True
+        elif pid(p) not in (0x11,):  # only the SDT may come first
+            return False
+    return False
 
 
 def clip(media_dir: Path, name: str, **kw) -> Path:
