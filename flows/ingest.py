@@ -43,7 +43,7 @@ from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
 from tasks.retry import PROGRESS_TOPIC, RETRY_OPTIONS, is_permanent
 from tasks.split import split_source
-from tasks.thumbnails import thumbnails_task
+from tasks.thumbnails import preview_plan, thumbnails_task
 from tasks.validate import validate_rung
 
 log = logging.getLogger(__name__)
@@ -391,17 +391,16 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         audio_fut = tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
                                         info.audio_stream_index, plan["t0"], plan["duration"],
                                         info.audio_channels, label=video_id))
-    # side tasks run alongside the encodes and never decide the video's fate (poster and
-    # sprite sheets go here); each entry: (name, future)
-    side_tasks: list[tuple[str, object]] = [
-        ("thumbnails", tracker.track(thumbnails_task.submit(source_url, hls_url, label=video_id))),
-    ]
+    # side tasks never decide the video's fate (poster and sprite sheets); each entry:
+    # (name, future). The chunk encodes take the preview frames from their own decode.
+    side_tasks: list[tuple[str, object]] = []
+    previews = preview_plan(plan["duration"], info.display_width, info.display_height)
 
     t = time.monotonic()
     rotation = info.rotation
     encode_kwargs = dict(source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
                          rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
-                         keyframe_seconds=settings.keyframe_seconds)
+                         keyframe_seconds=settings.keyframe_seconds, previews=previews)
 
     def submit_chunk(c: dict):
         return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
@@ -466,6 +465,10 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         packaging[r["name"]] = tracker.track(package_rung.submit(
             r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
             plan["segment_times"], plan["duration"], rung_name=r["name"]))
+    # sheets and poster from the previews the chunks stored; after the rungs, which players wait for
+    side_tasks.append(("thumbnails", tracker.track(thumbnails_task.submit(
+        [p for _, r in sorted(encoded.items()) for p in r.get("previews", [])], hls_url, previews,
+        label=video_id))))
     validating: dict[str, object] = {}
     packaged: dict[str, dict] = {}
     results: dict[str, dict] = {}  # name -> {"ok", "reason"}

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config import storage
 from config.settings import available_cores, get_settings
-from tasks import ffmpeg
+from tasks import ffmpeg, thumbnails
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
 from tasks.retry import RETRY_OPTIONS, report_progress
@@ -96,9 +96,12 @@ def _rate_expr(frame_rate: str) -> Fraction:
 
 def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_paths: list[str], *,
                          rotation: int, cfr: bool, frame_rate: str, keyframe_seconds: float,
-                         threads: int, offset: float, seek: bool) -> list[str]:
+                         threads: int, offset: float, seek: bool,
+                         previews: tuple[list[tuple[int, float]], dict] | None = None) -> list[str]:
     """ffmpeg arguments for one chunk. `offset` maps source pts to the input's pts (copy
-    chunks carry the source's timestamps shifted by the muxer; seek mode reads the source)."""
+    chunks carry the source's timestamps shifted by the muxer; seek mode reads the source).
+    `previews` (targets, plan) adds the timeline-preview branch, whose files are written
+    relative to ffmpeg's working directory."""
     half = float(chunk["half_frame"])
     t_start = chunk["source_start"] + offset - half
     t_end = chunk["source_end"] + offset - half
@@ -117,7 +120,14 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
     chain += rotation_filters(rotation)
     n = len(rungs)
     graph = "[0:v:0]" + ",".join(chain)
-    if n > 1:
+    preview_outputs: list[str] = []
+    if previews and previews[0]:
+        # the previews share this decode: a few frames more through a scaler, no second pass
+        graph += f",split={n + 1}" + "".join(f"[s{i}]" for i in range(n)) + "[sp];"
+        graph += ";".join(f"[s{i}]" + ",".join(scale_filters(r)) + f"[v{i}]" for i, r in enumerate(rungs))
+        branch, preview_outputs = thumbnails.preview_graph("[sp]", *previews)
+        graph += ";" + branch
+    elif n > 1:
         graph += f",split={n}" + "".join(f"[s{i}]" for i in range(n)) + ";"
         graph += ";".join(f"[s{i}]" + ",".join(scale_filters(r)) + f"[v{i}]" for i, r in enumerate(rungs))
     else:
@@ -135,7 +145,7 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
         args += ["-map", f"[v{i}]", *x264,
                  "-force_key_frames", kf, "-fps_mode", "passthrough", "-an", "-sn", "-dn",
                  "-f", "mpegts", out]
-    return args
+    return args + preview_outputs
 
 
 def _first_packet_pts(path: str) -> float:
@@ -185,8 +195,11 @@ def worker_threads() -> int:
 
 def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, rotation: int,
                     cfr: bool, frame_rate: str, threads: int | None = None, progress_key: str | None = None,
-                    force_seek: bool = False, keyframe_seconds: float | None = None) -> dict:
-    """Encode a chunk into every rung; returns {index, frames, mode, outputs: {rung: url}, seconds}."""
+                    force_seek: bool = False, keyframe_seconds: float | None = None,
+                    previews: dict | None = None) -> dict:
+    """Encode a chunk into every rung; returns {index, frames, mode, outputs: {rung: url}, seconds,
+    previews}. With `previews` (a `thumbnails.preview_plan`), the chunk's timeline previews and
+    poster candidates are stored under `out_url`/previews and described in `previews`."""
     settings = get_settings()
     keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
     logger = _logger()
@@ -201,8 +214,12 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     def progress(fraction: float) -> None:
         report_progress(progress_key or label, fraction, index=chunk["index"], frames=chunk["frames"])
 
+    targets = (thumbnails.preview_targets(previews, chunk["start"], chunk["end"], float(chunk["half_frame"]))
+               if previews else [])
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="encode-") as tmp:
         outs = [str(Path(tmp) / f"{r['name']}.ts") for r in rungs]
+        frames_dir = Path(tmp) / "previews"
+        frames_dir.mkdir()
         attempts = [mode] if mode == "seek" else ["copy", "seek"]
         frames_seen: dict[str, int] = {}
         for attempt in attempts:
@@ -212,9 +229,10 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                 args = build_encode_command(
                     chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
                     keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
-                    seek=attempt == "seek")
+                    seek=attempt == "seek", previews=(targets, previews) if targets else None)
                 ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
-                           on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001))
+                           on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
+                           cwd=frames_dir)
             frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break
@@ -226,6 +244,9 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             raise PermanentMediaError(
                 f"{label} ({chunk['start']:.3f}-{chunk['end']:.3f} s) decoded to {sorted(set(frames_seen.values()))} "
                 f"frames, expected {chunk['frames']}: the source is damaged there; re-export it and upload again")
+        stored_previews = (thumbnails.upload_previews(thumbnails.read_previews(frames_dir, targets),
+                                                      storage.join(out_url, "previews"))
+                           if targets else [])
         outputs = {}
         for r, o in zip(rungs, outs):
             url = storage.join(out_url, r["name"], f"chunk_{chunk['index']:05d}.ts")
@@ -236,7 +257,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                 seconds, mode, threads)
     return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "outputs": outputs,
             "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads,
-            "started_at": started_at, "ended_at": time.time(),
+            "started_at": started_at, "ended_at": time.time(), "previews": stored_previews,
             # CPU of this task's ffmpeg/ffprobe runs (exact with one task per worker process)
             "cpu_seconds": round(_children_cpu() - cpu_before, 3)}
 
@@ -244,7 +265,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
 @task(name="encode", task_run_name="encode chunk {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, rotation: int, cfr: bool,
                  frame_rate: str, label: str, threads: int | None = None, progress_key: str | None = None,
-                 force_seek: bool = False, keyframe_seconds: float | None = None) -> dict:
+                 force_seek: bool = False, keyframe_seconds: float | None = None,
+                 previews: dict | None = None) -> dict:
     return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, rotation=rotation,
                            cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
-                           force_seek=force_seek, keyframe_seconds=keyframe_seconds)
+                           force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews)

@@ -16,6 +16,14 @@ from tests.transcode_support import (  # noqa: F401 - fixtures
 )
 
 
+def _decoded(path) -> bytes:
+    """The pixels of an image, as ffmpeg decodes them."""
+    import subprocess
+
+    return subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                          check=True, capture_output=True).stdout
+
+
 def test_ingest_publishes_a_checked_ladder_with_progress_and_artifacts(ingest_env, media_dir):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
@@ -59,6 +67,18 @@ def test_ingest_publishes_a_checked_ladder_with_progress_and_artifacts(ingest_en
     cues = storage.read_text(vtt)
     assert cues.startswith("WEBVTT") and "#xywh=" in cues
     assert "thumbnails" in {t.name.split(" ")[0] for t in _task_runs(vid)}
+    # the chunks took the previews from their own decodes, across chunk joins: the same frames
+    # (so the same pixels) as one pass over the whole source, one per second of the 8 s clip
+    from tasks.thumbnails import make_thumbnails
+
+    alone = make_thumbnails(str(src), storage.url_for("compare", vid))
+    assert cues == storage.read_text(alone["thumbnails_url"]) and cues.count("#xywh=") == 8
+    sheets = sorted(u for u in storage.list_files(storage.url_for("hls", vid, run, "thumbs")) if u.endswith(".jpg"))
+    assert len(sheets) == len(alone["sprite_urls"]) == 1
+    assert _decoded(storage.local_path_of(sheets[0])) == _decoded(storage.local_path_of(alone["sprite_urls"][0]))
+    assert _decoded(storage.local_path_of(poster)) == _decoded(storage.local_path_of(alone["poster_url"]))
+    # and the scratch space with the per-chunk previews is gone
+    assert not storage.exists(storage.url_for("scratch", vid, run))
 
     with get_client(sync_client=True) as client:
         row_flow = client.read_flow_runs(flow_run_filter=FlowRunFilter(
