@@ -156,9 +156,10 @@ class Stack:
             self.prefect_api = f"http://127.0.0.1:{port}/api"
             home = data / "prefect"
             env = {**base, "PREFECT_HOME": str(home),
-                   "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                   # queued ingests re-check for a free slot every few seconds, not every 30
-                   "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5"}
+                   "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+            # queued ingests re-check for a free slot every few seconds, not every 30 (unless the
+            # operator chose a pace)
+            env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
             env.pop("PREFECT_API_URL", None)
             comps.append(Component("prefect", [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                                "--port", str(port)], env,

@@ -1,9 +1,10 @@
 """The whole stack as `vodflow up` starts it, and the faults it must survive.
 
 One stack serves every test in this module (starting it costs ~15 s): an upload through tus
-reaching READY through the `ingest/on-demand` deployment, a Dask worker killed mid-encode, the
+reaching READY through the `ingest/on-demand` deployment, a batch of uploads queueing behind the
+ingest concurrency limit (1 here, so any overlap shows), a Dask worker killed mid-encode, the
 serve process killed mid-run and recovered by maintenance, a watch folder with one file under two
-names, and finally a clean shutdown that leaves no process behind.
+names, and finally Ctrl-C in the middle of an encode, which must leave no process behind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -100,6 +102,9 @@ def stack(tmp_path_factory):
         "VODFLOW_WEB_WORKERS": "2",
         "VODFLOW_BULK_INGEST_URL": str(watch),
         "VODFLOW_BULK_INGEST_SETTLE_SECONDS": "1",
+        # one ingest at a time: a second run RUNNING at once is then a broken limit, not load
+        "VODFLOW_MAX_CONCURRENT_INGESTS": "1",
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",  # queued runs retry sooner
         # above the 30 s heartbeat, so only a really silent run counts as dead
         "VODFLOW_STALE_RUN_SECONDS": "40",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
@@ -134,7 +139,7 @@ def test_stack_is_healthy_and_serves_the_deployments(stack):
     assert health["status"] == "ok", health
     assert all(c["ok"] and c.get("configured", True) for c in health["checks"].values())
     ingest = prefect_get(stack.api, "/deployments/name/ingest/on-demand")
-    assert ingest["global_concurrency_limit"]["limit"] == 2
+    assert ingest["global_concurrency_limit"]["limit"] == 1
     for name, cron in (("bulk-ingest/scheduled", "*/10 * * * *"), ("maintenance/hourly", "7 * * * *")):
         dep = prefect_get(stack.api, f"/deployments/name/{name}")
         assert not dep["paused"]
@@ -161,6 +166,55 @@ def test_tus_upload_becomes_ready_through_the_deployment(stack, clip):
     assert artifacts_of(stack.api, run["id"]), "the ingest run left no artifacts"
     master = requests.get(f"{stack.web}/v/{vid}/master.m3u8", timeout=10)
     assert master.status_code == 200 and "#EXT-X-STREAM-INF" in master.text
+
+
+def test_ingests_beyond_the_concurrency_limit_queue(stack, media_dir):
+    """Three uploads at once under a limit of 1: one runs, the others wait for its slot."""
+    clips = [make_clip(media_dir / f"queued {i}.mp4", duration=3, size="320x180", rate=str(24 + i))
+             for i in range(3)]  # distinct bytes: three videos, not one upload seen three times
+    dep = prefect_get(stack.api, "/deployments/name/ingest/on-demand")
+    assert dep["global_concurrency_limit"]["limit"] == 1
+    vids = {stack.upload(c) for c in clips}
+    runs: dict[str, dict] = {}
+    most_active, waited = 0, set()
+    deadline = time.monotonic() + 180
+    while True:
+        polled = prefect_post(stack.api, "/flow_runs/filter",
+                              {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
+        runs = {r["id"]: r for r in polled if r["parameters"].get("video_id") in vids}
+        states = [r["state"] for r in runs.values()]
+        # PENDING already holds the slot (it is taken on the way to PENDING, given back at the end)
+        active = [st for st in states if st["type"] in ("PENDING", "RUNNING")]
+        most_active = max(most_active, len(active))
+        assert len(active) <= 1, f"{len(active)} ingests held the slot at once: {states}"
+        for rid, r in runs.items():
+            if r["state"]["name"] == "AwaitingConcurrencySlot" or (r["state"]["type"] == "SCHEDULED" and active):
+                waited.add(rid)
+        if len(runs) == 3 and all(st["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                                  for st in states):
+            break
+        assert time.monotonic() < deadline, f"the batch did not finish: {states}"
+        assert stack.proc.poll() is None, "the stack stopped:\n" + stack.output()[-3000:]
+        time.sleep(0.3)
+    assert most_active == 1
+    assert waited, "no ingest was ever seen waiting for the slot"
+    assert [r["state"]["type"] for r in runs.values()] == ["COMPLETED"] * 3
+    # the full state history closes the gaps between polls: running spans never overlap, and the
+    # runs that queued did so in AwaitingConcurrencySlot
+    spans, queued = [], 0
+    for rid in runs:
+        history = sorted(prefect_get(stack.api, f"/flow_run_states/?flow_run_id={rid}"),
+                         key=lambda st: datetime.fromisoformat(st["timestamp"]))
+        queued += "AwaitingConcurrencySlot" in [st["name"] for st in history]
+        start = next(datetime.fromisoformat(st["timestamp"]) for st in history if st["type"] == "RUNNING")
+        end = next(datetime.fromisoformat(st["timestamp"]) for st in history if st["type"] == "COMPLETED")
+        spans.append((start, end))
+    spans.sort()
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"running spans overlap: {spans}"
+    assert queued >= 1
+    for vid in vids:
+        assert stack.wait_video(vid)["status"] == "READY"
 
 
 def test_curl_upload_plays_end_to_end(stack, media_dir):
@@ -212,14 +266,15 @@ def test_curl_upload_plays_end_to_end(stack, media_dir):
     assert len(programs) == 2
 
 
-def _worker_ffmpeg(stack, timeout: float = 120) -> psutil.Process:
-    """An ffmpeg started by a Dask worker process of the stack, as soon as one runs."""
+def _worker_ffmpeg(stack, timeout: float = 120, encoding: bool = False) -> psutil.Process:
+    """An ffmpeg started by a Dask worker process of the stack, as soon as one runs (with
+    `encoding`, only a video encode: not the split, audio or thumbnail steps)."""
     workers = stack.component("dask worker")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in workers.children(recursive=True):
             try:
-                if p.name() == "ffmpeg":
+                if p.name() == "ffmpeg" and (not encoding or "libx264" in p.cmdline()):
                     return p
             except psutil.Error:
                 continue
@@ -285,15 +340,41 @@ def test_same_file_dropped_twice_is_transcoded_once(stack, clip):
     assert "duplicate" in art["data"]
 
 
-def test_zz_ctrl_c_stops_everything(stack):
+def _stack_processes(data: Path) -> list[psutil.Process]:
+    """Every live process on the machine started by the stack with this data dir (its
+    components, their workers and flow runs, and any ffmpeg they started), wherever it was
+    re-parented to."""
+    found = []
+    for p in psutil.process_iter(["name"]):
+        try:
+            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
+    """Last in the module, as it stops the stack: Ctrl-C while a worker's ffmpeg is encoding."""
+    # 720p: three rungs per chunk, so one encode outlasts the web and serve stops (~3 s)
+    clip = make_clip(media_dir / "interrupted.mp4", duration=6, size="1280x720")
+    stack.upload(clip)
+    ffmpeg = _worker_ffmpeg(stack, encoding=True)
     tree = descendants(stack.proc.pid)
-    assert len(tree) >= 5
     stack.proc.send_signal(signal.SIGINT)
-    assert stack.proc.wait(120) == 0
+    assert ffmpeg in tree and alive([ffmpeg]) == [ffmpeg], "the encode ended before Ctrl-C: nothing to prove"
+    assert len(tree) >= 6
+    # the encode is still going once the web app has stopped: the shutdown has to deal with it,
+    # it does not just outwait it
+    deadline = time.monotonic() + 30
+    while "web stopped" not in stack.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive([ffmpeg]) == [ffmpeg], "the encode ended early in the shutdown: nothing to prove"
+    assert stack.proc.wait(120) == 0, stack.output()[-3000:]
+    assert not alive([ffmpeg]), f"ffmpeg {ffmpeg.pid} outlived the stack: {ffmpeg.cmdline()}"
     time.sleep(0.5)
     left = alive(tree)
     assert left == [], [p.cmdline() for p in left]
-    leftovers = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "ffmpeg" and str(stack.data) in " ".join(p.info["cmdline"] or [])]
-    assert leftovers == []
+    left = _stack_processes(stack.data)
+    assert left == [], [p.cmdline() for p in left]
     assert "stopped cleanly" in stack.output()
