@@ -69,7 +69,7 @@ class TreeSampler:
                     rss = p.memory_info().rss
                     t = p.cpu_times()
                     name = p.name()
-                    cmd = " ".join(p.cmdline()[:3])
+                    cmd = " ".join(p.cmdline()[:6])
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 continue
             is_media = name in ("ffmpeg", "ffprobe")
@@ -80,8 +80,9 @@ class TreeSampler:
                 used = t.user + t.system + (0.0 if is_media else t.children_user + t.children_system)
             if used is not None:
                 self._cpu[p.pid] = max(self._cpu.get(p.pid, 0.0), used)
-            kind = "ffmpeg" if "ffmpeg" in name else ("dask worker" if "spawn" in cmd or "multiprocessing" in cmd
-                                                     else ("prefect server" if "prefect" in cmd else "python"))
+            kind = ("ffmpeg" if "ffmpeg" in name else
+                    "dask worker" if "spawn_main" in cmd else
+                    "prefect server" if "uvicorn" in cmd or "prefect" in cmd else "python")
             self.peaks[kind] = max(self.peaks.get(kind, 0), rss)
             self._kind[p.pid] = "flow process (scheduler, flow)" if p.pid == os.getpid() else kind
             if rss > self.peak_rss:
