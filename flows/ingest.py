@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.exceptions import ExternalSignal
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 
@@ -60,6 +61,21 @@ P_SPLIT, P_ENCODED, P_PACKAGED = 5.0, 90.0, 99.0
 
 class IngestFailed(RuntimeError):
     """The video could not be transcoded; the message says why and what to do."""
+
+
+class Superseded(RuntimeError):
+    """A newer run of the same video took it over (a re-dispatch while this one was still
+    alive): this run stops without touching the video, whose state is the newer run's."""
+
+
+def _owned(s, video_id: str, owner: str | None):
+    """The video row, locked, if run `owner` (a flow run id) still holds it; else Superseded.
+    A run holds the video from `begin` until another dispatch or run records its own id."""
+    v = get_video(s, video_id, lock=True)
+    if owner is not None and v.flow_run_id is not None and v.flow_run_id != owner:
+        raise Superseded(f"video {video_id} was handed to flow run {v.flow_run_id}; this run "
+                         f"({owner}) stops and leaves the video to it")
+    return v
 
 
 def new_run_id() -> str:
@@ -116,23 +132,25 @@ def remove_stale_runs(video_id: str, keep: set[str]) -> list[str]:
     return removed
 
 
-def save_probe(video_id: str, info: MediaInfo) -> None:
+def save_probe(video_id: str, info: MediaInfo, *, owner: str | None = None) -> None:
     from flows.intake import video_fields
 
     with session_scope() as s:
-        v = get_video(s, video_id)
+        v = _owned(s, video_id, owner)
         for k, val in video_fields(info).items():
             setattr(v, k, val)
 
 
-def progress(video_id: str, pct: float, stage: str | None = None) -> None:
+def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str | None = None) -> None:
     with session_scope() as s:
-        set_progress(s, video_id, pct, stage)
+        if owner is None or _owned(s, video_id, owner):
+            set_progress(s, video_id, pct, stage)
 
 
 def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame_rate: float,
-                      *, make_current: bool) -> None:
+                      *, make_current: bool, owner: str | None = None) -> None:
     with session_scope() as s:
+        _owned(s, video_id, owner)
         s.add(Rendition(
             video_id=video_id, run=run, name=rung["name"], width=rung["width"], height=rung["height"],
             bandwidth=packaged["bandwidth"], average_bandwidth=packaged["average_bandwidth"],
@@ -145,22 +163,24 @@ def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame
             v.current_run = run
 
 
-def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str) -> None:
+def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str, *, owner: str | None = None) -> None:
     with session_scope() as s:
+        _owned(s, video_id, owner)
         s.add(Rendition(video_id=video_id, run=run, name=rung["name"], width=rung["width"],
                         height=rung["height"], status=RenditionStatus.FAILED, error=reason[:2000]))
 
 
-def save_thumbnails(video_id: str, thumbs: dict) -> None:
+def save_thumbnails(video_id: str, thumbs: dict, *, owner: str | None = None) -> None:
     with session_scope() as s:
-        v = get_video(s, video_id)
+        v = _owned(s, video_id, owner)
         v.poster_url = thumbs.get("poster_url")
         v.thumbnails_url = thumbs.get("thumbnails_url")
 
 
-def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None) -> None:
+def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None,
+           owner: str | None = None) -> None:
     with session_scope() as s:
-        v = get_video(s, video_id)
+        v = _owned(s, video_id, owner)
         if VideoStatus(v.status) == VideoStatus.DELETED:
             return
         if status in (VideoStatus.READY, VideoStatus.PARTIAL):
@@ -171,11 +191,11 @@ def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, s
         transition(s, v, status, error=error)
 
 
-def fail(video_id: str, message: str, *, published: str | None = None) -> None:
+def fail(video_id: str, message: str, *, published: str | None = None, owner: str | None = None) -> None:
     """End the run as failed. A video that still has an earlier published run keeps playing
     it: it goes back to READY/PARTIAL with the reason of this failure in `error`."""
     with session_scope() as s:
-        v = get_video(s, video_id)
+        v = _owned(s, video_id, owner)
         if VideoStatus(v.status) != VideoStatus.PROCESSING:
             return
         v.stage = "failed"
@@ -212,6 +232,7 @@ class Tracker:
     """Progress of the transcode: catalog (forward only) and a Prefect progress artifact."""
 
     video_id: str
+    owner: str | None = None  # the flow run id that holds the video
     total_frames: int = 1
     artifact_id: object = None
     last: float = -1.0
@@ -235,7 +256,7 @@ class Tracker:
             return
         pct = max(pct, self.last)
         self.last = pct
-        progress(self.video_id, pct, stage)
+        progress(self.video_id, pct, stage, owner=self.owner)
         if self.artifact_id is not None:
             try:
                 update_progress_artifact(self.artifact_id, round(pct, 1))
@@ -322,7 +343,11 @@ def ingest(video_id: str) -> dict:
     progressive = published is None
     work_url = storage.url_for("scratch", video_id, run)
     hls_url = storage.url_for("hls", video_id, run)
-    tracker = Tracker(video_id)
+    tracker = Tracker(video_id, owner=flow_run_id)
+    # the run's lease: tasks store output only while it exists (see tasks.retry.check_lease);
+    # every way out of this run removes the scratch space, and the lease with it
+    lease_url = storage.join(work_url, "lease")
+    storage.write_text(lease_url, flow_run_id or run)
     try:
         tracker.artifact_id = create_progress_artifact(progress=0.0, key=f"transcode-{video_id}",
                                                        description=f"transcode of video {video_id}, run {run}")
@@ -331,19 +356,42 @@ def ingest(video_id: str) -> dict:
     timings: dict[str, float] = {}
     try:
         result = _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive,
-                            published, logger)
+                            published, logger, lease_url)
+    except (ExternalSignal, KeyboardInterrupt, SystemExit):
+        # the process is being stopped (Ctrl-C, a deploy, SIGTERM), not the video failing:
+        # it stays PROCESSING, Prefect records the run as crashed, and maintenance dispatches
+        # it again. This run's unpublished output goes now; maintenance would remove it later.
+        tracker.cancel_all()
+        try:
+            storage.delete(work_url)
+            if not _has_published(video_id, run):
+                storage.delete(hls_url)
+        finally:
+            logger.warning("video %s: this run was stopped from outside; maintenance will run it again",
+                           video_id)
+        raise
     except BaseException as exc:
         tracker.cancel_all()
         message = exc.args[0] if isinstance(exc, IngestFailed) else (
             f"{_describe(exc)}" if isinstance(exc, MediaError) else
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
             "re-run it with `python -m flows.ingest " + video_id + "` and report it if it repeats")
+        superseded = exc if isinstance(exc, Superseded) else None
         try:
-            fail(video_id, message, published=published)
+            if superseded is None:
+                fail(video_id, message, published=published, owner=flow_run_id)
+        except Superseded as taken:
+            # a newer run removed this one's files (that is how it failed): not the video's fault
+            superseded = taken
         finally:
             storage.delete(work_url)
             if not _has_published(video_id, run):
                 storage.delete(hls_url)
+        if superseded is not None:
+            logger.warning("%s", superseded)
+            if superseded is exc:
+                raise
+            raise superseded from exc
         logger.error("video %s FAILED: %s", video_id, message)
         raise
     storage.delete(work_url)
@@ -360,11 +408,11 @@ def _has_published(video_id: str, run: str) -> bool:
 
 
 def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive, published,
-               logger) -> dict:
+               logger, lease_url) -> dict:
     settings = get_settings()
     t = time.monotonic()
     info = MediaInfo.from_dict(probe_task(source_url, video_id))
-    save_probe(video_id, info)
+    save_probe(video_id, info, owner=tracker.owner)
     rungs = ladder_task(info.to_dict(), video_id)
     timings["probe"] = time.monotonic() - t
     logger.info("ladder for %dx%d %s: %s", info.display_width, info.display_height, info.video_codec,
@@ -390,7 +438,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     if info.has_audio:
         audio_fut = tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
                                         info.audio_stream_index, plan["t0"], plan["duration"],
-                                        info.audio_channels, label=video_id))
+                                        info.audio_channels, label=video_id, lease_url=lease_url))
     # side tasks never decide the video's fate (poster and sprite sheets); each entry:
     # (name, future). The chunk encodes take the preview frames from their own decode.
     side_tasks: list[tuple[str, object]] = []
@@ -400,7 +448,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     rotation = info.rotation
     encode_kwargs = dict(source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
                          rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
-                         keyframe_seconds=settings.keyframe_seconds, previews=previews)
+                         keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url)
 
     def submit_chunk(c: dict):
         return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
@@ -464,11 +512,11 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     for r in rungs:  # lowest first: Dask starts them in submission order
         packaging[r["name"]] = tracker.track(package_rung.submit(
             r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
-            plan["segment_times"], plan["duration"], rung_name=r["name"]))
+            plan["segment_times"], plan["duration"], rung_name=r["name"], lease_url=lease_url))
     # sheets and poster from the previews the chunks stored; after the rungs, which players wait for
     side_tasks.append(("thumbnails", tracker.track(thumbnails_task.submit(
         [p for _, r in sorted(encoded.items()) for p in r.get("previews", [])], hls_url, previews,
-        label=video_id))))
+        label=video_id, lease_url=lease_url))))
     validating: dict[str, object] = {}
     packaged: dict[str, dict] = {}
     results: dict[str, dict] = {}  # name -> {"ok", "reason"}
@@ -504,10 +552,10 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             res = results[name]
             if res["ok"]:
                 publish_rendition(video_id, run, by_name[name], packaged[name], info.frame_rate,
-                                  make_current=progressive)
+                                  make_current=progressive, owner=tracker.owner)
                 logger.info("published %s", name)
             else:
-                record_failed_rendition(video_id, run, by_name[name], res["reason"])
+                record_failed_rendition(video_id, run, by_name[name], res["reason"], owner=tracker.owner)
                 logger.error("rung %s failed: %s", name, res["reason"])
                 storage.delete(storage.join(hls_url, name))
             next_to_publish += 1
@@ -520,7 +568,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         if not ok:
             logger.warning("side task %s failed: %s", name, _describe(value))
         elif name == "thumbnails":
-            save_thumbnails(video_id, value)
+            save_thumbnails(video_id, value, owner=tracker.owner)
 
     good = [n for n in order if results[n]["ok"]]
     bad = [n for n in order if not results[n]["ok"]]
@@ -532,7 +580,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     if audio_note:
         messages.append(audio_note)
     status = VideoStatus.PARTIAL if messages else VideoStatus.READY
-    finish(video_id, run, status, "; ".join(messages) or None, switch_from=published)
+    finish(video_id, run, status, "; ".join(messages) or None, switch_from=published, owner=tracker.owner)
     if published and published != run:
         storage.delete(storage.url_for("hls", video_id, published))
     tracker.set(100.0)

@@ -20,7 +20,7 @@ from config import storage
 from config.settings import get_settings
 from tasks import ffmpeg
 from tasks.ladder import AUDIO_BITRATE
-from tasks.retry import RETRY_OPTIONS, report_progress
+from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
 from tasks.split import _logger
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def build_audio_command(input_path: str, out_path: str, *, stream_index: int, t0
 
 
 def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: float, duration: float,
-                    channels: int, progress_key: str = "audio") -> dict:
+                    channels: int, progress_key: str = "audio", lease_url: str | None = None) -> dict:
     settings = get_settings()
     logger = _logger()
     t_begin = time.monotonic()
@@ -65,6 +65,7 @@ def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: flo
                                            channels=channels),
                        timeout=settings.ffmpeg_timeout, what="audio encode",
                        on_progress=lambda f: report_progress(progress_key, f), duration=duration)
+        check_lease(lease_url)
         storage.move_local_file(out, out_url)
     seconds = time.monotonic() - t_begin
     logger.info("audio: %.2f s of AAC-LC stereo %d Hz in %.2f s (source had %d channels)",
@@ -75,6 +76,6 @@ def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: flo
 
 @task(name="audio", task_run_name="audio {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def encode_audio(source_url: str, out_url: str, stream_index: int, t0: float, duration: float,
-                 channels: int, label: str = "") -> dict:
+                 channels: int, label: str = "", lease_url: str | None = None) -> dict:
     return encode_audio_fn(source_url, out_url, stream_index=stream_index, t0=t0, duration=duration,
-                           channels=channels)
+                           channels=channels, lease_url=lease_url)

@@ -25,7 +25,7 @@ from config.settings import available_cores, get_settings
 from tasks import ffmpeg, thumbnails
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
-from tasks.retry import RETRY_OPTIONS, report_progress
+from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
 from tasks.split import _logger
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def worker_threads() -> int:
 def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, rotation: int,
                     cfr: bool, frame_rate: str, threads: int | None = None, progress_key: str | None = None,
                     force_seek: bool = False, keyframe_seconds: float | None = None,
-                    previews: dict | None = None) -> dict:
+                    previews: dict | None = None, lease_url: str | None = None) -> dict:
     """Encode a chunk into every rung; returns {index, frames, mode, outputs: {rung: url}, seconds,
     previews}. With `previews` (a `thumbnails.preview_plan`), the chunk's timeline previews and
     poster candidates are stored under `out_url`/previews and described in `previews`."""
@@ -244,6 +244,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             raise PermanentMediaError(
                 f"{label} ({chunk['start']:.3f}-{chunk['end']:.3f} s) decoded to {sorted(set(frames_seen.values()))} "
                 f"frames, expected {chunk['frames']}: the source is damaged there; re-export it and upload again")
+        check_lease(lease_url)
         stored_previews = (thumbnails.upload_previews(thumbnails.read_previews(frames_dir, targets),
                                                       storage.join(out_url, "previews"))
                            if targets else [])
@@ -266,7 +267,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
 def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, rotation: int, cfr: bool,
                  frame_rate: str, label: str, threads: int | None = None, progress_key: str | None = None,
                  force_seek: bool = False, keyframe_seconds: float | None = None,
-                 previews: dict | None = None) -> dict:
+                 previews: dict | None = None, lease_url: str | None = None) -> dict:
     return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, rotation=rotation,
                            cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
-                           force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews)
+                           force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews,
+                           lease_url=lease_url)

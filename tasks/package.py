@@ -24,7 +24,7 @@ from config.settings import get_settings
 from tasks import ffmpeg
 from tasks.audio import AUDIO_CODECS
 from tasks.ladder import codec_string
-from tasks.retry import RETRY_OPTIONS
+from tasks.retry import RETRY_OPTIONS, check_lease
 from tasks.split import _logger
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def _local_files(urls: list[str], workdir: Path):
 
 
 def package_rung_fn(rung: dict, chunks: list[dict], *, audio_url: str | None, out_url: str,
-                    segment_starts: list[int], segment_times: list[float], duration: float) -> dict:
+                    segment_starts: list[int], segment_times: list[float], duration: float,
+                    lease_url: str | None = None) -> dict:
     """chunks: [{url, start, end}] in order. Writes segments then the playlist under out_url.
     Returns the playlist URL and measured bit rates."""
     settings = get_settings()
@@ -118,6 +119,7 @@ def package_rung_fn(rung: dict, chunks: list[dict], *, audio_url: str | None, ou
         sizes = [p.stat().st_size for p in segments]
         (seg_dir / PLAYLIST).write_text(variant_playlist(durations, [p.name for p in segments]))
         # segments first, the playlist last: a reader never sees a playlist before its segments
+        check_lease(lease_url)
         storage.publish_dir(seg_dir, out_url)
     rates = [8 * s / d for s, d in zip(sizes, durations) if d > 0]
     peak = int(math.ceil(max(rates))) if rates else 0
@@ -136,6 +138,7 @@ def package_rung_fn(rung: dict, chunks: list[dict], *, audio_url: str | None, ou
 
 @task(name="package", task_run_name="package {rung_name}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def package_rung(rung: dict, chunks: list[dict], audio_url: str | None, out_url: str, segment_starts: list[int],
-                 segment_times: list[float], duration: float, rung_name: str = "") -> dict:
+                 segment_times: list[float], duration: float, rung_name: str = "",
+                 lease_url: str | None = None) -> dict:
     return package_rung_fn(rung, chunks, audio_url=audio_url, out_url=out_url, segment_starts=segment_starts,
-                           segment_times=segment_times, duration=duration)
+                           segment_times=segment_times, duration=duration, lease_url=lease_url)

@@ -39,6 +39,25 @@ RETRY_OPTIONS = dict(
 )
 
 
+class RunStopped(RuntimeError):
+    """The run a task belongs to has ended (failed, stopped, or taken over by a newer run of
+    the video) while the task was still working: its output would only be an orphan."""
+
+    permanent = True
+
+
+def check_lease(lease_url: str | None) -> None:
+    """Before a task stores its output: is its run still alive? The flow keeps a lease file in
+    the run's scratch space and removes that space when the run ends, so a task a cancelled
+    run could not interrupt drops its output instead of leaving it behind."""
+    if not lease_url:
+        return
+    from config import storage
+
+    if not storage.exists(lease_url):
+        raise RunStopped("the run this task belonged to has ended; its output was dropped")
+
+
 def report_progress(key: str, fraction: float, **extra) -> None:
     """Tell the flow how far a task is (per chunk). Goes through the Dask scheduler's event log,
     so it needs no catalog access and works from a worker on another machine; outside Dask it

@@ -41,7 +41,7 @@ from config.settings import get_settings
 from tasks import ffmpeg
 from tasks.ffmpeg import PermanentMediaError
 from tasks.probe import probe_path
-from tasks.retry import RETRY_OPTIONS
+from tasks.retry import RETRY_OPTIONS, check_lease
 
 PREVIEW_LONG_SIDE = 160  # px: the size players show under the seek bar
 ANALYSIS_WIDTH = 320  # px: large enough for blur detection, small enough to be cheap
@@ -246,7 +246,7 @@ def upload_previews(previews: list[dict], url: str) -> list[dict]:
     return out
 
 
-def assemble_thumbnails(previews: list[dict], output_url: str, plan: dict) -> dict:
+def assemble_thumbnails(previews: list[dict], output_url: str, plan: dict, lease_url: str | None = None) -> dict:
     """Sprite sheets, WebVTT index and poster from every chunk's stored previews, published
     under `output_url`. See the module docstring for what is returned."""
     settings = get_settings()
@@ -275,6 +275,7 @@ def assemble_thumbnails(previews: list[dict], output_url: str, plan: dict) -> di
                  for k, p in sorted(by_index.items())]
         poster = choose_poster(stats)
         storage.get_file(by_index[poster.index]["poster_url"], out / "poster.jpg")
+        check_lease(lease_url)
         return _publish(out, output_url, plan, count, poster.index * plan["interval"])
 
 
@@ -328,6 +329,7 @@ def make_thumbnails(source_url: str, output_url: str) -> dict:
 
 
 @task(name="thumbnails", task_run_name="thumbnails {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
-def thumbnails_task(previews: list[dict], output_url: str, plan: dict, label: str = "") -> dict:
+def thumbnails_task(previews: list[dict], output_url: str, plan: dict, label: str = "",
+                    lease_url: str | None = None) -> dict:
     """`assemble_thumbnails` as a Prefect task on the cluster, retried when transient."""
-    return assemble_thumbnails(previews, output_url, plan)
+    return assemble_thumbnails(previews, output_url, plan, lease_url)

@@ -358,7 +358,7 @@ def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
     """Last in the module, as it stops the stack: Ctrl-C while a worker's ffmpeg is encoding."""
     # 720p: three rungs per chunk, so one encode outlasts the web and serve stops (~3 s)
     clip = make_clip(media_dir / "interrupted.mp4", duration=6, size="1280x720")
-    stack.upload(clip)
+    vid = stack.upload(clip)
     ffmpeg = _worker_ffmpeg(stack, encoding=True)
     tree = descendants(stack.proc.pid)
     stack.proc.send_signal(signal.SIGINT)
@@ -378,3 +378,10 @@ def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
     left = _stack_processes(stack.data)
     assert left == [], [p.cmdline() for p in left]
     assert "stopped cleanly" in stack.output()
+    # being stopped is not the video's fault: it is left PROCESSING for maintenance to dispatch
+    # again when the stack is back, not FAILED
+    import sqlite3
+
+    with sqlite3.connect(stack.data / "vodflow.db") as db:
+        (status, error), = db.execute("select status, error from videos where id = ?", (vid,)).fetchall()
+    assert status == "PROCESSING", (status, error)

@@ -171,3 +171,36 @@ def test_failed_reprocessing_keeps_the_published_version(ingest_env, media_dir):
     assert row["status"] == "READY" and row["current_run"] == first["run"]
     assert "previous version is still published" in row["error"]
     check_published(vid, src, expect_audio=True)
+
+
+def test_a_second_run_of_a_video_takes_over_from_the_first(ingest_env, busy_clip):
+    """Two runs of one video at once (a re-dispatch while the first was still alive): the
+    newer one publishes; the older one stops without failing the video or touching its files."""
+    from config import storage
+    from flows.ingest import Superseded
+
+    vid = add_video(busy_clip)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(video_row(vid)["status"])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t, first = _run_in_thread(vid)
+    _encoding_ffmpeg(_worker_pids(ingest_env))  # the first run is encoding
+    second, exc = run_ingest(vid)
+    t.join(120)
+    stop.set()
+    watcher.join()
+    assert exc is None, exc
+    assert isinstance(first["exc"], Superseded), first
+    assert "FAILED" not in seen
+    facts = check_published(vid, busy_clip, expect_audio=True)
+    assert facts["row"]["current_run"] == second["run"] and facts["row"]["error"] is None
+    assert {r["run"] for r in facts["row"]["renditions"]} == {second["run"]}
+    assert [e["name"] for e in storage.list_dir(storage.url_for("hls", vid))] == [second["run"]]
+    assert storage.list_files(storage.url_for("scratch", vid)) == []
