@@ -52,7 +52,7 @@ def gunicorn_command(settings) -> list[str]:
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.web_host}:{settings.web_port}",
         "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", "32", "--worker-connections", "2000",
+        "--worker-class", "gthread", "--threads", str(settings.web_threads), "--worker-connections", "2000",
         "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
         # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
         # default gunicorn believes X-Forwarded-Proto from any local process
