@@ -236,6 +236,7 @@ class Tracker:
     total_frames: int = 1
     artifact_id: object = None
     last: float = -1.0
+    last_at: float = 0.0
     chunk_done: dict = field(default_factory=dict)  # index -> fraction
     events_since: float = 0.0
     inflight: list = field(default_factory=list)  # every future submitted, to cancel on failure
@@ -252,10 +253,13 @@ class Tracker:
                 pass
 
     def set(self, pct: float, stage: str | None = None) -> None:
-        if pct < self.last + 0.5 and stage is None:
+        # a step of at least 0.5 % and a second since the last write: the catalog and the
+        # Prefect API see ~1 update a second per ingest, not one per poll
+        now = time.monotonic()
+        if stage is None and pct < 100.0 and (pct < self.last + 0.5 or now - self.last_at < 1.0):
             return
         pct = max(pct, self.last)
-        self.last = pct
+        self.last, self.last_at = pct, now
         progress(self.video_id, pct, stage, owner=self.owner)
         if self.artifact_id is not None:
             try:
