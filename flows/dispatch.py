@@ -22,14 +22,32 @@ DEPLOYMENT = "ingest/on-demand"
 LOCAL_PREFIX = "local:"
 
 
-def _record_run(video_id: str, run_id: str) -> None:
+_UNSET = object()
+
+
+def _record_run(video_id: str, run_id: str, *, unless_changed_from=_UNSET) -> None:
+    """Write the run id on the video. With `unless_changed_from`, only if the video still has
+    that id: a local run may already have recorded its own Prefect id, which must stand."""
     from sqlalchemy import update
 
     from catalog.db import session_scope
     from catalog.models import Video
 
+    stmt = update(Video).where(Video.id == video_id)
+    if unless_changed_from is not _UNSET:
+        stmt = stmt.where(Video.flow_run_id.is_(None) if unless_changed_from is None
+                          else Video.flow_run_id == unless_changed_from)
     with session_scope() as s:
-        s.execute(update(Video).where(Video.id == video_id).values(flow_run_id=run_id))
+        s.execute(stmt.values(flow_run_id=run_id))
+
+
+def _current_run(video_id: str) -> str | None:
+    from catalog.db import session_scope
+    from catalog.models import Video
+
+    with session_scope() as s:
+        v = s.get(Video, video_id)
+        return v.flow_run_id if v is not None else None
 
 
 def _attempt(video_id: str) -> int:
@@ -76,12 +94,13 @@ def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
             return run_id
         except Exception as exc:  # noqa: BLE001 - no deployment served: fall back to a local run
             log.warning("deployment %s unavailable (%s); running ingest locally", DEPLOYMENT, exc)
+    before = _current_run(video_id)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.ingest", video_id],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     run_id = local_run_id(proc.pid)
-    _record_run(video_id, run_id)
+    _record_run(video_id, run_id, unless_changed_from=before)
     log.info("dispatched %s to local process %d", video_id, proc.pid)
     return run_id

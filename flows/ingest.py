@@ -14,6 +14,7 @@ Run one by hand with `python -m flows.ingest VIDEO_ID`.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sys
 import time
@@ -27,10 +28,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.exceptions import ExternalSignal
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from catalog.db import session_scope
-from catalog.models import Rendition, RenditionStatus, VideoStatus
+from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
 from catalog.state import get_video, set_progress, transition
 from config import links, storage
 from config.settings import get_settings, prefect_api_url
@@ -71,6 +72,10 @@ class Superseded(RuntimeError):
 def _owned(s, video_id: str, owner: str | None):
     """The video row, locked, if run `owner` (a flow run id) still holds it; else Superseded.
     A run holds the video from `begin` until another dispatch or run records its own id."""
+    if owner is not None:
+        # take the write lock before reading: SQLite starts a transaction only at the first
+        # write, and the check must hold until this session commits (a row lock on PostgreSQL)
+        s.execute(update(Video).where(Video.id == video_id).values(flow_run_id=Video.flow_run_id))
     v = get_video(s, video_id, lock=True)
     if owner is not None and v.flow_run_id is not None and v.flow_run_id != owner:
         raise Superseded(f"video {video_id} was handed to flow run {v.flow_run_id}; this run "
@@ -117,18 +122,35 @@ def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | 
     return source_url, published
 
 
-def remove_stale_runs(video_id: str, keep: set[str]) -> list[str]:
-    """Delete run folders and rendition rows of runs that are neither published nor ours."""
+_RUN_ID = re.compile(r"r\d{14}[0-9a-f]{4}")
+
+
+def _earlier(name: str, run: str) -> bool:
+    """Whether run folder `name` belongs to a run started before `run` (ids sort by start
+    time); a folder that is not a run id at all is leftover and counts as earlier."""
+    return name < run if _RUN_ID.fullmatch(name) else True
+
+
+def remove_stale_runs(video_id: str, run: str, keep: set[str], *, owner: str | None = None) -> list[str]:
+    """Delete run folders and rendition rows of earlier runs that are neither published nor
+    ours. Run ids sort by start time, so a run never removes a newer one's files; and only
+    while it still holds the video."""
+    with session_scope() as s:
+        _owned(s, video_id, owner)
     removed = []
     for entry in storage.list_dir(storage.url_for("hls", video_id)):
-        if entry["type"] == "directory" and entry["name"] not in keep:
+        if entry["type"] == "directory" and entry["name"] not in keep and _earlier(entry["name"], run):
             storage.delete(entry["url"])
             removed.append(entry["name"])
     for entry in storage.list_dir(storage.url_for("scratch", video_id)):
-        if entry["name"] not in keep:
+        if entry["name"] not in keep and _earlier(entry["name"], run):
             storage.delete(entry["url"])
     with session_scope() as s:
-        s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run.not_in(keep)))
+        _owned(s, video_id, owner)
+        runs = set(s.scalars(select(Rendition.run).where(Rendition.video_id == video_id)))
+        stale = [r for r in runs if r not in keep and _earlier(r, run)]
+        if stale:
+            s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run.in_(stale)))
     return removed
 
 
@@ -340,7 +362,7 @@ def ingest(video_id: str) -> dict:
     t_start = time.monotonic()
     source_url, published = begin(video_id, run, flow_run_id)
     keep = {run} | ({published} if published else set())
-    removed = remove_stale_runs(video_id, keep)
+    removed = remove_stale_runs(video_id, run, keep, owner=flow_run_id)
     if removed:
         logger.info("removed unfinished earlier runs: %s", ", ".join(removed))
     # a video already playing keeps its published run until this one is complete
@@ -585,6 +607,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         messages.append(audio_note)
     status = VideoStatus.PARTIAL if messages else VideoStatus.READY
     finish(video_id, run, status, "; ".join(messages) or None, switch_from=published, owner=tracker.owner)
+    tracker.owner = None  # done: a re-dispatch from here on must not fail this finished run
     if published and published != run:
         storage.delete(storage.url_for("hls", video_id, published))
     tracker.set(100.0)

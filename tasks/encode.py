@@ -230,9 +230,23 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
                     keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
                     seek=attempt == "seek", previews=(targets, previews) if targets else None)
-                ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
-                           on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
-                           cwd=frames_dir)
+                try:
+                    ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
+                               on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
+                               cwd=frames_dir)
+                except PermanentMediaError as exc:
+                    if not targets:
+                        raise
+                    # previews are a side product: never let them cost the video its renditions
+                    logger.warning("%s: encode with previews failed (%s); encoding without them", label, exc)
+                    targets = []
+                    args = build_encode_command(
+                        chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
+                        keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
+                        seek=attempt == "seek")
+                    ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
+                               on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
+                               cwd=frames_dir)
             frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break
@@ -245,9 +259,16 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                 f"{label} ({chunk['start']:.3f}-{chunk['end']:.3f} s) decoded to {sorted(set(frames_seen.values()))} "
                 f"frames, expected {chunk['frames']}: the source is damaged there; re-export it and upload again")
         check_lease(lease_url)
-        stored_previews = (thumbnails.upload_previews(thumbnails.read_previews(frames_dir, targets),
-                                                      storage.join(out_url, "previews"))
-                           if targets else [])
+        stored_previews = []
+        if targets:
+            # exact frame times: n / rate with constant frame rate, else the 1/90000 clock
+            rate = _rate_expr(frame_rate)
+            time_base = Fraction(rate.denominator, rate.numerator) if cfr else Fraction(1, 90000)
+            try:
+                stored_previews = thumbnails.upload_previews(
+                    thumbnails.read_previews(frames_dir, targets, time_base), storage.join(out_url, "previews"))
+            except (PermanentMediaError, OSError) as exc:
+                logger.warning("%s: no timeline previews from this chunk (%s)", label, exc)
         outputs = {}
         for r, o in zip(rungs, outs):
             url = storage.join(out_url, r["name"], f"chunk_{chunk['index']:05d}.ts")

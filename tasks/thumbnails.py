@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+from fractions import Fraction
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class FrameStats:
     high: float = 0.0
     blur: float = math.inf
     time: float = 0.0  # seconds, on the analysed stream's clock
+    pts: int | None = None  # exact, in the analysed stream's time base
 
     @property
     def usable(self) -> bool:
@@ -104,7 +106,7 @@ def choose_poster(stats: list[FrameStats]) -> FrameStats:
     return min(near, key=lambda s: abs(s.index - n / 3))
 
 
-_FRAME = re.compile(r"\bframe:\s*(\d+)\s+pts:\s*\S+\s+pts_time:\s*(\S+)")
+_FRAME = re.compile(r"\bframe:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:\s*(\S+)")
 _VALUE = re.compile(r"\blavfi\.(signalstats\.YAVG|signalstats\.YLOW|signalstats\.YHIGH|blur)=(\S+)")
 _FIELDS = {"signalstats.YAVG": "luma", "signalstats.YLOW": "low", "signalstats.YHIGH": "high", "blur": "blur"}
 
@@ -118,7 +120,8 @@ def parse_stats(text: str) -> list[FrameStats]:
         if m:
             current = frames.setdefault(int(m.group(1)), FrameStats(int(m.group(1))))
             try:
-                current.time = float(m.group(2))
+                current.time = float(m.group(3))  # printed to 6 significant digits only
+                current.pts = int(m.group(2))
             except ValueError:
                 pass
             continue
@@ -175,11 +178,14 @@ def preview_plan(duration: float, display_w: int, display_h: int) -> dict:
 
 def preview_targets(plan: dict, start: float, end: float, half_frame: float) -> list[tuple[int, float]]:
     """The previews whose frame lies in [start, end) of the global timeline (a chunk), as
-    (index, time relative to `start` from which the first frame is taken)."""
+    (index, time relative to `start` from which the first frame is taken). Preview k shows the
+    first frame at or after k * interval - half a frame, so it belongs to the chunk when
+    start - half <= k * interval < end - half: every preview to exactly one chunk, the same
+    rule on both sides of a join."""
     interval = plan["interval"]
     out = []
     k = max(0, math.ceil((start - half_frame) / interval - 1e-9))
-    while k < plan["count"] and k * interval - half_frame < end - half_frame - 1e-9:
+    while k < plan["count"] and k * interval < end - half_frame - 1e-9:
         out.append((k, max(0.0, k * interval - start - half_frame)))
         k += 1
     return out
@@ -211,13 +217,18 @@ def preview_graph(source: str, targets: list[tuple[int, float]], plan: dict) -> 
     return graph, outputs
 
 
-def read_previews(folder: Path, targets: list[tuple[int, float]]) -> list[dict]:
+def read_previews(folder: Path, targets: list[tuple[int, float]], time_base: Fraction | None = None) -> list[dict]:
     """After the ffmpeg run of `preview_graph` in `folder`: one entry per target with its files
-    and statistics, in index order."""
+    and statistics, in index order. With the stream's `time_base`, frame times come from the
+    exact pts (ffmpeg prints pts_time to 6 significant digits, too coarse past 1000 s)."""
     stats_path = folder / STATS_FILE
     frames = parse_stats(stats_path.read_text(errors="replace") if stats_path.exists() else "")
     if not frames:
         raise PermanentMediaError("no picture could be decoded for previews")
+    if time_base is not None:
+        for f in frames:
+            if f.pts is not None:
+                f.time = float(f.pts * time_base)
     out = []
     i = 0
     for k, t in targets:
@@ -317,12 +328,12 @@ def make_thumbnails(source_url: str, output_url: str) -> dict:
         plan = preview_plan(info.duration or 0.0, info.display_width, info.display_height)
         half = 0.5 / info.frame_rate if info.frame_rate else 0.0
         targets = preview_targets(plan, 0.0, plan["duration"] + 2 * half, half)
-        graph, outputs = preview_graph("[0:v:0]setpts=PTS-STARTPTS,", targets, plan)
+        graph, outputs = preview_graph("[0:v:0]settb=1/90000,setpts=PTS-STARTPTS,", targets, plan)
         folder = Path(tmp) / "frames"
         folder.mkdir()
         ffmpeg.run([*ffmpeg.SAFE_INPUT, "-i", str(src), "-an", "-sn", "-dn", "-filter_complex", graph, *outputs],
                    timeout=settings.ffmpeg_timeout, what="ffmpeg (previews)", cwd=folder)
-        previews = read_previews(folder, targets)
+        previews = read_previews(folder, targets, Fraction(1, 90000))
         for p in previews:
             p["preview_url"], p["poster_url"] = p["preview"], p["poster"]
         return assemble_thumbnails(previews, output_url, plan)

@@ -4,8 +4,10 @@ S3 with nothing but URLs and settings."""
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,27 @@ def test_runs_on_a_dask_worker_against_s3(tmp_path, monkeypatch):
     finally:
         server.stop()
         reset_settings()
+
+
+@pytest.mark.parametrize("rate", [Fraction(30000, 1001), Fraction(25), Fraction(60000, 1001)])
+def test_every_preview_belongs_to_exactly_one_chunk(rate):
+    """Chunks cut at arbitrary frames (NTSC rates put joins a hair off every whole second):
+    each preview is taken by exactly one chunk, and that chunk holds its frame."""
+    from tasks.thumbnails import preview_plan, preview_targets
+
+    frames = int(rate * 95)
+    duration = float(frames / rate)
+    half = float(1 / rate / 2)
+    plan = preview_plan(duration, 1920, 1080)
+    cuts = [0, 1, 300, 301, 600, 899, 1200, 1201, 1500, 2000, frames]
+    cuts = sorted({c for c in cuts if c <= frames})
+    seen = []
+    for a, b in zip(cuts, cuts[1:]):
+        start, end = float(a / rate), float(b / rate)
+        for k, rel in preview_targets(plan, start, end, half):
+            # the first frame at or after the target, on the chunk's own frame grid
+            n = max(0, math.ceil((rel - 1e-9) * rate))
+            assert a + n < b, (k, a, b, n)
+            assert abs(float((a + n) / rate) - k * plan["interval"]) <= half + 1e-9
+            seen.append(k)
+    assert sorted(seen) == list(range(len(seen))) == list(range(plan["count"]))
