@@ -226,27 +226,25 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             src_url = chunk["url"] if attempt == "copy" else source_url
             with storage.local_copy(src_url, settings.work_dir) as path:
                 offset = (_first_packet_pts(str(path)) - chunk["key_pts"]) if attempt == "copy" else 0.0
-                args = build_encode_command(
-                    chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
-                    keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
-                    seek=attempt == "seek", previews=(targets, previews) if targets else None)
-                try:
+
+                def run_encode() -> None:
+                    args = build_encode_command(
+                        chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
+                        keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
+                        seek=attempt == "seek", previews=(targets, previews) if targets else None)
                     ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
                                on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
                                cwd=frames_dir)
+
+                try:
+                    run_encode()
                 except PermanentMediaError as exc:
                     if not targets:
                         raise
                     # previews are a side product: never let them cost the video its renditions
                     logger.warning("%s: encode with previews failed (%s); encoding without them", label, exc)
                     targets = []
-                    args = build_encode_command(
-                        chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
-                        keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
-                        seek=attempt == "seek")
-                    ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
-                               on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
-                               cwd=frames_dir)
+                    run_encode()
             frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break

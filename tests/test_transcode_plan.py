@@ -102,3 +102,35 @@ def test_split_writes_exact_chunks_from_a_real_file(tmp_path, monkeypatch):
         path = storage.local_path_of(c["url"])
         n = len(read_packets(path).pts)
         assert n == c["frames"]  # closed GOPs: the slice holds exactly its own frames
+
+
+def test_a_chunk_keeps_its_renditions_when_its_previews_fail(tmp_path, monkeypatch):
+    """Previews are a side product of the chunk encode: a preview branch ffmpeg refuses (here a
+    poster size it cannot scale to) costs the chunk its previews, never its renditions."""
+    from config import storage
+    from config.settings import reset_settings
+    from tasks.encode import count_video_packets, encode_chunk_fn
+    from tasks.ladder import choose_ladder
+    from tasks.probe import probe_path
+    from tasks.split import split_source_fn
+    from tasks.thumbnails import preview_plan
+
+    monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "var"))
+    reset_settings()
+    src = make_clip(tmp_path / "p.mp4", duration=4, size="320x240", gop=30, audio=False)
+    work = storage.url_for("scratch", "v", "r")
+    plan = split_source_fn("file://" + str(src), work, workers=2, avg_frame_rate="30/1")
+    rungs = [r.to_dict() for r in choose_ladder(probe_path(src))]
+    good = preview_plan(plan["duration"], 320, 240)
+    broken = {**good, "poster_width": "width_of_nothing", "poster_height": 2}
+    chunk = plan["chunks"][0]
+    kwargs = dict(source_url="file://" + str(src), rungs=rungs, out_url=storage.join(work, "enc"), rotation=0,
+                  cfr=plan["cfr"], frame_rate=plan["frame_rate"], threads=1)
+    ok = encode_chunk_fn(chunk, previews=good, **kwargs)
+    assert [p["index"] for p in ok["previews"]] == list(range(len(ok["previews"]))) and ok["previews"]
+    for p in ok["previews"]:
+        assert storage.read_bytes(p["preview_url"])[:4] == b"\x89PNG"
+    out = encode_chunk_fn(chunk, previews=broken, **kwargs)
+    assert out["previews"] == []
+    for url in out["outputs"].values():
+        assert count_video_packets(str(storage.local_path_of(url))) == chunk["frames"]
