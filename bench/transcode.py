@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -229,7 +228,6 @@ def project(result: dict, wall: float, overhead_serial: float, duration: float, 
     else:
         slope, fixed = (sum(ys) / sum(xs) if xs else 0.0), 0.0
     total_frames = sum(frames.values())
-    fps = total_frames / duration if duration else 30
     package = max(result["package_seconds"].values()) if result["package_seconds"] else 0.0
     out = []
     for w in (workers_measured, 4, 16, 64):

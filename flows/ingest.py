@@ -355,7 +355,6 @@ def ingest(video_id: str) -> dict:
     """Transcode one stored video into an HLS ladder and publish it. Idempotent per video:
     every run writes a new run folder and removes unfinished earlier ones."""
     logger = _logger()
-    settings = get_settings()
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     run = new_run_id()

@@ -145,7 +145,7 @@ def test_stack_is_healthy_and_serves_the_deployments(stack):
         assert not dep["paused"]
         assert [s["schedule"]["cron"] for s in dep["schedules"] if s["active"]] == [cron]
     out = stack.output()
-    for line in ("Prefect UI", "Dask        tcp://127.0.0.1:", f"web app", "/upload"):
+    for line in ("Prefect UI", "Dask        tcp://127.0.0.1:", "web app", "/upload"):
         assert line in out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from array import array
 from fractions import Fraction
 
