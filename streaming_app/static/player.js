@@ -576,11 +576,22 @@
     vol = Math.max(0, Math.min(1, Math.round(vol * 100) / 100));
     this.video.volume = vol;
     if (vol > 0 && this.video.muted) this.video.muted = false;
+    this._savePreferences();
   };
 
   P.setMuted = function (muted) {
     this.video.muted = muted;
     if (!muted && this.video.volume === 0) this.video.volume = 0.5;
+    this._savePreferences();
+  };
+
+  // The viewer's own change is stored at once: `volumechange` fires a task later, and a
+  // viewer who unmutes and then reloads or leaves straight away must find it remembered.
+  P._savePreferences = function () {
+    if (!this.video.muted) this.autoMuted = false;
+    if (this.autoMuted) return;
+    storageSet(STORE_VOLUME, String(this.video.volume));
+    storageSet(STORE_MUTED, this.video.muted ? "1" : "0");
   };
 
   P.toggleFullscreen = function () {
@@ -910,10 +921,7 @@
     this.els.mute.setAttribute("aria-label", muted ? "Unmute (m)" : "Mute (m)");
     this.els.mute.title = muted ? "Unmute (m)" : "Mute (m)";
     this.root.classList.toggle("muted", muted);
-    if (!this.autoMuted) {
-      storageSet(STORE_VOLUME, String(v.volume));
-      storageSet(STORE_MUTED, v.muted ? "1" : "0");
-    }
+    if (!this.autoMuted) this._savePreferences(); // also changes made outside our controls
     if (!v.muted) { this.autoMuted = false; this._hide("unmute"); }
   };
 
