@@ -51,10 +51,10 @@ request = function()
 end
 done = function(summary, latency, requests)
   io.write(string.format('RESULT {"requests": %%d, "bytes": %%d, "duration_us": %%d, "p50_us": %%d, ' ..
-    '"p99_us": %%d, "max_us": %%d, "connect": %%d, "read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\\n',
+    '"p99_us": %%d, "p999_us": %%d, "max_us": %%d, "connect": %%d, "read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\\n',
     summary.requests, summary.bytes, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.max, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status,
-    summary.errors.timeout))
+    latency:percentile(99.9), latency.max, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout))
 end
 """
 
@@ -183,7 +183,7 @@ def wrk(base: str, paths: list[str], seconds: float, connections: int, run_dir: 
     secs = r["duration_us"] / 1e6
     cpu_us = (tree_cpu_seconds(pid) - cpu_before) / max(1, r["requests"]) * 1e6 if pid else 0.0
     return {"rps": r["requests"] / secs, "mbps": r["bytes"] / secs / 1e6, "p50_ms": r["p50_us"] / 1000,
-            "p99_ms": r["p99_us"] / 1000, "cpu_us": cpu_us,
+            "p99_ms": r["p99_us"] / 1000, "p999_ms": r["p999_us"] / 1000, "cpu_us": cpu_us,
             "errors": sum(r[k] for k in ("connect", "read", "write", "status", "timeout")), "requests": r["requests"]}
 
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                             r = wrk(base, paths, args.seconds, args.connections, run_dir, pid)
                             results.setdefault((name, kind), []).append(r)
                             console.print(f"  round {rnd + 1} {kind:8} {name:5} {r['rps']:9.0f} req/s "
-                                          f"{r['mbps']:8.1f} MB/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
+                                          f"{r['mbps']:8.1f} MB/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  p99.9 {r['p999_ms']:6.1f} ms"
                                           f"  {r['cpu_us']:6.0f} us CPU/req  errors {r['errors']}  "
                                           f"load {os.getloadavg()[0]:.1f}")
             soak = None
@@ -310,16 +310,16 @@ def main(argv: list[str] | None = None) -> int:
 
     med = {key: median_of(runs) for key, runs in results.items()}
     table = Table(title=f"median of {args.rounds} run(s), {args.connections} connections, {args.seconds:g} s each")
-    for col in ("kind", "server", "req/s", "MB/s", "p50 ms", "p99 ms", "CPU us/req", "errors"):
+    for col in ("kind", "server", "req/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req", "errors"):
         table.add_column(col, justify="right" if col not in ("kind", "server") else "left")
     for kind in ("segments", "master"):
         a, n = med[("app", kind)], med[("nginx", kind)]
         for name, m in (("app", a), ("nginx", n)):
             table.add_row(kind, name, f"{m['rps']:.0f}", f"{m['mbps']:.1f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}",
-                          f"{m['cpu_us']:.0f}", str(m["errors"]))
+                          f"{m['p999_ms']:.1f}", f"{m['cpu_us']:.0f}", str(m["errors"]))
         table.add_row(kind, "app/nginx", f"{a['rps'] / n['rps']:.2f}", f"{a['mbps'] / n['mbps']:.2f}",
                       f"{a['p50_ms'] / n['p50_ms']:.2f}", f"{a['p99_ms'] / n['p99_ms']:.2f}",
-                      f"{a['cpu_us'] / n['cpu_us']:.2f}" if n["cpu_us"] else "", "", end_section=True)
+                      f"{a['p999_ms'] / n['p999_ms']:.2f}", f"{a['cpu_us'] / n['cpu_us']:.2f}" if n["cpu_us"] else "", "", end_section=True)
     console.print(table)
 
     seg_ratio = med[("app", "segments")]["rps"] / med[("nginx", "segments")]["rps"]
