@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.media import make_clip
 from tests.servers import prefect_server
+
+# A test that talks to Prefect asks for the `prefect_api` fixture (the session's real server).
+# Without this, one that forgot would quietly start a temporary server of its own.
+os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -42,15 +47,38 @@ def clip(media_dir) -> Path:
     return make_clip(media_dir / "clip.mp4")
 
 
+def _drain_prefect_workers() -> None:
+    """Send the logs and events flows in this process still hold before their server stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001 - a worker that never started has nothing to send
+            pass
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real Prefect server for the whole session; PREFECT_API_URL points every process at it."""
     home = tmp_path_factory.mktemp("prefect-home")
     old = os.environ.get("PREFECT_API_URL")
-    with prefect_server(home, home / "server.log") as api:
+    import prefect.context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with prefect_server(home, home / "server.log") as api, ExitStack() as stack:
         os.environ["PREFECT_API_URL"] = api
         os.environ["PREFECT_HOME"] = str(home)
+        # Prefect read its settings when it was imported: flows run in this process (and in
+        # threads it starts) must talk to this server too, not start a temporary one of their
+        # own. The same two steps as Prefect's own test harness.
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api}))
+        global_settings = getattr(prefect.context, "_temporary_global_settings_context", None)
+        if global_settings is not None:
+            stack.enter_context(global_settings(prefect.context.get_settings_context()))
         yield api
+        _drain_prefect_workers()
     if old is None:
         os.environ.pop("PREFECT_API_URL", None)
     else:
