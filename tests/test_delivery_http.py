@@ -27,9 +27,10 @@ def backend(request):
 
 def _client():
     from streaming_app.app import create_app
-    from streaming_app.delivery import master
+    from streaming_app.delivery import master, serve
 
     master.forget()
+    serve.remote_info.forget()
     return create_app().test_client()
 
 
@@ -319,6 +320,16 @@ def test_file_removed_under_a_cached_view_is_rechecked(client, video):
     assert r.status_code == 410
 
 
+def test_a_file_removed_after_it_was_served_is_rechecked(client, video):
+    """The same segment again after the deletion: whatever this worker remembers about the
+    file (its view, and on S3 its size and validators), the read finds it gone: 410."""
+    first = client.get(video.path(*SEG))
+    assert first.status_code == 200
+    assert client.delete(f"/api/videos/{video.video_id}").status_code == 204
+    r = client.get(video.path(*SEG))
+    assert r.status_code == 410 and r.is_json
+
+
 def test_progressive_master_changes_etag_as_renditions_publish(client, hls_ladder):
     from streaming_app.delivery.master import MASTER_MAX_AGE, VIEW_TTL
 
@@ -386,6 +397,28 @@ def test_s3_reads_only_the_requested_range(client, video, monkeypatch):
     assert client.head(video.path("360p", "seg_00099.ts")).status_code == 200
     assert client.get(video.path("360p", "seg_00099.ts"), headers={"If-None-Match": r.headers["ETag"]}).status_code == 304
     assert reads == []  # HEAD and 304 read no bytes
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+def test_s3_asks_for_a_run_files_info_once(client, video, monkeypatch):
+    """Run files never change, so a worker asks S3 for one's size and ETag once: later requests
+    cost one ranged GET each, and HEADs and revalidations no S3 request at all."""
+    from config import storage
+
+    calls = []
+    real_info, real_read = storage.info, storage.read_bytes
+    monkeypatch.setattr(storage, "info", lambda u: calls.append(("info", u)) or real_info(u))
+    monkeypatch.setattr(storage, "read_bytes", lambda u, s=None, e=None: calls.append(("read", u)) or real_read(u, s, e))
+    data = video.local_file(*SEG).read_bytes()
+    first = client.get(video.path(*SEG))
+    assert first.data == data
+    assert [c[0] for c in calls] == ["info", "read"]
+    calls.clear()
+    again = client.get(video.path(*SEG), headers={"Range": "bytes=100-199"})
+    assert again.status_code == 206 and again.data == data[100:200]
+    assert client.head(video.path(*SEG)).headers["ETag"] == first.headers["ETag"]
+    assert client.get(video.path(*SEG), headers={"If-None-Match": first.headers["ETag"]}).status_code == 304
+    assert [c[0] for c in calls] == ["read"]
 
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)

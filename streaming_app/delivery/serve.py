@@ -19,6 +19,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -55,6 +57,42 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
 PRESIGN_SECONDS = 3600
 BLOCK_SIZE = 256 * 1024
+
+
+class RemoteInfoCache:
+    """Size and validators of remote (S3) run files, per worker process.
+
+    Run files never change once published, so asking S3 for their info (a HEAD request) on every
+    request is a round trip for nothing: with the info known, a segment costs one ranged GET, and
+    a HEAD or a revalidation (304) costs no S3 request at all. What the catalog no longer lets
+    us serve is refused before this cache is asked; a file that vanished anyway is found by the
+    read, forgotten here, and answered as missing. Entries live `ttl` seconds at most."""
+
+    def __init__(self, maxsize: int = 10_000, ttl: float = 300.0):
+        self.maxsize, self.ttl = maxsize, ttl
+        self._entries: dict[str, tuple[float, int, float | None, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def open(self, url: str) -> storage.StoredObject:
+        hit = self._entries.get(url)
+        if hit is not None and hit[0] > time.monotonic():
+            return storage.StoredObject(url, hit[1], hit[2], hit[3])
+        obj = storage.open_object(url)
+        with self._lock:
+            if len(self._entries) >= self.maxsize:
+                self._entries.pop(next(iter(self._entries)))  # the oldest
+            self._entries[url] = (time.monotonic() + self.ttl, obj.size, obj.mtime, obj.etag)
+        return obj
+
+    def forget(self, url: str | None = None) -> None:
+        with self._lock:
+            if url is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(url, None)
+
+
+remote_info = RemoteInfoCache()
 
 
 @dataclass
@@ -112,10 +150,12 @@ class RequestHeaders:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"), default)
 
 
-def respond(environ: dict, rep: Representation, content_type: str, cache_control: str, body, close=None) -> Outcome:
+def respond(environ: dict, rep: Representation, content_type: str, cache_control: str, body, close=None,
+            missing=None) -> Outcome:
     """The answer to a GET/HEAD of `rep`: 200, 206, 304, 412 or 416 with every header a cache
     needs. `body(start, length)` gives the content iterable and is only called when bytes are
-    sent; `close()` releases what was opened when they are not."""
+    sent; `close()` releases what was opened when they are not; `missing()` answers when the
+    file turns out to be gone as it is read."""
     method = environ["REQUEST_METHOD"]
     decision = decide(method, RequestHeaders(environ), rep)
     headers = [("ETag", rep.etag_header), ("Last-Modified", rep.last_modified_header),
@@ -136,7 +176,7 @@ def respond(environ: dict, rep: Representation, content_type: str, cache_control
         try:
             content = body(decision.start, decision.length) if sends_body else ()
         except FileNotFoundError:  # removed between the size check and the read
-            return _no_file()
+            return missing() if missing is not None else _no_file()
         except storage.StorageError as exc:
             return _storage_unavailable(exc)
         headers += [("Content-Type", content_type), ("Content-Length", str(decision.length))]
@@ -194,12 +234,18 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
         return Outcome(302, [("Location", storage.presigned_url(url, expires=PRESIGN_SECONDS)),
                              # well inside the signature's lifetime: a cached redirect never expires first
                              ("Cache-Control", f"public, max-age={PRESIGN_SECONDS // 6}")])
-    try:
-        obj = storage.open_object(url)
-    except FileNotFoundError:
+
+    def missing() -> Outcome:
         # deleted while being played? Ask the catalog now rather than trust the cached view.
+        if not local:
+            remote_info.forget(url)
         gone = _unavailable(video_view(video_id, fresh=True))
         return gone if gone is not None else _no_file()
+
+    try:
+        obj = storage.open_object(url) if local else remote_info.open(url)
+    except FileNotFoundError:
+        return missing()
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
     rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}", epoch_seconds(obj.mtime))
@@ -217,7 +263,7 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
         first = next(chunks)
         return itertools.chain([first], chunks)
 
-    return respond(environ, rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close)
+    return respond(environ, rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close, missing=missing)
 
 
 def route(environ: dict) -> Outcome | None:
