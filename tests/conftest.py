@@ -11,7 +11,7 @@ import pytest
 from tests.media import make_clip
 from tests.servers import prefect_server
 
-# A test that talks to Prefect asks for the `prefect_api` fixture (the session's real server).
+# A test that talks to Prefect asks for the `prefect_api` fixture (the real server all tests share).
 # Without this, one that forgot would quietly start a temporary server of its own.
 os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
 
