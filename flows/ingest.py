@@ -165,8 +165,9 @@ def save_probe(video_id: str, info: MediaInfo, *, owner: str | None = None) -> N
 
 def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str | None = None) -> None:
     with session_scope() as s:
-        if owner is None or _owned(s, video_id, owner):
-            set_progress(s, video_id, pct, stage)
+        if owner is not None:
+            _owned(s, video_id, owner)
+        set_progress(s, video_id, pct, stage)
 
 
 def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame_rate: float,
@@ -388,9 +389,7 @@ def ingest(video_id: str) -> dict:
         # it again. This run's unpublished output goes now; maintenance would remove it later.
         tracker.cancel_all()
         try:
-            storage.delete(work_url)
-            if not _has_published(video_id, run):
-                storage.delete(hls_url)
+            _drop_unpublished(video_id, run, work_url, hls_url)
         finally:
             logger.warning("video %s: this run was stopped from outside; maintenance will run it again",
                            video_id)
@@ -409,9 +408,7 @@ def ingest(video_id: str) -> dict:
             # a newer run removed this one's files (that is how it failed): not the video's fault
             superseded = taken
         finally:
-            storage.delete(work_url)
-            if not _has_published(video_id, run):
-                storage.delete(hls_url)
+            _drop_unpublished(video_id, run, work_url, hls_url)
         if superseded is not None:
             logger.warning("%s", superseded)
             if superseded is exc:
@@ -424,6 +421,14 @@ def ingest(video_id: str) -> dict:
     result["timings"] = timings
     logger.info("video %s %s in %.1f s", video_id, result["status"], result["seconds"])
     return result
+
+
+def _drop_unpublished(video_id: str, run: str, work_url: str, hls_url: str) -> None:
+    """A run that ends early removes its scratch space (and its lease with it) and its HLS
+    folder unless a rendition of it was published."""
+    storage.delete(work_url)
+    if not _has_published(video_id, run):
+        storage.delete(hls_url)
 
 
 def _has_published(video_id: str, run: str) -> bool:
