@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 
 from werkzeug.http import http_date, parse_date, quote_etag, unquote_etag
 
@@ -37,11 +38,12 @@ class Representation:
     etag: str  # opaque tag without quotes; always a strong validator
     last_modified: int  # whole seconds since the epoch (HTTP dates have no fraction)
 
-    @property
+    # formatted once per representation: a cached master playlist answers thousands of times
+    @cached_property
     def etag_header(self) -> str:
         return quote_etag(self.etag)
 
-    @property
+    @cached_property
     def last_modified_header(self) -> str:
         return http_date(self.last_modified)
 

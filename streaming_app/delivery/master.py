@@ -12,8 +12,10 @@ a few seconds of staleness, so the bound a viewer sees is VIEW_TTL + MASTER_MAX_
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from catalog.db import session_scope
@@ -24,9 +26,14 @@ from catalog.state import VideoNotFound, get_video, published_renditions
 from streaming_app.delivery.conditional import Representation, epoch_seconds
 
 VIEW_TTL = 1.0
+# How long past VIEW_TTL a view may still answer while one thread reloads it. Reloads take
+# milliseconds; the grace only bounds what a stuck catalog can cost in staleness.
+STALE_GRACE = 5.0
 SIDE_FILES = frozenset({"poster.jpg", "thumbs"})  # beside the rungs, written by the thumbnails task
 MASTER_MAX_AGE = 5
 _MAX_ENTRIES = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def render_master(renditions: list[Rendition]) -> str:
@@ -83,6 +90,8 @@ class VideoView:
 
 
 _views: dict[str, VideoView] = {}
+_refreshing: set[str] = set()  # videos whose view one thread is reloading
+_refresher: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
@@ -114,20 +123,87 @@ def _load(video_id: str) -> VideoView:
     return VideoView(**base, master=body, master_rep=rep)
 
 
-def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
-    """The cached view of a video, reloaded from the catalog when older than VIEW_TTL."""
-    view = _views.get(video_id)
-    if view is not None and not fresh and time.monotonic() - view.loaded_at < VIEW_TTL:
-        return view
-    view = _load(video_id)
+def _store(video_id: str, view: VideoView) -> None:
     with _lock:
         if len(_views) >= _MAX_ENTRIES:
-            cutoff = time.monotonic() - VIEW_TTL
+            cutoff = time.monotonic() - VIEW_TTL - STALE_GRACE
             for key in [k for k, v in _views.items() if v.loaded_at < cutoff]:
                 del _views[key]
             if len(_views) >= _MAX_ENTRIES:
                 _views.clear()
         _views[video_id] = view
+
+
+def _claim(video_id: str) -> bool:
+    """Become the one refresher of a video's view; False when another thread already is."""
+    with _lock:
+        if video_id in _refreshing:
+            return False
+        _refreshing.add(video_id)
+        return True
+
+
+def _refresh(video_id: str) -> VideoView:
+    """Read the catalog for a claimed video, store the view and release the claim."""
+    try:
+        view = _load(video_id)
+        _store(video_id, view)
+        return view
+    finally:
+        with _lock:
+            _refreshing.discard(video_id)
+
+
+def _refresh_quietly(video_id: str) -> None:
+    try:
+        _refresh(video_id)
+    except Exception as exc:  # noqa: BLE001 - the stale view ages out; a request then reports it
+        log.warning("background refresh of video %s failed: %s", video_id, exc)
+
+
+def cached_view(video_id: str) -> VideoView | None:
+    """The video's view from memory, never reading the catalog: a fresh one, or one that went
+    stale less than STALE_GRACE ago, whose refresh this call starts in the background (one at
+    a time per video). None when only the catalog can tell."""
+    view = _views.get(video_id)
+    if view is None:
+        return None
+    age = time.monotonic() - view.loaded_at
+    if age < VIEW_TTL:
+        return view
+    if age >= VIEW_TTL + STALE_GRACE:
+        return None
+    if _claim(video_id):
+        global _refresher
+        if _refresher is None:
+            with _lock:
+                if _refresher is None:
+                    _refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="view-refresh")
+        try:
+            _refresher.submit(_refresh_quietly, video_id)
+        except RuntimeError:  # the executor is shutting down with the process
+            with _lock:
+                _refreshing.discard(video_id)
+            return None
+    return view
+
+
+def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
+    """The cached view of a video, reloaded from the catalog when older than VIEW_TTL. While
+    one thread reloads it, the others keep answering from the stale view (for STALE_GRACE at
+    most) instead of all reading the catalog at once."""
+    if not fresh:
+        view = _views.get(video_id)
+        if view is not None:
+            age = time.monotonic() - view.loaded_at
+            if age < VIEW_TTL:
+                return view
+            if age < VIEW_TTL + STALE_GRACE and not _claim(video_id):
+                return view  # being refreshed right now
+            if age < VIEW_TTL + STALE_GRACE:
+                return _refresh(video_id)
+    view = _load(video_id)
+    _store(video_id, view)
     return view
 
 
