@@ -34,13 +34,14 @@ def _settings():
 def gunicorn_command(settings) -> list[str]:
     """gunicorn as `vodflow web` runs it.
 
-    Worker class gthread: each worker process keeps its keep-alive connections in a poller and
-    lends a thread to a connection only while a request is answered, so thousands of players
-    idling between segments cost no threads. A thread blocked in sendfile() (a slow player) or
-    waiting on S3 releases the GIL; local segments leave through sendfile() from the server's
-    wsgi.file_wrapper, never through Python. gevent was considered: its sockets make gunicorn
-    copy files through Python instead of sendfile(), and its monkey-patching fights s3fs's
-    asyncio thread. One process per core (+1) uses every core despite the GIL.
+    Worker class streaming_app.worker.DeliveryWorker: gunicorn's gthread (each worker process
+    keeps its keep-alive connections in a poller and lends a thread to a request that may wait:
+    uploads, the API, S3), except that delivery requests waiting on nothing - a master playlist
+    in memory, a segment on local disk - are answered on the poller thread itself, files with
+    non-blocking sendfile(), so they cost no thread hand-off and a slow player holds no thread
+    (docs/delivery.md). gevent was considered: its sockets make gunicorn copy files through
+    Python instead of sendfile(), and its monkey-patching fights s3fs's asyncio thread. One
+    process per core (+1) uses every core despite the GIL.
 
     Keep-alive outlasts the idle timeout of the load balancers and CDNs put in front (60 s at
     AWS ALB and most others), so they never send a request on a connection we just closed.
@@ -52,7 +53,8 @@ def gunicorn_command(settings) -> list[str]:
         sys.executable, "-m", "gunicorn",
         "--bind", f"{settings.web_host}:{settings.web_port}",
         "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", str(settings.web_threads), "--worker-connections", "2000",
+        "--worker-class", "streaming_app.worker.DeliveryWorker",
+        "--threads", str(settings.web_threads), "--worker-connections", "2000",
         "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
         # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
         # default gunicorn believes X-Forwarded-Proto from any local process

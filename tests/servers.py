@@ -61,6 +61,18 @@ def web_settings(env: dict, **overrides):
         return load_settings(**overrides)
 
 
+def share_settings(env: dict, monkeypatch) -> None:
+    """Make this test process use the settings (data dir, storage, catalog) of a server started
+    with `env`, for the rest of the test."""
+    from catalog.db import reset_engines
+    from config.settings import reset_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reset_settings()
+    reset_engines()
+
+
 @contextmanager
 def gunicorn_app(env: dict, log_path: Path, workers: int = 2):
     """The web app under gunicorn, with the very command `vodflow web` runs (worker class,

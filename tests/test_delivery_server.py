@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.hls_support import S3_BUCKET, hls_ladder, moto_s3, publish_video  # noqa: F401
-from tests.servers import free_port, web_process
+from tests.servers import free_port, share_settings, web_process
 
 
 @dataclass
@@ -52,13 +52,7 @@ def server(request, tmp_path_factory):
 @pytest.fixture
 def served(server, monkeypatch, hls_ladder):
     """A video published into the running server's catalog and storage."""
-    from catalog.db import reset_engines
-    from config.settings import reset_settings
-
-    for k, v in server.env.items():
-        monkeypatch.setenv(k, v)
-    reset_settings()
-    reset_engines()
+    share_settings(server.env, monkeypatch)
     return server.base, publish_video(hls_ladder)
 
 

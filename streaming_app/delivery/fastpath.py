@@ -39,5 +39,23 @@ class DeliveryFastPath:
         return self.app(environ, start_response)
 
 
+    def immediate(self, environ) -> tuple[int, list[tuple[str, str]], object] | None:
+        """(status, headers, body) for a delivery request answerable without waiting on the
+        catalog or the network (serve.immediate), else None: what streaming_app.worker asks
+        before handing a request to a thread. The body is bytes, or what the environ's
+        wsgi.file_wrapper made of a local file."""
+        out = serve.immediate(environ)
+        if out is None:
+            return None
+        headers = out.headers + self.cors.headers_for(environ.get("HTTP_ORIGIN"), preflight=False)
+        body = out.body
+        if isinstance(body, (list, tuple)):
+            body = b"".join(body)
+        return out.status, headers, body
+
+
 def install(app, cors: CorsPolicy) -> None:
-    app.wsgi_app = DeliveryFastPath(app.wsgi_app, cors)
+    fast = DeliveryFastPath(app.wsgi_app, cors)
+    app.wsgi_app = fast
+    # the web worker answers these on its event loop, without a thread (streaming_app/worker.py)
+    app.immediate_answer = fast.immediate

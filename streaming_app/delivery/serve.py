@@ -28,7 +28,7 @@ from catalog.models import VideoStatus
 from config import storage
 from config.settings import get_settings
 from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
-from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
+from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, cached_view, video_view
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,11 @@ def respond(environ: dict, rep: Representation, content_type: str, cache_control
 def master_playlist(environ: dict, video_id: str) -> Outcome:
     if not ID_RE.fullmatch(video_id):
         return _no_video(video_id)
-    view = video_view(video_id)
+    return _master_of(environ, video_view(video_id))
+
+
+def _master_of(environ: dict, view: VideoView) -> Outcome:
+    video_id = view.video_id
     gone = _unavailable(view)
     if gone is not None:
         return gone
@@ -210,11 +214,32 @@ def master_playlist(environ: dict, video_id: str) -> Outcome:
                    lambda start, length: [data[start:start + length]])
 
 
-def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcome:
+def _file_kind(video_id: str, run: str, parts: list[str]) -> str | None:
+    """The file's extension when the URL names something delivery may serve; None otherwise."""
     name = parts[-1]
     ext = name[name.rfind("."):].lower() if "." in name else ""
     if (not ID_RE.fullmatch(video_id) or not PART_RE.fullmatch(run) or len(parts) > MAX_DEPTH
             or not all(PART_RE.fullmatch(p) for p in parts) or ext not in CONTENT_TYPES):
+        return None
+    return ext
+
+
+def _representation(obj: storage.StoredObject) -> Representation:
+    return Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}", epoch_seconds(obj.mtime))
+
+
+def _send_local(environ: dict, obj: storage.StoredObject, start: int, length: int):
+    wrapper = environ.get("wsgi.file_wrapper")
+    if wrapper is not None:
+        # the server sends it with sendfile() and stops at Content-Length (PEP 3333)
+        obj.file.seek(start)
+        return wrapper(obj.file, BLOCK_SIZE)
+    return storage.iter_object(obj, start, length)
+
+
+def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcome:
+    ext = _file_kind(video_id, run, parts)
+    if ext is None:
         return _no_file()
     view = video_view(video_id)
     gone = _unavailable(view)
@@ -248,22 +273,56 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
         return missing()
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
-    rep = Representation(obj.size, obj.etag or f"{int(obj.mtime or 0):x}-{obj.size:x}", epoch_seconds(obj.mtime))
 
     def body(start: int, length: int):
-        wrapper = environ.get("wsgi.file_wrapper")
-        if obj.file is not None and wrapper is not None:
-            # the server sends it with sendfile() and stops at Content-Length (PEP 3333)
-            obj.file.seek(start)
-            return wrapper(obj.file, BLOCK_SIZE)
-        chunks = storage.iter_object(obj, start, length)
         if local:
-            return chunks
+            return _send_local(environ, obj, start, length)
+        chunks = storage.iter_object(obj, start, length)
         # fetch the first range now: an object removed since its HEAD is a 404, not a cut 200
         first = next(chunks)
         return itertools.chain([first], chunks)
 
-    return respond(environ, rep, CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close, missing=missing)
+    return respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close,
+                   missing=missing)
+
+
+def immediate(environ: dict) -> Outcome | None:
+    """A successful answer (200, 206, 304) to a delivery GET/HEAD that needs neither the catalog
+    nor the network: a master playlist, or a published run file in local storage, of a video
+    whose view is in memory (fresh, or being refreshed in the background). Local files cost an
+    open() and an fstat(), as in nginx. None for anything else - another URL, a refusal, remote
+    storage, a video not in memory - which the web worker then answers the usual way."""
+    parts = environ.get("PATH_INFO", "").split("/")
+    if len(parts) < 4 or parts[0] or parts[1] != "v":
+        return None
+    video_id = parts[2]
+    if len(parts) == 4:
+        if parts[3] != "master.m3u8" or not ID_RE.fullmatch(video_id):
+            return None
+        view = cached_view(video_id)
+        if view is None or view.master is None:
+            return None
+        out = _master_of(environ, view)
+        return None if out.refused else out
+    run, rest = parts[3], parts[4:]
+    ext = _file_kind(video_id, run, rest)
+    if ext is None:
+        return None
+    view = cached_view(video_id)
+    if view is None or _unavailable(view) is not None or not view.may_serve(run, rest):
+        return None
+    url = storage.url_for("hls", video_id, run, *rest)
+    if not storage.is_local(url):
+        return None
+    try:
+        obj = storage.open_object(url)
+    except (FileNotFoundError, storage.StorageError):
+        return None  # the usual path tells a deletion from a missing file
+    out = respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE,
+                  lambda start, length: _send_local(environ, obj, start, length), close=obj.close)
+    if out.refused:
+        return None
+    return out
 
 
 def route(environ: dict) -> Outcome | None:
