@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     web_port: int = Field(8000, ge=1, le=65535)
     web_workers: int = Field(0, ge=0, description="gunicorn workers; 0 = sized to the machine")
     web_threads: int = Field(32, ge=1, le=1024, description="threads per gunicorn worker (requests answered at once)")
+    web_keepalive: int = Field(75, ge=1, le=3600, description="seconds an idle keep-alive connection, or a "
+                                                            "client that stopped reading an answer, is kept")
     web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
                                                     "CPU of a playlist request; CDNs log at the edge)")
     public_url: str = Field("", description="base URL users reach the web app at (links in answers, "

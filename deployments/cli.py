@@ -43,8 +43,9 @@ def gunicorn_command(settings) -> list[str]:
     Python instead of sendfile(), and its monkey-patching fights s3fs's asyncio thread. One
     process per core (+1) uses every core despite the GIL.
 
-    Keep-alive outlasts the idle timeout of the load balancers and CDNs put in front (60 s at
-    AWS ALB and most others), so they never send a request on a connection we just closed.
+    Keep-alive (VODFLOW_WEB_KEEPALIVE, 75 s) outlasts the idle timeout of the load balancers and
+    CDNs put in front (60 s at AWS ALB and most others), so they never send a request on a
+    connection we just closed.
     The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
     and it measured as costly as the whole playlist response; CDNs log at the edge.
     """
@@ -55,7 +56,9 @@ def gunicorn_command(settings) -> list[str]:
         "--workers", str(workers),
         "--worker-class", "streaming_app.worker.DeliveryWorker",
         "--threads", str(settings.web_threads), "--worker-connections", "2000",
-        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", "75",
+        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", str(settings.web_keepalive),
+        # gunicorn's C parser on every path, so the worker's event loop parses as its threads do
+        "--http-parser", "fast",
         # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
         # default gunicorn believes X-Forwarded-Proto from any local process
         "--forwarded-allow-ips", "",

@@ -34,9 +34,9 @@ import time
 from email.utils import formatdate
 from functools import partial
 
-from gunicorn import SERVER
+from gunicorn import SERVER, config
 from gunicorn.http.message import MAX_REQUEST_LINE
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 try:  # gunicorn[fast]
     import gunicorn_h1c
@@ -44,10 +44,14 @@ except ImportError:  # pragma: no cover - a dependency; without it the worker is
     gunicorn_h1c = None
 
 RECV_BYTES = 16384
-# Headers that change how a request is framed or how the connection behaves: gunicorn handles
-# those. Lower-case, as compared.
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"te",
-                      b"http2-settings", b"trailer"})
+# The most of a file one writable event sends before the loop turns to other connections
+# (nginx's sendfile_max_chunk does the same): a client reading faster than the socket buffer
+# fills would otherwise hold the loop for the whole file.
+SLICE_BYTES = 2 * 1024 * 1024
+# Headers that change how a request is framed or how the connection behaves, or that gunicorn
+# maps to an environ key of its own: those requests take gunicorn's path. Lower-case.
+_GUNICORNS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"te",
+                        b"http2-settings", b"trailer", b"content-type", b"script_name"})
 _PREFIXES = (b"GET /v/", b"HEAD /v/")
 # what the path may hold to be used as PATH_INFO as it is: no escapes, query or fragment
 _PLAIN_PATH = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._/")
@@ -81,20 +85,24 @@ class _Transfer:
         self.deadline = 0.0
 
     def push(self) -> bool:
-        """Write what the socket takes now; True when everything is written. Raises OSError when
-        the client is gone."""
+        """Write what the socket takes now, at most SLICE_BYTES of the file; True when everything
+        is written. Raises OSError when the client is gone."""
         sock = self.conn.sock
         try:
             while self.head:
                 # MSG_MORE: the headers leave in the same packet as the file's first bytes
                 n = sock.send(self.head, socket.MSG_MORE if self.left else 0)
                 self.head = self.head[n:]
+            budget = SLICE_BYTES
             while self.left:
-                n = os.sendfile(sock.fileno(), self.file.fileno(), self.offset, self.left)
+                if budget <= 0:
+                    return False  # a fast reader must not keep the loop from everyone else
+                n = os.sendfile(sock.fileno(), self.file.fileno(), self.offset, min(self.left, budget))
                 if n == 0:
                     raise OSError(f"file ended {self.left} bytes early")  # truncated under us
                 self.offset += n
                 self.left -= n
+                budget -= n
         except BlockingIOError:
             return False
         self.close()
@@ -138,13 +146,21 @@ class DeliveryWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         answer = getattr(self.wsgi, "immediate_answer", None)
-        # The access log (and the pre/post_request hooks, which vodflow does not set) sees only
-        # requests answered on gunicorn's own path: with it on, every request takes that path.
-        usable = (answer is not None and gunicorn_h1c is not None and not self.cfg.is_ssl
-                  and not self.cfg.accesslog and self.cfg.protocol == "http")
-        self.immediate_answer = answer if usable else None
+        self.immediate_answer = answer if answer is not None and self._loop_path_allowed() else None
         line = self.cfg.limit_request_line
         self._limit_line = 1024 * 1024 if line == 0 else min(line, MAX_REQUEST_LINE)
+
+    def _loop_path_allowed(self) -> bool:
+        """The event-loop path sees what gunicorn's own path would: the same C parser
+        (`--http-parser fast`), plain HTTP, sendfile allowed. The access log, statsd and the
+        request hooks see only requests answered on gunicorn's path, so with any of them on,
+        every request takes that path."""
+        cfg = self.cfg
+        hooks_default = (cfg.pre_request is config.PreRequest.default
+                         and cfg.post_request is config.PostRequest.default)
+        return (gunicorn_h1c is not None and cfg.http_parser == "fast" and cfg.protocol == "http"
+                and not cfg.is_ssl and cfg.sendfile is not False and not self.log.access_log_enabled
+                and not cfg.statsd_host and hooks_default)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -207,7 +223,7 @@ class DeliveryWorker(ThreadWorker):
         host = False
         for name, value in req["headers"]:
             lname = name.lower()
-            if lname in _FRAMING or b"_" in name:
+            if lname in _GUNICORNS or b"_" in name:
                 return None  # framing is gunicorn's; an underscore name would pass for a dash
             if lname == b"connection":
                 if value.strip().lower() != b"keep-alive":
@@ -228,7 +244,15 @@ class DeliveryWorker(ThreadWorker):
             return None
         if out is None:
             return None
-        status, headers, body = out
+        try:
+            return self._transfer(conn, method, *out)
+        except Exception:  # noqa: BLE001 - nothing is sent yet: the thread path answers it again
+            self.log.exception("answering %s on the event loop failed", environ["PATH_INFO"])
+            if isinstance(out[2], FileBody):
+                out[2].close()
+            return None
+
+    def _transfer(self, conn, method: str, status: int, headers, body) -> _Transfer:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nServer: {SERVER}\r\n".encode("latin-1"),
                  self._date.get(), b"Connection: keep-alive\r\n"]
         length = 0
@@ -266,6 +290,8 @@ class DeliveryWorker(ThreadWorker):
         del self.transfers[conn]
         self.poller.modify(sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
         conn.set_timeout()
+        if not self.alive:  # a stopping worker keeps idle connections briefly, as gthread does
+            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
         self.keepalived_conns.append(conn)
 
     def murder_keepalived(self, force=False):

@@ -4,9 +4,11 @@ catalog view delivery needs per request, cached briefly in the process.
 Every player asks for the master playlist first, so it is the one delivery response that needs
 the catalog. The rendered playlist (and the video's state, which segment requests check too) is
 kept for `VIEW_TTL` seconds per video in each worker: the catalog is read at most once a second
-per video and worker however many players arrive, and a change (a rendition published, the video
-deleted) shows within that second. The master's own `max-age` already allows clients and CDNs
-a few seconds of staleness, so the bound a viewer sees is VIEW_TTL + MASTER_MAX_AGE.
+per video and worker however many players arrive. When it expires, one thread re-reads it while
+the others answer from the view they have, for STALE_GRACE at most, so a change (a rendition
+published, the video deleted) shows within VIEW_TTL + STALE_GRACE, usually within VIEW_TTL and
+one catalog read. The master's own `max-age` already allows clients and CDNs a few seconds of
+staleness on top.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from streaming_app.delivery.conditional import Representation, epoch_seconds
 
 VIEW_TTL = 1.0
 # How long past VIEW_TTL a view may still answer while one thread reloads it. Reloads take
-# milliseconds; the grace only bounds what a stuck catalog can cost in staleness.
-STALE_GRACE = 5.0
+# milliseconds; the grace bounds what a slow catalog can cost in staleness: a change shows
+# within VIEW_TTL + STALE_GRACE at the latest.
+STALE_GRACE = 1.0
+# After a failed reload, the next try waits this long (the stale view answers meanwhile, within
+# the grace): a catalog that is down is not asked again at request rate.
+RETRY_SECONDS = 0.5
 SIDE_FILES = frozenset({"poster.jpg", "thumbs"})  # beside the rungs, written by the thumbnails task
 MASTER_MAX_AGE = 5
 _MAX_ENTRIES = 10_000
@@ -91,6 +97,7 @@ class VideoView:
 
 _views: dict[str, VideoView] = {}
 _refreshing: set[str] = set()  # videos whose view one thread is reloading
+_retry_at: dict[str, float] = {}  # videos whose last reload failed: not before this time
 _refresher: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
@@ -124,7 +131,12 @@ def _load(video_id: str) -> VideoView:
 
 
 def _store(video_id: str, view: VideoView) -> None:
+    """Keep `view` unless a view read later is already stored (a slow refresh must not put back
+    what a fresher read, say the deletion a missing file made us re-read, replaced)."""
     with _lock:
+        old = _views.get(video_id)
+        if old is not None and old.loaded_at > view.loaded_at:
+            return
         if len(_views) >= _MAX_ENTRIES:
             cutoff = time.monotonic() - VIEW_TTL - STALE_GRACE
             for key in [k for k, v in _views.items() if v.loaded_at < cutoff]:
@@ -135,9 +147,10 @@ def _store(video_id: str, view: VideoView) -> None:
 
 
 def _claim(video_id: str) -> bool:
-    """Become the one refresher of a video's view; False when another thread already is."""
+    """Become the one refresher of a video's view; False when another thread already is, or a
+    reload failed less than RETRY_SECONDS ago."""
     with _lock:
-        if video_id in _refreshing:
+        if video_id in _refreshing or time.monotonic() < _retry_at.get(video_id, 0.0):
             return False
         _refreshing.add(video_id)
         return True
@@ -147,7 +160,14 @@ def _refresh(video_id: str) -> VideoView:
     """Read the catalog for a claimed video, store the view and release the claim."""
     try:
         view = _load(video_id)
+    except BaseException:
+        with _lock:
+            _retry_at[video_id] = time.monotonic() + RETRY_SECONDS
+        raise
+    else:
         _store(video_id, view)
+        with _lock:
+            _retry_at.pop(video_id, None)
         return view
     finally:
         with _lock:
@@ -212,5 +232,7 @@ def forget(video_id: str | None = None) -> None:
     with _lock:
         if video_id is None:
             _views.clear()
+            _retry_at.clear()
         else:
             _views.pop(video_id, None)
+            _retry_at.pop(video_id, None)
