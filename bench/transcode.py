@@ -5,7 +5,10 @@ Generates (or takes with --source) a 1080p30 H.264+AAC clip, then in the same ru
   `vodflow up` keeps one running), with a real Prefect server;
 - baseline "one ffmpeg": one process decoding once, `split` into every rung, the same x264
   settings (preset, capped CRF, forced keyframes every 2 s, scene-cut off), `-threads 0`, HLS out.
-Prints both wall times and their ratio, CPU utilisation of the machine's cores by each, the peak
+- "media work alone": the same split, chunk encodes (the encode task's own function) and
+  audio on one plain thread per worker, with no Prefect, Dask or packaging: the best wall time
+  any orchestration of this design could reach on this machine (`--no-ideal` skips it).
+Prints the wall times and their ratios, CPU utilisation of the machine's cores by each, the peak
 memory of any single process, every task's duration, the pipeline overhead (wall time outside
 the chunk and audio encodes), the speed-up projected for 4, 16 and 64 workers, and quality
 parity per rung (PSNR against the scaled source, and size). `--long-check` also builds a
@@ -241,6 +244,45 @@ def project(result: dict, wall: float, overhead_serial: float, duration: float, 
 # ---------------------------------------------------------------------------------------------
 
 
+def ideal_run(source: Path, info, rungs: list[dict], work: Path, slots: int) -> dict:
+    """The media work of the pipeline with no orchestration at all: the same split, the same
+    chunk encodes (the encode task's own function, previews included) and the audio, on `slots`
+    plain threads in this process - no Prefect, no Dask, no packaging. Its wall time is what
+    any orchestration of this design could reach on this machine at best."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from config.settings import get_settings
+    from tasks.audio import encode_audio_fn
+    from tasks.encode import encode_chunk_fn
+    from tasks.split import split_source_fn
+    from tasks.thumbnails import preview_plan
+
+    settings = get_settings()
+    out = work / "ideal"
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.monotonic()
+    plan = split_source_fn(str(source), str(out), workers=slots, video_stream_index=info.video_stream_index,
+                           avg_frame_rate=info.frame_rate_fraction)
+    previews = preview_plan(plan["duration"], info.display_width, info.display_height)
+    jobs = []
+    if info.has_audio:
+        jobs.append(lambda: encode_audio_fn(str(source), str(out / "audio.m4a"), stream_index=info.audio_stream_index,
+                                            t0=plan["t0"], duration=plan["duration"], channels=info.audio_channels))
+    for c in plan["chunks"]:
+        jobs.append(lambda c=c: encode_chunk_fn(
+            c, source_url=str(source), rungs=rungs, out_url=str(out / "enc"), rotation=info.rotation,
+            cfr=plan["cfr"], frame_rate=plan["frame_rate"], threads=max(1, (os.cpu_count() or 1) // slots),
+            keyframe_seconds=settings.keyframe_seconds, previews=previews))
+    with ThreadPoolExecutor(slots) as pool:
+        for f in [pool.submit(j) for j in jobs]:
+            f.result()
+    wall = time.monotonic() - t
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall": wall, "chunks": len(plan["chunks"])}
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -254,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="LocalCluster workers (0 = one per core)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side; medians are reported")
     ap.add_argument("--no-quality", action="store_true", help="skip the PSNR comparison")
+    ap.add_argument("--no-ideal", action="store_true",
+                    help="skip the run of the media work alone (split, chunk encodes, audio on plain threads)")
     ap.add_argument("--long-check", action="store_true", help="memory of the duration-bound steps on 2 h")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (sources, outputs)")
@@ -309,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.ingest import ingest
     from flows.intake import accept
 
-    runs, base_runs = [], []
+    runs, base_runs, ideal_runs = [], [], []
     last_result = None
     base_dir = None
     try:
@@ -317,8 +361,15 @@ def main(argv: list[str] | None = None) -> int:
             # baseline first on even runs, vodflow first on odd ones, so drift in the machine's
             # load does not always favour one side
             order = ["baseline", "vodflow"] if rep % 2 == 0 else ["vodflow", "baseline"]
+            if not args.no_ideal:
+                order.append("ideal")
             for side in order:
-                if side == "vodflow":
+                if side == "ideal":
+                    with TreeSampler() as s:
+                        r = ideal_run(source, info, rungs, work, n_workers)
+                    ideal_runs.append({**r, "cpu": s.used()})
+                    print(f"  run {rep + 1}: media work alone {r['wall']:.1f} s")
+                elif side == "vodflow":
                     tmp = work / f"in-{rep}{source.suffix}"
                     tmp.write_bytes(source.read_bytes())
                     vid = accept(tmp, filename=source.name, title="bench", info=info, dispatch=False)
@@ -381,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  floor on this machine: the chunk encodes alone ({enc_cpu:.1f} CPU s) on all {cores} cores "
           f"= {floor:.1f} s, ratio {floor / b_wall:.2f}; the baseline already keeps {b_cpu * cores:.2f} "
           f"of {cores} cores busy")
+    if ideal_runs:
+        i_wall = median([r["wall"] for r in ideal_runs])
+        print(f"  media work alone (the same split, chunk encodes and audio on {n_workers} plain threads, no "
+              f"Prefect, Dask or packaging): {i_wall:.2f} s, {median([r['cpu'] for r in ideal_runs]):.1f} CPU s, "
+              f"ratio {i_wall / b_wall:.3f}: the best any orchestration of this design reaches here")
     print(f"  pipeline overhead (wall outside chunk+audio encodes): {overhead:.2f} s = "
           f"{100 * overhead / v_wall:.1f} % of vodflow's wall (goal <= 10 %)")
     print()
@@ -447,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             "baseline_wall": b_wall, "vodflow_wall": v_wall, "ratio": v_wall / b_wall, "overhead": overhead,
             "cpu_baseline": b_cpu, "cpu_vodflow": v_cpu, "quality": quality, "long": long,
             "runs": [{k: v for k, v in r.items() if k != "result"} for r in runs], "base_runs": base_runs,
+            "ideal_runs": ideal_runs,
         }, indent=2, default=str))
     return 0
 
