@@ -38,7 +38,7 @@ from gunicorn import SERVER, config
 from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
-try:  # gunicorn[fast]
+try:  # a dependency (gunicorn-h1c); gunicorn refuses --http-parser fast without it
     import gunicorn_h1c
 except ImportError:  # pragma: no cover - a dependency; without it the worker is plain gthread
     gunicorn_h1c = None
