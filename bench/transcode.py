@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -277,8 +278,6 @@ def ideal_run(source: Path, info, rungs: list[dict], work: Path, slots: int) -> 
         for f in [pool.submit(j) for j in jobs]:
             f.result()
     wall = time.monotonic() - t
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     return {"wall": wall, "chunks": len(plan["chunks"])}
 
@@ -493,8 +492,6 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     cluster.close()
     if not args.keep:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"outputs kept in {work}")

@@ -278,11 +278,7 @@ class DeliveryWorker(ThreadWorker):
         try:
             done = transfer.push()
         except OSError:
-            del self.transfers[conn]
-            transfer.close()
-            self.poller.unregister(sock)
-            self.nr_conns -= 1
-            conn.close()
+            self._abandon(transfer)
             return
         if not done:
             transfer.deadline = time.monotonic() + self.cfg.keepalive
@@ -302,16 +298,21 @@ class DeliveryWorker(ThreadWorker):
         if not self.transfers or (now < self._next_sweep and not force):
             return
         self._next_sweep = now + 1.0  # the loop turns thousands of times a second; once is enough
-        for conn, transfer in list(self.transfers.items()):
+        for transfer in list(self.transfers.values()):
             if force or transfer.deadline < now:
-                del self.transfers[conn]
-                transfer.close()
-                try:
-                    self.poller.unregister(conn.sock)
-                except (OSError, KeyError, ValueError):
-                    pass
-                self.nr_conns -= 1
-                conn.close()
+                self._abandon(transfer)
+
+    def _abandon(self, transfer: _Transfer) -> None:
+        """Close a connection whose answer will not be finished (the client is gone or stalled)."""
+        conn = transfer.conn
+        del self.transfers[conn]
+        transfer.close()
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        self.nr_conns -= 1
+        conn.close()
 
     # -- bookkeeping --------------------------------------------------------------------------
 

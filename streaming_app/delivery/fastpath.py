@@ -38,7 +38,6 @@ class DeliveryFastPath:
                 return out.body if method == "GET" else ()
         return self.app(environ, start_response)
 
-
     def immediate(self, environ) -> tuple[int, list[tuple[str, str]], object] | None:
         """(status, headers, body) for a delivery request answerable without waiting on the
         catalog or the network (serve.immediate), else None: what streaming_app.worker asks

@@ -193,19 +193,25 @@ def cached_view(video_id: str) -> VideoView | None:
         return view
     if age >= VIEW_TTL + STALE_GRACE:
         return None
-    if _claim(video_id):
-        global _refresher
-        if _refresher is None:
-            with _lock:
-                if _refresher is None:
-                    _refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="view-refresh")
-        try:
-            _refresher.submit(_refresh_quietly, video_id)
-        except RuntimeError:  # the executor is shutting down with the process
-            with _lock:
-                _refreshing.discard(video_id)
-            return None
+    if _claim(video_id) and not _refresh_in_background(video_id):
+        return None
     return view
+
+
+def _refresh_in_background(video_id: str) -> bool:
+    """Hand a claimed video's re-read to the refresher threads; False (claim released) when
+    they are gone with the process."""
+    global _refresher
+    with _lock:
+        if _refresher is None:  # created after gunicorn's fork, in the worker that uses it
+            _refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="view-refresh")
+    try:
+        _refresher.submit(_refresh_quietly, video_id)
+        return True
+    except RuntimeError:  # the executor is shutting down with the process
+        with _lock:
+            _refreshing.discard(video_id)
+        return False
 
 
 def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
@@ -218,10 +224,9 @@ def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
             age = time.monotonic() - view.loaded_at
             if age < VIEW_TTL:
                 return view
-            if age < VIEW_TTL + STALE_GRACE and not _claim(video_id):
-                return view  # being refreshed right now
             if age < VIEW_TTL + STALE_GRACE:
-                return _refresh(video_id)
+                # one thread re-reads; the others keep the view while it does
+                return _refresh(video_id) if _claim(video_id) else view
     view = _load(video_id)
     _store(video_id, view)
     return view

@@ -320,9 +320,7 @@ def immediate(environ: dict) -> Outcome | None:
         return None  # the usual path tells a deletion from a missing file
     out = respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE,
                   lambda start, length: _send_local(environ, obj, start, length), close=obj.close)
-    if out.refused:
-        return None
-    return out
+    return None if out.refused else out
 
 
 def route(environ: dict) -> Outcome | None:
