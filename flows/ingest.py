@@ -2,8 +2,8 @@
 in parallel) → package each rung → validate → publish, lowest rung first.
 
 Tasks move only storage URLs and small dicts, so any Dask worker that can reach the storage
-runs them. This flow is the only place that touches the catalog: state changes, progress
-(forward only), renditions. Output goes to a new run folder `hls/{video_id}/{run}/`; a rung
+runs them. Only this flow touches the catalog, through the steps of `catalog/runs.py`: state
+changes, progress (forward only), renditions. Output goes to a new run folder `hls/{video_id}/{run}/`; a rung
 becomes visible when its Rendition row is READY and the video's `current_run` points at its
 run. Re-running the flow for a video (after a crash, or to reprocess) starts a new run and
 removes the leftovers of runs that never finished.
@@ -13,29 +13,39 @@ Run one by hand with `python -m flows.ingest VIDEO_ID`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import re
-import secrets
+import os
 import sys
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-import distributed
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.exceptions import ExternalSignal
-from sqlalchemy import delete as sql_delete
-from sqlalchemy import select, update
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from catalog.db import session_scope
-from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
-from catalog.state import get_video, set_progress, transition
+from catalog.models import VideoStatus
+from catalog.runs import (  # noqa: F401 - IngestFailed and Superseded are this flow's outcomes too
+    IngestFailed,
+    Superseded,
+    begin,
+    fail,
+    finish,
+    has_published,
+    new_run_id,
+    publish_rendition,
+    record_failed_rendition,
+    remove_stale_runs,
+    save_probe,
+    save_thumbnails,
+)
 from config import links, storage
 from config.settings import get_settings, prefect_api_url
 from flows import cluster
+from flows.futures import Tracker, describe, outcome, wait_any
+from flows.intake import video_fields
 from tasks.audio import encode_audio
 from tasks.encode import encode_chunk
 from tasks.ffmpeg import MediaError
@@ -43,7 +53,7 @@ from tasks.ladder import choose_ladder
 from tasks.package import package_rung
 from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
-from tasks.retry import PROGRESS_TOPIC, RETRY_OPTIONS, is_permanent
+from tasks.retry import RETRY_OPTIONS, is_permanent
 from tasks.split import split_source
 from tasks.thumbnails import preview_plan, thumbnails_task
 from tasks.validate import validate_rung
@@ -53,38 +63,8 @@ log = logging.getLogger(__name__)
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
 # after Prefect's own retries (a worker that died takes the task run with it)
 FLOW_RESUBMITS = 2
-POLL_SECONDS = 0.5
-REPROCESSABLE = {VideoStatus.UPLOADED, VideoStatus.PROCESSING, VideoStatus.READY, VideoStatus.PARTIAL,
-                 VideoStatus.FAILED}
 # progress bands (percent): probe+split, encode, package+validate
 P_SPLIT, P_ENCODED, P_PACKAGED = 5.0, 90.0, 99.0
-
-
-class IngestFailed(RuntimeError):
-    """The video could not be transcoded; the message says why and what to do."""
-
-
-class Superseded(RuntimeError):
-    """A newer run of the same video took it over (a re-dispatch while this one was still
-    alive): this run stops without touching the video, whose state is the newer run's."""
-
-
-def _owned(s, video_id: str, owner: str | None):
-    """The video row, locked, if run `owner` (a flow run id) still holds it; else Superseded.
-    A run holds the video from `begin` until another dispatch or run records its own id."""
-    if owner is not None:
-        # take the write lock before reading: SQLite starts a transaction only at the first
-        # write, and the check must hold until this session commits (a row lock on PostgreSQL)
-        s.execute(update(Video).where(Video.id == video_id).values(flow_run_id=Video.flow_run_id))
-    v = get_video(s, video_id, lock=True)
-    if owner is not None and v.flow_run_id is not None and v.flow_run_id != owner:
-        raise Superseded(f"video {video_id} was handed to flow run {v.flow_run_id}; this run "
-                         f"({owner}) stops and leaves the video to it")
-    return v
-
-
-def new_run_id() -> str:
-    return "r" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
 def _logger():
@@ -92,144 +72,6 @@ def _logger():
         return get_run_logger()
     except Exception:  # noqa: BLE001
         return log
-
-
-# ---------------------------------------------------------------------------------------------
-# catalog steps (flow side only)
-
-
-def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | None]:
-    """Move the video to PROCESSING for this run. Returns (source_url, published_run)."""
-    with session_scope() as s:
-        v = get_video(s, video_id, lock=True)
-        status = VideoStatus(v.status)
-        if status not in REPROCESSABLE:
-            raise IngestFailed(f"video {video_id} is {status.value}; it cannot be processed")
-        if not v.source_url:
-            transition(s, v, VideoStatus.FAILED, error="the source file is missing; upload the video again")
-            raise IngestFailed("the source file is missing; upload the video again")
-        published = v.current_run if status in (VideoStatus.READY, VideoStatus.PARTIAL) else None
-        if status == VideoStatus.PROCESSING:
-            # a re-dispatch after a crash: the earlier run never finished
-            published = v.current_run if any(
-                r.run == v.current_run and r.status == RenditionStatus.READY for r in v.renditions) else None
-        transition(s, v, VideoStatus.PROCESSING)
-        v.progress = 0.0
-        v.error = None
-        v.stage = "probe"
-        v.flow_run_id = flow_run_id
-        source_url = v.source_url
-    return source_url, published
-
-
-_RUN_ID = re.compile(r"r\d{14}[0-9a-f]{4}")
-
-
-def _earlier(name: str, run: str) -> bool:
-    """Whether run folder `name` belongs to a run started before `run` (ids sort by start
-    time); a folder that is not a run id at all is leftover and counts as earlier."""
-    return name < run if _RUN_ID.fullmatch(name) else True
-
-
-def remove_stale_runs(video_id: str, run: str, keep: set[str], *, owner: str | None = None) -> list[str]:
-    """Delete run folders and rendition rows of earlier runs that are neither published nor
-    ours. Run ids sort by start time, so a run never removes a newer one's files; and only
-    while it still holds the video."""
-    with session_scope() as s:
-        _owned(s, video_id, owner)
-    removed = []
-    for entry in storage.list_dir(storage.url_for("hls", video_id)):
-        if entry["type"] == "directory" and entry["name"] not in keep and _earlier(entry["name"], run):
-            storage.delete(entry["url"])
-            removed.append(entry["name"])
-    for entry in storage.list_dir(storage.url_for("scratch", video_id)):
-        if entry["name"] not in keep and _earlier(entry["name"], run):
-            storage.delete(entry["url"])
-    with session_scope() as s:
-        _owned(s, video_id, owner)
-        runs = set(s.scalars(select(Rendition.run).where(Rendition.video_id == video_id)))
-        stale = [r for r in runs if r not in keep and _earlier(r, run)]
-        if stale:
-            s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run.in_(stale)))
-    return removed
-
-
-def save_probe(video_id: str, info: MediaInfo, *, owner: str | None = None) -> None:
-    from flows.intake import video_fields
-
-    with session_scope() as s:
-        v = _owned(s, video_id, owner)
-        for k, val in video_fields(info).items():
-            setattr(v, k, val)
-
-
-def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str | None = None) -> None:
-    with session_scope() as s:
-        if owner is not None:
-            _owned(s, video_id, owner)
-        set_progress(s, video_id, pct, stage)
-
-
-def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame_rate: float,
-                      *, make_current: bool, owner: str | None = None) -> None:
-    with session_scope() as s:
-        _owned(s, video_id, owner)
-        s.add(Rendition(
-            video_id=video_id, run=run, name=rung["name"], width=rung["width"], height=rung["height"],
-            bandwidth=packaged["bandwidth"], average_bandwidth=packaged["average_bandwidth"],
-            codecs=packaged["codecs"], frame_rate=frame_rate, playlist_url=packaged["playlist_url"],
-            segment_count=len(packaged["segment_urls"]), status=RenditionStatus.READY,
-            published_at=datetime.now(timezone.utc),
-        ))
-        if make_current:
-            v = get_video(s, video_id)
-            v.current_run = run
-
-
-def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str, *, owner: str | None = None) -> None:
-    with session_scope() as s:
-        _owned(s, video_id, owner)
-        s.add(Rendition(video_id=video_id, run=run, name=rung["name"], width=rung["width"],
-                        height=rung["height"], status=RenditionStatus.FAILED, error=reason[:2000]))
-
-
-def save_thumbnails(video_id: str, thumbs: dict, *, owner: str | None = None) -> None:
-    with session_scope() as s:
-        v = _owned(s, video_id, owner)
-        v.poster_url = thumbs.get("poster_url")
-        v.thumbnails_url = thumbs.get("thumbnails_url")
-
-
-def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None,
-           owner: str | None = None) -> None:
-    with session_scope() as s:
-        v = _owned(s, video_id, owner)
-        if VideoStatus(v.status) == VideoStatus.DELETED:
-            return
-        if status in (VideoStatus.READY, VideoStatus.PARTIAL):
-            v.current_run = run
-            if switch_from and switch_from != run:
-                s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run == switch_from))
-        v.stage = status.value.lower()
-        transition(s, v, status, error=error)
-
-
-def fail(video_id: str, message: str, *, published: str | None = None, owner: str | None = None) -> None:
-    """End the run as failed. A video that still has an earlier published run keeps playing
-    it: it goes back to READY/PARTIAL with the reason of this failure in `error`."""
-    with session_scope() as s:
-        v = _owned(s, video_id, owner)
-        if VideoStatus(v.status) != VideoStatus.PROCESSING:
-            return
-        v.stage = "failed"
-        if published and v.current_run == published:
-            kept = [r for r in v.renditions if r.run == published]
-            ok = all(r.status == RenditionStatus.READY for r in kept)
-            transition(s, v, VideoStatus.READY if ok else VideoStatus.PARTIAL,
-                       error=f"reprocessing failed, the previous version is still published: {message}")
-            v.progress = 100.0
-            return
-        transition(s, v, VideoStatus.FAILED, error=message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,107 +86,6 @@ def probe_task(source_url: str, video_id: str) -> dict:
 @task(name="ladder", task_run_name="ladder {video_id}", cache_policy=NO_CACHE)
 def ladder_task(info: dict, video_id: str) -> list[dict]:
     return [r.to_dict() for r in choose_ladder(MediaInfo.from_dict(info))]
-
-
-# ---------------------------------------------------------------------------------------------
-# watching Dask futures
-
-
-@dataclass
-class Tracker:
-    """Progress of the transcode: catalog (forward only) and a Prefect progress artifact."""
-
-    video_id: str
-    owner: str | None = None  # the flow run id that holds the video
-    total_frames: int = 1
-    artifact_id: object = None
-    last: float = -1.0
-    last_at: float = 0.0
-    chunk_done: dict = field(default_factory=dict)  # index -> fraction
-    events_since: float = 0.0
-    inflight: list = field(default_factory=list)  # every future submitted, to cancel on failure
-
-    def track(self, fut):
-        self.inflight.append(fut)
-        return fut
-
-    def cancel_all(self) -> None:
-        for fut in self.inflight:
-            try:
-                fut.wrapped_future.cancel()
-            except Exception:  # noqa: BLE001
-                pass
-
-    def set(self, pct: float, stage: str | None = None) -> None:
-        # a step of at least 0.5 % and a second since the last write: the catalog and the
-        # Prefect API see ~1 update a second per ingest, not one per poll
-        now = time.monotonic()
-        if stage is None and pct < 100.0 and (pct < self.last + 0.5 or now - self.last_at < 1.0):
-            return
-        pct = max(pct, self.last)
-        self.last, self.last_at = pct, now
-        progress(self.video_id, pct, stage, owner=self.owner)
-        if self.artifact_id is not None:
-            try:
-                update_progress_artifact(self.artifact_id, round(pct, 1))
-            except Exception:  # noqa: BLE001 - observability must not fail the transcode
-                log.debug("progress artifact update failed", exc_info=True)
-
-    def encode_fraction(self, chunks: list[dict]) -> float:
-        done = sum(self.chunk_done.get(c["index"], 0.0) * c["frames"] for c in chunks)
-        return done / max(1, self.total_frames)
-
-    def poll_events(self, client, run: str) -> None:
-        try:
-            events = client.get_events(PROGRESS_TOPIC)
-        except Exception:  # noqa: BLE001
-            return
-        for ts, msg in events:
-            if ts <= self.events_since:
-                continue
-            self.events_since = ts
-            key = str(msg.get("key", ""))
-            if key.startswith(run + ":chunk:"):
-                idx = int(key.rsplit(":", 1)[1])
-                self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
-
-
-def _outcome(fut) -> tuple[bool, object]:
-    """(ok, result or exception) of a finished Prefect-on-Dask future."""
-    try:
-        state = fut.wrapped_future.result()
-    except BaseException as exc:  # noqa: BLE001 - a dead worker, a cancelled key
-        return False, exc
-    if hasattr(state, "is_completed"):
-        if state.is_completed():
-            return True, state.result()
-        try:
-            exc = state.result(raise_on_failure=False)
-        except BaseException as e:  # noqa: BLE001
-            exc = e
-        if not isinstance(exc, BaseException):
-            exc = RuntimeError(state.message or f"task ended {state.type}")
-        return False, exc
-    return True, state
-
-
-def _wait_any(client, futures: list) -> None:
-    """Return as soon as one future finishes, or after the poll interval (progress updates)."""
-    if not futures:
-        return
-    try:
-        with client.as_current():
-            distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
-    except (TimeoutError, distributed.TimeoutError):
-        pass
-
-
-def _describe(exc: object) -> str:
-    text = str(exc) or type(exc).__name__
-    detail = getattr(exc, "detail", "")
-    if detail:
-        text += f" ({detail.splitlines()[-1][:200]})"
-    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +138,7 @@ def ingest(video_id: str) -> dict:
     except BaseException as exc:
         tracker.cancel_all()
         message = exc.args[0] if isinstance(exc, IngestFailed) else (
-            f"{_describe(exc)}" if isinstance(exc, MediaError) else
+            f"{describe(exc)}" if isinstance(exc, MediaError) else
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
             "re-run it with `python -m flows.ingest " + video_id + "` and report it if it repeats")
         superseded = exc if isinstance(exc, Superseded) else None
@@ -427,14 +168,8 @@ def _drop_unpublished(video_id: str, run: str, work_url: str, hls_url: str) -> N
     """A run that ends early removes its scratch space (and its lease with it) and its HLS
     folder unless a rendition of it was published."""
     storage.delete(work_url)
-    if not _has_published(video_id, run):
+    if not has_published(video_id, run):
         storage.delete(hls_url)
-
-
-def _has_published(video_id: str, run: str) -> bool:
-    with session_scope() as s:
-        return s.scalars(select(Rendition.id).where(Rendition.video_id == video_id, Rendition.run == run,
-                                                    Rendition.status == RenditionStatus.READY)).first() is not None
 
 
 def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive, published,
@@ -442,7 +177,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     settings = get_settings()
     t = time.monotonic()
     info = MediaInfo.from_dict(probe_task(source_url, video_id))
-    save_probe(video_id, info, owner=tracker.owner)
+    save_probe(video_id, video_fields(info), owner=tracker.owner)
     rungs = ladder_task(info.to_dict(), video_id)
     timings["probe"] = time.monotonic() - t
     logger.info("ladder for %dx%d %s: %s", info.display_width, info.display_height, info.video_codec,
@@ -488,12 +223,12 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     resubmits = {c["index"]: 0 for c in chunks}
     encoded: dict[int, dict] = {}
     while pending:
-        _wait_any(client, [f.wrapped_future for f in pending.values()])
+        wait_any(client, [f.wrapped_future for f in pending.values()])
         tracker.poll_events(client, run)
         for idx, fut in list(pending.items()):
             if not fut.wrapped_future.done():
                 continue
-            ok, value = _outcome(fut)
+            ok, value = outcome(fut)
             del pending[idx]
             if ok:
                 encoded[idx] = value
@@ -503,14 +238,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             if is_permanent(value):
                 for other in pending.values():
                     other.wrapped_future.cancel()
-                raise IngestFailed(f"{label} cannot be encoded: {_describe(value)}")
+                raise IngestFailed(f"{label} cannot be encoded: {describe(value)}")
             if resubmits[idx] >= FLOW_RESUBMITS:
                 for other in pending.values():
                     other.wrapped_future.cancel()
-                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {_describe(value)}; "
+                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {describe(value)}; "
                                    "check the workers (disk space, memory) and re-run the ingest")
             resubmits[idx] += 1
-            logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, _describe(value),
+            logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
                            resubmits[idx], FLOW_RESUBMITS)
             pending[idx] = submit_chunk(chunks[idx])
         tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
@@ -524,13 +259,13 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     audio_url = None
     audio_note = None
     if audio_fut is not None:
-        ok, value = _outcome(audio_fut)
+        ok, value = outcome(audio_fut)
         if ok:
             audio_url = value["url"]
             intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
         else:
             # a video whose sound cannot be decoded is still worth watching; say so
-            audio_note = f"the audio track could not be encoded ({_describe(value)}); published without sound"
+            audio_note = f"the audio track could not be encoded ({describe(value)}); published without sound"
             logger.warning(audio_note)
     tracker.set(P_ENCODED, "package")
 
@@ -554,13 +289,13 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     by_name = {r["name"]: r for r in rungs}
     next_to_publish = 0
     while next_to_publish < len(order):
-        _wait_any(client, [f.wrapped_future for f in [*packaging.values(), *validating.values()]])
+        wait_any(client, [f.wrapped_future for f in [*packaging.values(), *validating.values()]])
         for name, fut in list(packaging.items()):
             if fut.wrapped_future.done():
                 del packaging[name]
-                ok, value = _outcome(fut)
+                ok, value = outcome(fut)
                 if not ok:
-                    results[name] = {"ok": False, "reason": f"packaging failed: {_describe(value)}"}
+                    results[name] = {"ok": False, "reason": f"packaging failed: {describe(value)}"}
                     continue
                 packaged[name] = value
                 validating[name] = tracker.track(validate_rung.submit(
@@ -569,9 +304,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         for name, fut in list(validating.items()):
             if fut.wrapped_future.done():
                 del validating[name]
-                ok, value = _outcome(fut)
+                ok, value = outcome(fut)
                 if not ok:
-                    results[name] = {"ok": False, "reason": f"validation could not run: {_describe(value)}"}
+                    results[name] = {"ok": False, "reason": f"validation could not run: {describe(value)}"}
                 elif not value["ok"]:
                     results[name] = {"ok": False, "reason": "; ".join(value["reasons"])}
                 else:
@@ -593,10 +328,10 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     timings["package"] = time.monotonic() - t
 
     for name, fut in side_tasks:
-        _wait_any(client, [fut.wrapped_future])
-        ok, value = _outcome(fut)
+        wait_any(client, [fut.wrapped_future])
+        ok, value = outcome(fut)
         if not ok:
-            logger.warning("side task %s failed: %s", name, _describe(value))
+            logger.warning("side task %s failed: %s", name, describe(value))
         elif name == "thumbnails":
             save_thumbnails(video_id, value, owner=tracker.owner)
 
@@ -646,21 +381,16 @@ def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) 
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.ingest VIDEO_ID`: run one ingest in this process (what dispatch does
     when no deployment is served). Exit 0 when READY or PARTIAL, 1 when FAILED."""
-    import os
-
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
         print("usage: python -m flows.ingest VIDEO_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import contextlib
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     settings_ctx = contextlib.nullcontext()
     if not prefect_api_url():
         # without an API every Dask worker would start its own temporary Prefect server:
         # start one here and point this process and the workers (through the env) at it
+        # (imported here: Prefect's server application is heavy and rarely needed)
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from flask import url_for
 
-from catalog.models import Rendition, Video
+from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
 from config import links, storage
+
+
+# a master playlist may list renditions (a processing video can be a reprocess of a published one)
+PLAYABLE = {VideoStatus.READY, VideoStatus.PARTIAL, VideoStatus.PROCESSING}
 
 
 def rendition_dict(r: Rendition) -> dict:
@@ -18,15 +22,15 @@ def rendition_dict(r: Rendition) -> dict:
         "codecs": r.codecs,
         "frame_rate": r.frame_rate,
         "segment_count": r.segment_count,
-        "status": r.status.value if hasattr(r.status, "value") else r.status,
+        "status": RenditionStatus(r.status).value,
         "error": r.error,
         "playlist": url_for("delivery.run_file", video_id=r.video_id, run=r.run, path=f"{r.name}/index.m3u8")
-        if r.status == "READY" else None,
+        if RenditionStatus(r.status) == RenditionStatus.READY else None,
     }
 
 
 def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
-    status = v.status.value if hasattr(v.status, "value") else v.status
+    status = VideoStatus(v.status)
     rends = renditions if renditions is not None else [
         r for r in v.renditions if r.run == v.current_run
     ]
@@ -34,7 +38,7 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
         "id": v.id,
         "title": v.title,
         "filename": v.original_filename,
-        "status": status,
+        "status": status.value,
         "progress": round(v.progress or 0.0, 1),
         "stage": v.stage,
         "error": v.error,
@@ -61,7 +65,7 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
             "size": v.source_size,
         },
         "renditions": [rendition_dict(r) for r in rends],
-        "master_url": links.master_url(v.id) if status in ("READY", "PARTIAL", "PROCESSING") else None,
+        "master_url": links.master_url(v.id) if status in PLAYABLE else None,
         "watch_url": links.watch_url(v.id),
         "status_url": links.status_url(v.id),
         "poster_url": run_file_url(v.id, v.poster_url),

@@ -1,0 +1,115 @@
+"""Watching the ingest's Prefect-on-Dask futures: progress (catalog and Prefect artifact),
+outcomes, and the one loop that hands back tasks as they finish."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import distributed
+from prefect.artifacts import update_progress_artifact
+
+from catalog.runs import progress
+from tasks.retry import PROGRESS_TOPIC
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Tracker:
+    """Progress of the transcode: catalog (forward only) and a Prefect progress artifact."""
+
+    video_id: str
+    owner: str | None = None  # the flow run id that holds the video
+    total_frames: int = 1
+    artifact_id: object = None
+    last: float = -1.0
+    last_at: float = 0.0
+    chunk_done: dict = field(default_factory=dict)  # index -> fraction
+    events_since: float = 0.0
+    inflight: list = field(default_factory=list)  # every future submitted, to cancel on failure
+
+    def track(self, fut):
+        self.inflight.append(fut)
+        return fut
+
+    def cancel_all(self) -> None:
+        for fut in self.inflight:
+            try:
+                fut.wrapped_future.cancel()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def set(self, pct: float, stage: str | None = None) -> None:
+        # a step of at least 0.5 % and a second since the last write: the catalog and the
+        # Prefect API see ~1 update a second per ingest, not one per poll
+        now = time.monotonic()
+        if stage is None and pct < 100.0 and (pct < self.last + 0.5 or now - self.last_at < 1.0):
+            return
+        pct = max(pct, self.last)
+        self.last, self.last_at = pct, now
+        progress(self.video_id, pct, stage, owner=self.owner)
+        if self.artifact_id is not None:
+            try:
+                update_progress_artifact(self.artifact_id, round(pct, 1))
+            except Exception:  # noqa: BLE001 - observability must not fail the transcode
+                log.debug("progress artifact update failed", exc_info=True)
+
+    def encode_fraction(self, chunks: list[dict]) -> float:
+        done = sum(self.chunk_done.get(c["index"], 0.0) * c["frames"] for c in chunks)
+        return done / max(1, self.total_frames)
+
+    def poll_events(self, client, run: str) -> None:
+        try:
+            events = client.get_events(PROGRESS_TOPIC)
+        except Exception:  # noqa: BLE001
+            return
+        for ts, msg in events:
+            if ts <= self.events_since:
+                continue
+            self.events_since = ts
+            key = str(msg.get("key", ""))
+            if key.startswith(run + ":chunk:"):
+                idx = int(key.rsplit(":", 1)[1])
+                self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
+
+
+def outcome(fut) -> tuple[bool, object]:
+    """(ok, result or exception) of a finished Prefect-on-Dask future."""
+    try:
+        state = fut.wrapped_future.result()
+    except BaseException as exc:  # noqa: BLE001 - a dead worker, a cancelled key
+        return False, exc
+    if hasattr(state, "is_completed"):
+        if state.is_completed():
+            return True, state.result()
+        try:
+            exc = state.result(raise_on_failure=False)
+        except BaseException as e:  # noqa: BLE001
+            exc = e
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(state.message or f"task ended {state.type}")
+        return False, exc
+    return True, state
+
+
+def wait_any(client, futures: list) -> None:
+    """Return as soon as one future finishes, or after the poll interval (progress updates)."""
+    if not futures:
+        return
+    try:
+        with client.as_current():
+            distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+    except (TimeoutError, distributed.TimeoutError):
+        pass
+
+
+def describe(exc: object) -> str:
+    text = str(exc) or type(exc).__name__
+    detail = getattr(exc, "detail", "")
+    if detail:
+        text += f" ({detail.splitlines()[-1][:200]})"
+    return text
