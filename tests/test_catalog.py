@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
 from catalog.db import get_engine, session_scope
 from catalog.models import Video, VideoStatus
@@ -25,6 +25,35 @@ def test_migrations_create_every_table(catalog_db):
     if catalog_db == "sqlite":  # readers never wait for the writer
         with engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_moments_come_back_in_utc_whatever_the_database_time_zone(catalog_db):
+    """Every datetime read from the catalog is aware and in UTC, equal to what was written,
+    even from a PostgreSQL server whose time zone is not UTC; it formats as an HTTP date (the
+    tus Upload-Expires header)."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    if catalog_db == "postgresql":
+        with get_engine().begin() as conn:
+            conn.execute(text(f"ALTER DATABASE \"{get_engine().url.database}\" SET timezone TO 'Asia/Kolkata'"))
+        from catalog.db import reset_engines
+
+        reset_engines()  # new connections get the database's time zone
+        with get_engine().connect() as conn:
+            assert conn.execute(text("SHOW timezone")).scalar() == "Asia/Kolkata"
+    written = datetime(2026, 3, 1, 23, 30, tzinfo=timezone.utc)
+    vid = _video(ready_at=written, processing_started_at=datetime(2026, 3, 1, 22, 0))  # naive: UTC
+    with session_scope() as s:
+        v = get_video(s, vid)
+        for moment in (v.ready_at, v.created_at, v.processing_started_at):
+            assert moment.tzinfo is timezone.utc
+        assert v.ready_at == written
+        assert v.processing_started_at == written - timedelta(minutes=90)
+        assert format_datetime(v.ready_at, usegmt=True) == "Sun, 01 Mar 2026 23:30:00 GMT"
+        # and a comparison in SQL means the same moment
+        later = s.scalars(select(Video.id).where(Video.ready_at > written - timedelta(seconds=1))).all()
+        assert later == [vid]
 
 
 def _video(**kw) -> str:
