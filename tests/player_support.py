@@ -92,9 +92,10 @@ def measure_rung(rung_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def catalog_at(data_dir: Path):
-    """Point this process's settings and catalog at `data_dir` for a moment (module fixtures
-    run outside the per-test environment)."""
+def catalog_at(data_dir: Path, database_url: str | None = None):
+    """Point this process's settings and catalog at `data_dir` (and at `database_url` when
+    given, else the SQLite catalog in it) for a moment (module fixtures run outside the
+    per-test environment)."""
     from catalog.db import reset_engines
     from config.settings import reset_settings
 
@@ -102,6 +103,8 @@ def catalog_at(data_dir: Path):
         mp.setenv("VODFLOW_DATA_DIR", str(data_dir))
         for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
             mp.delenv(name, raising=False)
+        if database_url:
+            mp.setenv("VODFLOW_DATABASE_URL", database_url)
         reset_settings()
         reset_engines()
         try:
@@ -192,19 +195,35 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
 
 
-def stored_events(data_dir: Path, session_id: str) -> list[dict]:
+def stored_events(data_dir: Path, session_id: str, database_url: str | None = None) -> list[dict]:
     """What the server stored for one player session, in order."""
     from sqlalchemy import select
 
     from catalog.db import session_scope
     from catalog.models import PlaybackEvent
 
-    with catalog_at(data_dir):
+    with catalog_at(data_dir, database_url):
         with session_scope() as s:
             rows = s.scalars(select(PlaybackEvent).where(PlaybackEvent.session_id == session_id)
                              .order_by(PlaybackEvent.seq)).all()
             return [{"seq": r.seq, "type": r.type, "t": r.client_ts, "pos": r.position, "data": r.data or {}}
                     for r in rows]
+
+
+def wait_for_events(data_dir: Path, session_id: str, until, what: str, timeout: float = 60.0,
+                    database_url: str | None = None) -> list[dict]:
+    """The session's stored events once `until(events)` holds: beacons and batches arrive when
+    the browser sends them, so wait for them (with a generous ceiling) instead of a fixed pause."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = stored_events(data_dir, session_id, database_url)
+        if until(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}; stored: {[e['type'] for e in events]}")
+        time.sleep(0.2)
 
 
 def set_progress(data_dir: Path, video_id: str, progress: float, stage: str | None = None) -> None:
