@@ -103,6 +103,9 @@ class Server:
     def video(self, video_id: str):
         return next(iter(self._rows("SELECT * FROM videos WHERE id = :id", id=video_id)), None)
 
+    def uploads(self) -> list:
+        return self._rows("SELECT * FROM upload_sessions")
+
     def session(self, upload_id: str):
         return next(iter(self._rows("SELECT * FROM upload_sessions WHERE id = :id", id=upload_id)), None)
 
