@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Union
 
 from flask import jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog.db import get_engine, session_scope
@@ -272,7 +273,6 @@ def analytics_events():
                     .returning(PlaybackEvent.id))
             stored = len(s.connection().execute(stmt).all())
         else:  # other databases: skip what is already there, one query
-            from sqlalchemy import select
 
             have = set(s.scalars(select(PlaybackEvent.seq).where(
                 PlaybackEvent.session_id == batch.session_id,
