@@ -103,14 +103,17 @@ def measure_rung(rung_dir: Path) -> dict:
 
 
 @contextlib.contextmanager
-def catalog_at(data_dir: Path):
-    """Point this process's settings and catalog at `data_dir` for a moment (module fixtures
-    run outside the per-test environment)."""
+def catalog_at(data_dir: Path, database_url: str | None = None):
+    """Point this process's settings and catalog at `data_dir` (and at `database_url` when
+    given, else the SQLite catalog in it) for a moment (module fixtures run outside the
+    per-test environment)."""
     names = ("VODFLOW_DATA_DIR", "VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG")
     saved = {name: os.environ.get(name) for name in names}
     os.environ["VODFLOW_DATA_DIR"] = str(data_dir)
     for name in names[1:]:
         os.environ.pop(name, None)
+    if database_url:
+        os.environ["VODFLOW_DATABASE_URL"] = database_url
     reset_settings()
     reset_engines()
     try:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -31,8 +32,34 @@ def new_id() -> str:
     return secrets.token_hex(6)
 
 
+class UTCDateTime(TypeDecorator):
+    """A moment, always handed back as an aware datetime in `timezone.utc`, whatever the
+    database: SQLite returns naive values, and PostgreSQL returns them in the connection's
+    time zone (a ZoneInfo even when that is UTC), which `email.utils.format_datetime(...,
+    usegmt=True)` refuses and comparisons with naive values break on. Naive values written
+    are taken as UTC, as everything here writes UTC. Same column type as `DateTime(timezone=True)`:
+    no migration."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: UTCDateTime()}
 
 
 class VideoStatus(str, enum.Enum):
@@ -97,11 +124,11 @@ class Video(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     poster_url: Mapped[str | None] = mapped_column(Text)
     thumbnails_url: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    processing_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    processing_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     renditions: Mapped[list["Rendition"]] = relationship(
         back_populates="video", cascade="all, delete-orphan", order_by="Rendition.bandwidth"
@@ -126,8 +153,8 @@ class Rendition(Base):
     segment_count: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[RenditionStatus] = mapped_column(_enum(RenditionStatus), default=RenditionStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     video: Mapped[Video] = relationship(back_populates="renditions")
 
@@ -154,9 +181,9 @@ class UploadSession(Base):
     status: Mapped[UploadStatus] = mapped_column(_enum(UploadStatus), default=UploadStatus.ACTIVE, index=True)
     error: Mapped[str | None] = mapped_column(Text)
     video_id: Mapped[str | None] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class PlaybackEvent(Base):
@@ -175,7 +202,7 @@ class PlaybackEvent(Base):
     client_ts: Mapped[float | None] = mapped_column(Float)  # ms since session start
     position: Mapped[float | None] = mapped_column(Float)  # seconds into the video
     data: Mapped[dict | None] = mapped_column(JSON)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class IngestedSource(Base):
@@ -190,5 +217,5 @@ class IngestedSource(Base):
     video_id: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="QUEUED")
     error: Mapped[str | None] = mapped_column(Text)
-    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     archived: Mapped[bool] = mapped_column(Boolean, default=False)

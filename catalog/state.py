@@ -33,9 +33,19 @@ def now() -> datetime:
 
 
 def get_video(session: Session, video_id: str, *, lock: bool = False) -> Video:
+    """The video; with `lock`, held against other writers until the session ends, so a
+    read-modify-write of it cannot lose a concurrent one."""
     stmt = select(Video).where(Video.id == video_id)
-    if lock and session.bind is not None and session.bind.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
+    if lock:
+        dialect = session.get_bind().dialect.name
+        if dialect == "sqlite":
+            # SQLite has no row locks, and Python's driver opens a transaction only at the first
+            # write: a plain read would take no lock at all. Write first (a no-op that keeps
+            # updated_at) so this transaction holds the database's write lock from here on.
+            session.execute(update(Video).where(Video.id == video_id)
+                            .values(updated_at=Video.updated_at))
+        else:
+            stmt = stmt.with_for_update()
     video = session.scalars(stmt).first()
     if video is None:
         raise VideoNotFound(video_id)

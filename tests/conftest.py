@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.media import make_clip
+from tests.ops_support import postgres_server
 from tests.servers import prefect_server
 
 # A test that talks to Prefect asks for the `prefect_api` fixture (the real server all tests share).
@@ -34,6 +35,48 @@ def vodflow_env(tmp_path, monkeypatch):
     yield data
     reset_engines()
     reset_settings()
+
+
+# The catalog's two databases. Tests of the catalog, uploads, analytics and bulk-ingest claims
+# run on each: SQLite as a single machine has it, PostgreSQL as a scaled-out install has it.
+DATABASES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the whole session (started on first use); tests take fresh
+    databases from it with `postgres.new_database()`."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=DATABASES)
+def catalog_db(request, vodflow_env, monkeypatch) -> str:
+    """Run the test once on SQLite and once on a fresh PostgreSQL database; the value is the
+    dialect. The test's settings (and any process it starts with os.environ) use that catalog."""
+    from catalog.db import reset_engines
+    from config.settings import reset_settings
+
+    if request.param == "postgresql":
+        monkeypatch.setenv("VODFLOW_DATABASE_URL", request.getfixturevalue("postgres").new_database())
+        reset_settings()
+        reset_engines()
+    return request.param
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def module_database(request) -> dict:
+    """For module-wide servers: the environment that points a server (and `catalog_at`) at
+    SQLite in its data dir, or at one fresh PostgreSQL database for the module."""
+    if request.param == "postgresql":
+        return {"VODFLOW_DATABASE_URL": request.getfixturevalue("postgres").new_database()}
+    return {}
+
+
+@pytest.fixture
+def database_env(catalog_db) -> dict:
+    """The environment giving a server started by this test the test's catalog."""
+    return {"VODFLOW_DATABASE_URL": os.environ["VODFLOW_DATABASE_URL"]} if catalog_db == "postgresql" else {}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Real infrastructure for the operations tests: a throwaway PostgreSQL cluster, moto's S3
+"""Real infrastructure for the tests: a throwaway PostgreSQL server, moto's S3
 server, a separately started Dask scheduler with worker processes, and process inspection."""
 
 from __future__ import annotations
@@ -36,9 +36,54 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl on a free port) that hands out fresh
+    databases. One server serves a whole test session; each test that needs isolation gets a
+    database of its own, copied from a template the catalog's migrations already ran on."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self._made = 0
+        self._template: str | None = None
+
+    def url(self, name: str) -> str:
+        return f"postgresql://vodflow@127.0.0.1:{self.port}/{name}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=vodflow dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(sql)
+
+    def new_database(self, *, migrated: bool = True) -> str:
+        """A new, empty database (with the catalog's tables when `migrated`); its URL."""
+        self._made += 1
+        name = f"t{os.getpid()}_{self._made}"
+        if migrated:
+            self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self._migrated_template()}"')
+        else:
+            self._admin(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def _migrated_template(self) -> str:
+        if self._template is None:
+            from catalog.db import make_engine, migrate
+
+            name = "vodflow_template"
+            self._admin(f'CREATE DATABASE "{name}"')
+            engine = make_engine(self.url(name))
+            try:
+                migrate(engine)
+            finally:
+                engine.dispose()  # a template must have no open connections to be copied
+            self._template = name
+        return self._template
+
+
 @contextmanager
-def postgres_cluster():
-    """initdb + pg_ctl start on a free port; yields a postgresql:// URL of a fresh database.
+def postgres_server():
+    """A PostgreSQL server for as long as the block runs; yields a PostgresServer.
 
     The cluster lives in its own temporary folder: pytest's are private to root, and the
     server runs as 'postgres'."""
@@ -46,8 +91,8 @@ def postgres_cluster():
 
     base = Path(tempfile.mkdtemp(prefix="vodflow-pg-"))
     try:
-        with _postgres_in(base) as url:
-            yield url
+        with _postgres_in(base) as port:
+            yield PostgresServer(port)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -69,13 +114,13 @@ def _postgres_in(base: Path):
                                  "--no-sync", "-E", "UTF8"]), **run)
     port = free_port()
     log = base / "postgres.log"
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    # enough connections for two gunicorn workers' pools, flows and racing test processes at once
+    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off "
+            "-c synchronous_commit=off -c max_connections=200")
     subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w",
                                  "start"]), **run)
     try:
-        subprocess.run(_as_postgres([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                                     "vodflow", "vodflow"]), **run)
-        yield f"postgresql://vodflow@127.0.0.1:{port}/vodflow"
+        yield port
     finally:
         subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, cwd=base)

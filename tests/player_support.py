@@ -19,19 +19,35 @@ from bench.published import (  # noqa: F401 - the tests' names for them
 )
 
 
-def stored_events(data_dir: Path, session_id: str) -> list[dict]:
+def stored_events(data_dir: Path, session_id: str, database_url: str | None = None) -> list[dict]:
     """What the server stored for one player session, in order."""
     from sqlalchemy import select
 
     from catalog.db import session_scope
     from catalog.models import PlaybackEvent
 
-    with catalog_at(data_dir):
+    with catalog_at(data_dir, database_url):
         with session_scope() as s:
             rows = s.scalars(select(PlaybackEvent).where(PlaybackEvent.session_id == session_id)
                              .order_by(PlaybackEvent.seq)).all()
             return [{"seq": r.seq, "type": r.type, "t": r.client_ts, "pos": r.position, "data": r.data or {}}
                     for r in rows]
+
+
+def wait_for_events(data_dir: Path, session_id: str, until, what: str, timeout: float = 60.0,
+                    database_url: str | None = None) -> list[dict]:
+    """The session's stored events once `until(events)` holds: beacons and batches arrive when
+    the browser sends them, so wait for them (with a generous ceiling) instead of a fixed pause."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = stored_events(data_dir, session_id, database_url)
+        if until(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}; stored: {[e['type'] for e in events]}")
+        time.sleep(0.2)
 
 
 def set_progress(data_dir: Path, video_id: str, progress: float, stage: str | None = None) -> None:

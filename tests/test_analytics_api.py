@@ -1,4 +1,5 @@
-"""POST /api/analytics/events and GET /api/videos/{id}/stats over real HTTP (gunicorn).
+"""POST /api/analytics/events and GET /api/videos/{id}/stats over real HTTP (gunicorn), with the
+catalog on SQLite and on PostgreSQL.
 
 Validation: schema per type, no unknown fields (nothing personal can ride along), sizes,
 content types, unknown videos, rate per client; duplicates stored once. Stats: every figure
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 
 import pytest
 import requests
@@ -20,12 +22,12 @@ DURATION = 60.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, module_database):
     data = tmp_path_factory.mktemp("analytics") / "var"
-    with catalog_at(data):
+    with catalog_at(data, module_database.get("VODFLOW_DATABASE_URL")):
         ids = {name: create_video(name, duration=DURATION, status="READY", progress=100)
-               for name in ("plain", "stats", "dupes")}
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data)}, data.parent / "gunicorn.log") as base:
+               for name in ("plain", "stats", "dupes", "race")}
+    with gunicorn_app({"VODFLOW_DATA_DIR": str(data), **module_database}, data.parent / "gunicorn.log") as base:
         yield base, ids
 
 
@@ -79,6 +81,29 @@ def test_batch_is_stored_and_a_resent_batch_counts_once(server):
     assert r.json() == {"accepted": len(body["events"]), "stored": 0, "duplicates": len(body["events"])}
     stats = requests.get(f"{base}/api/videos/{ids['dupes']}/stats", timeout=10).json()
     assert stats["views"] == 1 and stats["watch_time"]["total_s"] == 12
+
+
+def test_the_same_batch_racing_itself_is_stored_once(server):
+    """The beacon and the retried fetch of one batch arrive at the same moment at two workers:
+    the upsert keeps exactly one copy of each event, and the answers add up to one store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, ids = server
+    body = session(ids["race"], startup_ms=500, watched=20, ranges=[[0, 20]], rendition_time={"240p": 20})
+    n = len(body["events"])
+    start = threading.Barrier(6)
+
+    def send(_):
+        start.wait(30)
+        return post(base, body)
+
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(send, range(6)))
+    assert [r.status_code for r in replies] == [202] * 6, [r.text for r in replies]
+    assert sum(r.json()["stored"] for r in replies) == n
+    assert all(r.json()["stored"] + r.json()["duplicates"] == n for r in replies)
+    stats = requests.get(f"{base}/api/videos/{ids['race']}/stats", timeout=10).json()
+    assert stats["views"] == 1 and stats["watch_time"]["total_s"] == 20
 
 
 @pytest.mark.parametrize("mutate, status, words", [
@@ -165,12 +190,13 @@ def test_stats_from_known_sessions(server, artifacts_dir):
     assert "<svg" in page.text and "Audience retention" in page.text and "480p" in page.text
 
 
-def test_per_client_rate_limit_answers_429_with_retry_after(tmp_path):
+def test_per_client_rate_limit_answers_429_with_retry_after(tmp_path, database_env):
     """A client flooding the endpoint is cut off with 429 and told when to come back; its
     other requests are unaffected once it slows down. (Own server: the limit is per client.)"""
-    with catalog_at(tmp_path / "var"):
+    with catalog_at(tmp_path / "var", database_env.get("VODFLOW_DATABASE_URL")):
         vid = create_video("flood", duration=10, status="READY")
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(tmp_path / "var")}, tmp_path / "gunicorn.log", workers=1) as base:
+    with gunicorn_app({"VODFLOW_DATA_DIR": str(tmp_path / "var"), **database_env}, tmp_path / "gunicorn.log",
+                      workers=1) as base:
         # one session may not flood: a player sends a batch every ~10 s
         one = sid()
         replies = [post(base, {"session_id": one, "video_id": vid,

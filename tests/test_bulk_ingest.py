@@ -1,4 +1,5 @@
-"""Bulk ingest: a watch folder or bucket prefix, ingested once per content, never half-written."""
+"""Bulk ingest: a watch folder or bucket prefix, ingested once per content, never half-written;
+the claims that make concurrent scans agree are tested on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _videos() -> list[Video]:
         return list(s.scalars(select(Video).order_by(Video.created_at)))
 
 
-def test_same_content_under_two_names_is_ingested_once(tmp_path, clip, clip_b):
+def test_same_content_under_two_names_is_ingested_once(catalog_db, tmp_path, clip, clip_b):
     watch = tmp_path / "incoming"
     (watch / "sub").mkdir(parents=True)
     shutil.copy(clip, watch / "holiday.mp4")
@@ -77,10 +78,10 @@ def test_same_content_under_two_names_is_ingested_once(tmp_path, clip, clip_b):
         assert len(failed) == 1 and "not a video" in failed[0].error
 
 
-def test_a_claim_left_by_a_dead_scan_is_taken_over_after_the_grace(tmp_path, clip, monkeypatch):
+def test_a_claim_left_by_a_dead_scan_is_taken_over_after_the_grace(catalog_db, tmp_path, clip, monkeypatch):
     """A scan killed between claiming a file and recording what became of it must not block
     that content for good: later scans wait out the grace, then ingest it."""
-    from datetime import datetime, timedelta
+    from datetime import datetime, timedelta, timezone
 
     from flows import intake
 
@@ -106,7 +107,7 @@ def test_a_claim_left_by_a_dead_scan_is_taken_over_after_the_grace(tmp_path, cli
     # an hour on, the claim is abandoned: the next scan takes it over and ingests once
     with session_scope() as s:
         row = s.scalars(select(IngestedSource)).one()
-        row.first_seen_at = datetime.utcnow() - timedelta(hours=1, minutes=1)
+        row.first_seen_at = datetime.now(timezone.utc) - timedelta(hours=1, minutes=1)
     later = run_bulk_ingest(str(watch), settle_seconds=0)
     assert [o.result for o in later.outcomes] == ["ingested"], later.outcomes
     [video] = _videos()
@@ -118,33 +119,78 @@ def test_a_claim_left_by_a_dead_scan_is_taken_over_after_the_grace(tmp_path, cli
     assert [o.result for o in run_bulk_ingest(str(watch), settle_seconds=0).outcomes] == ["known"]
 
 
-def test_a_file_still_being_copied_is_not_taken_half_written(tmp_path, clip):
+def test_a_file_still_being_copied_is_not_taken_half_written(catalog_db, tmp_path, clip):
     watch = tmp_path / "incoming"
     watch.mkdir()
     data = clip.read_bytes()
     target = watch / "slow.mp4"
-    started = threading.Event()
+    started, scanned = threading.Event(), threading.Event()
 
     def slow_copy():
         with open(target, "wb") as fh:
-            step = max(1, len(data) // 20)
-            for i in range(0, len(data), step):
+            step = max(1, len(data) // 2000)
+            i = 0
+            while i < len(data) and not scanned.is_set():
                 fh.write(data[i:i + step])
                 fh.flush()
                 started.set()
-                time.sleep(0.15)
+                i += step
+                time.sleep(0.02)
+            fh.write(data[i:])  # the rest once the scan is over
 
     writer = threading.Thread(target=slow_copy)
     writer.start()
-    started.wait(5)
-    report = run_bulk_ingest(str(watch), settle_seconds=0.6)
+    try:
+        assert started.wait(60)
+        # the copy goes on until this scan is over, so it changes between the scan's two looks
+        report = run_bulk_ingest(str(watch), settle_seconds=0.5)
+    finally:
+        scanned.set()
+        writer.join(60)
     assert [o.result for o in report.outcomes] == ["writing"]
     assert _videos() == []
-    writer.join()
-    report = run_bulk_ingest(str(watch), settle_seconds=0.6)
+    report = run_bulk_ingest(str(watch), settle_seconds=0.5)  # the copy is complete now
     assert [o.result for o in report.outcomes] == ["ingested"]
     (video,) = _videos()
     assert storage.read_bytes(video.source_url) == data
+
+
+def _scan_when_told(watch: str, go: str) -> list[tuple[str, str, str | None]]:
+    """One scan of `watch` as a separate process or thread would run it, started when `go` exists."""
+    deadline = time.monotonic() + 120
+    while not Path(go).exists():
+        assert time.monotonic() < deadline, "never told to start"
+        time.sleep(0.01)
+    report = run_bulk_ingest(watch, settle_seconds=0, dispatch=False)
+    return [(o.name, o.result, o.video_id) for o in report.outcomes]
+
+
+def test_concurrent_scans_give_each_file_to_exactly_one(catalog_db, tmp_path, clip, clip_b):
+    """Three processes and three threads scan the same folder at once: every content is
+    claimed and ingested by exactly one of them; the others see a duplicate."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    watch = tmp_path / "incoming"
+    watch.mkdir()
+    for name, src in (("a.mp4", clip), ("a-copy.mp4", clip), ("b.mov", clip_b), ("b-copy.mp4", clip_b)):
+        shutil.copy(src, watch / name)
+    go = tmp_path / "go"
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as procs, \
+            ThreadPoolExecutor(3) as threads:
+        futures = [pool.submit(_scan_when_told, str(watch), str(go)) for pool in (procs, threads) for _ in range(3)]
+        go.touch()
+        results = [f.result(timeout=300) for f in futures]
+    ingested = [(name, vid) for outcomes in results for name, result, vid in outcomes if result == "ingested"]
+    others = {result for outcomes in results for _, result, _ in outcomes if result != "ingested"}
+    assert len(ingested) == 2, results  # one per distinct content, whatever the name
+    assert others <= {"duplicate", "known"}, results
+    videos = _videos()
+    assert sorted(v.id for v in videos) == sorted(vid for _, vid in ingested)
+    assert sorted(v.source_size for v in videos) == sorted([clip.stat().st_size, clip_b.stat().st_size])
+    with session_scope() as s:
+        rows = s.scalars(select(IngestedSource)).all()
+    assert sorted(r.status for r in rows) == ["INGESTED", "INGESTED"]
 
 
 def test_bucket_prefix_on_s3(monkeypatch, clip, clip_b):

@@ -61,10 +61,22 @@ def _get(vid: str) -> Video:
         return s.get(Video, vid)
 
 
+def _stale_after(monkeypatch, seconds: float) -> None:
+    monkeypatch.setenv("VODFLOW_STALE_RUN_SECONDS", str(seconds))
+    reset_settings()
+
+
+def _verdict(vid: str) -> dict:
+    """What maintenance would decide about one video now (a dry run: nothing is changed)."""
+    return next(v for v in run_maintenance(dry_run=True, cleanup=False).to_dict()["videos"] if v["video_id"] == vid)
+
+
 def test_stuck_videos_are_redispatched_or_failed(prefect_api, ingest_deployment, monkeypatch):
     from prefect.states import Cancelled, Crashed, Running, Scheduled
 
-    monkeypatch.setenv("VODFLOW_STALE_RUN_SECONDS", "4")
+    # first pass: an hour of silence before a running run counts as dead, so only runs that
+    # are dead for other reasons (crashed, cancelled, unknown, a local process gone) are acted on
+    _stale_after(monkeypatch, 3600)
     monkeypatch.setenv("VODFLOW_MAX_INGEST_ATTEMPTS", "3")
     monkeypatch.setenv("VODFLOW_DISPATCH", "deployment")
     reset_settings()
@@ -81,7 +93,6 @@ def test_stuck_videos_are_redispatched_or_failed(prefect_api, ingest_deployment,
     _video("queued", status=VideoStatus.UPLOADED, run_id=queued_run, attempts=0)
     with session_scope() as s:  # the silent run's video last moved long ago
         s.get(Video, "silent").updated_at = datetime.now(timezone.utc) - timedelta(minutes=5)
-    time.sleep(5)  # the silent run's last state change is now older than the stale limit
     busy_run = _run_in_state(ingest_deployment, Running())
     _video("busy", run_id=busy_run)
 
@@ -89,12 +100,13 @@ def test_stuck_videos_are_redispatched_or_failed(prefect_api, ingest_deployment,
     assert state.is_completed()
     report = state.result()
     verdicts = {v["video_id"]: v for v in report["videos"]}
-    assert sorted(report["redispatched"]) == ["crashed", "local", "silent", "vanished"]
+    assert sorted(report["redispatched"]) == ["crashed", "local", "vanished"]
     assert report["failed"] == ["cancelled"]
     assert not verdicts["busy"]["stuck"] and not verdicts["queued"]["stuck"]
+    assert not verdicts["silent"]["stuck"] and "last sign of life" in verdicts["silent"]["reason"]
     assert "worker lost" in verdicts["crashed"]["reason"]
 
-    for vid in ("crashed", "local", "silent", "vanished"):
+    for vid in ("crashed", "local", "vanished"):
         v = _get(vid)
         assert v.status == VideoStatus.PROCESSING and v.attempts == 2
         assert v.flow_run_id == verdicts[vid]["new_flow_run_id"]
@@ -105,15 +117,31 @@ def test_stuck_videos_are_redispatched_or_failed(prefect_api, ingest_deployment,
     cancelled = _get("cancelled")
     assert cancelled.status == VideoStatus.FAILED
     assert "gave up after 3 attempts" in cancelled.error and "cancelled" in cancelled.error
-    # the silent run is marked crashed in Prefect, so the UI and the concurrency limit agree
-    old = prefect_get(prefect_api, f"/flow_runs/{silent_run}")
-    assert old["state"]["type"] == "CRASHED" and "silent" in old["state"]["message"]
     assert _get("busy").flow_run_id == busy_run and _get("queued").flow_run_id == queued_run
     assert prefect_get(prefect_api, f"/flow_runs/{busy_run}")["state"]["type"] == "RUNNING"
-
     arts = artifacts_of(prefect_api, str(state.state_details.flow_run_id))
     (art,) = [a for a in arts if a["key"] == "maintenance-report"]
     assert "`cancelled`" in art["data"] and "redispatched" in art["data"]
+
+    # second pass: the busy run finished its video; with a one-second limit, wait until
+    # maintenance sees the silent run as dead (its silence grows, nothing else changes) and act
+    with session_scope() as s:
+        busy = s.get(Video, "busy")
+        busy.status, busy.progress = VideoStatus.READY, 100.0
+    _stale_after(monkeypatch, 1)
+    deadline = time.monotonic() + 60
+    while not _verdict("silent")["stuck"]:
+        assert time.monotonic() < deadline, "the silent run was never judged dead"
+        time.sleep(0.2)
+    second = run_maintenance(cleanup=False).to_dict()
+    assert second["redispatched"] == ["silent"], second
+    silent = _get("silent")
+    assert silent.status == VideoStatus.PROCESSING and silent.attempts == 2
+    assert prefect_get(prefect_api, f"/flow_runs/{silent.flow_run_id}")["state"]["type"] == "SCHEDULED"
+    # the silent run is marked crashed in Prefect, so the UI and the concurrency limit agree
+    old = prefect_get(prefect_api, f"/flow_runs/{silent_run}")
+    assert old["state"]["type"] == "CRASHED" and "silent" in old["state"]["message"]
+    assert prefect_get(prefect_api, f"/flow_runs/{busy_run}")["state"]["type"] == "RUNNING"
 
     # the retries are bounded: crash the new run of one video until it gives up
     with session_scope() as s:

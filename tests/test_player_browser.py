@@ -26,7 +26,7 @@ from tests.player_support import (
     publish,
     server_env,
     set_progress,
-    stored_events,
+    wait_for_events,
 )
 from tests.servers import gunicorn_app
 
@@ -91,6 +91,13 @@ def frames(page) -> int:
     return page.evaluate("() => document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames")
 
 
+def wait_for_frames(page, at_least: int, also: str = "true", timeout: float = 30_000) -> None:
+    """Wait until the video has shown `at_least` frames (and `also` holds), with a generous ceiling."""
+    page.wait_for_function(
+        f"() => document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames >= {at_least} && ({also})",
+        timeout=timeout)
+
+
 def video_state(page) -> dict:
     return page.evaluate("""() => { const v = document.getElementById('video');
         return {t: v.currentTime, paused: v.paused, w: v.videoWidth, h: v.videoHeight, volume: v.volume,
@@ -106,10 +113,10 @@ def test_plays_frames_advance_and_seek_bar_previews(page, site, artifacts_dir):
     startup = int(page.get_attribute("#player", "data-startup-ms"))
     assert 0 < startup < 15_000
     f0, s0 = frames(page), video_state(page)
-    page.wait_for_timeout(1500)
-    f1, s1 = frames(page), video_state(page)
-    assert f1 >= f0 + 15, f"frames must advance while playing ({f0} -> {f1})"
-    assert s1["t"] >= s0["t"] + 1.0 and not s1["paused"]
+    # frames must advance while playing: a second of video, however long it takes to show
+    wait_for_frames(page, f0 + 15, also=f"video.currentTime >= {s0['t'] + 1.0}")
+    s1 = video_state(page)
+    assert not s1["paused"]
     assert s1["w"] > 0 and s1["h"] in (240, 360, 480)
     expect(page.locator("[data-role=quality-button]")).to_have_text(re.compile(r"^Auto \((240|360|480)p\)$"))
 
@@ -168,8 +175,10 @@ def test_quality_menu_by_keyboard_manual_choice_sticks_until_auto(page, site, ar
     assert quality_text(page) == "360p"
     assert page.is_hidden("#quality-menu")
     assert page.evaluate("() => document.activeElement.dataset.role") == "quality-button", "focus returns to the button"
-    # loopback bandwidth would let Auto climb to 480p; a manual choice must hold
-    page.wait_for_timeout(2500)
+    # loopback bandwidth would let Auto climb to 480p; a manual choice must hold while the
+    # player goes on loading and playing (two more 2 s keyframe intervals)
+    chosen_at = video_state(page)["t"]
+    page.wait_for_function(f"() => video.currentTime > {chosen_at + 4}", timeout=30_000)
     assert video_state(page)["h"] == 360 and quality_text(page) == "360p"
 
     page.keyboard.press("Enter")
@@ -192,9 +201,7 @@ def test_seek_lands_within_half_a_second(page, site):
     landed = page.evaluate("() => __seeked[0]")
     assert abs(landed - target) < 0.5, f"asked for {target:.2f} s, landed at {landed:.2f} s"
     page.wait_for_function(f"() => video.currentTime > {target + 0.5} && !video.paused", timeout=10_000)
-    f0 = frames(page)
-    page.wait_for_timeout(600)
-    assert frames(page) > f0, "playback goes on after the seek"
+    wait_for_frames(page, frames(page) + 5)  # playback goes on after the seek
     assert page.inner_text("[data-role=current]").startswith("0:2")
 
     # keyboard: → and ← move 5 s
@@ -262,12 +269,8 @@ def test_throttled_network_forces_an_automatic_down_switch(page, site):
     session_id = page.evaluate("() => vodflowPlayer.analytics.sessionId")
     page.close(run_before_unload=True)
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        events = stored_events(site.data, session_id)
-        if any(e["type"] == "session_end" for e in events):
-            break
-        time.sleep(0.3)
+    events = wait_for_events(site.data, session_id, lambda evs: any(e["type"] == "session_end" for e in evs),
+                             "the session's last beacon")
     switches = [e["data"] for e in events if e["type"] == "rendition_switch"]
     down = [s for s in switches if s["to"] == "240p" and not s.get("initial")]
     assert down, switches
@@ -287,7 +290,8 @@ def test_closing_the_tab_delivers_the_session_to_the_stats(browser, site, artifa
     page.wait_for_function("() => video.currentTime > 32 && !video.seeking")
     page.mouse.move(0, 0)
     page.keyboard.press("k")  # pause: time paused is not watch time
-    page.wait_for_timeout(1200)
+    page.wait_for_function("() => video.paused")
+    page.wait_for_timeout(1200)  # the pause itself, at least this long
     page.keyboard.press("k")
     page.wait_for_function("() => video.currentTime > 33.5")
     client_watched = page.evaluate("() => { vodflowPlayer._sample(); return vodflowPlayer.analytics.watched; }")
@@ -295,7 +299,7 @@ def test_closing_the_tab_delivers_the_session_to_the_stats(browser, site, artifa
     page.close(run_before_unload=True)  # the beacon on pagehide is all that is left to send
 
     stats_url = f"{site.base}/api/videos/{site.stats}/stats"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         s = requests.get(stats_url, timeout=5).json()
         if s["watch_time"]["total_s"] >= client_watched - 0.5:
@@ -350,9 +354,7 @@ def test_processing_video_shows_progress_then_starts_on_first_rendition(page, si
         publish(vid, site.ladder, rungs=lowest, status="PROCESSING", thumbnails=False)
     page.wait_for_selector("#player[data-startup-ms]", state="attached", timeout=15_000)
     assert page.is_hidden("[data-role=processing]")
-    f0 = frames(page)
-    page.wait_for_timeout(800)
-    assert frames(page) > f0
+    wait_for_frames(page, frames(page) + 5)
     assert page.eval_on_selector_all("#quality-menu [role=menuitemradio]", "els => els.length") == 2  # Auto + 240p
 
     position = video_state(page)["t"]
@@ -381,9 +383,7 @@ def test_network_failure_is_retried_then_shown_and_recoverable(page, site):
     page.get_by_role("button", name="Try again").click()
     page.wait_for_selector("#player[data-startup-ms]", state="attached", timeout=15_000)
     assert page.is_hidden("[data-role=error]")
-    f0 = frames(page)
-    page.wait_for_timeout(600)
-    assert frames(page) > f0, "playing again after the retry"
+    wait_for_frames(page, frames(page) + 5)  # playing again after the retry
 
     # A fatal media error cannot be caused on demand with valid media, so hand the player the
     # event hls.js would emit: the first is recovered (recoverMediaError), a second within
@@ -396,8 +396,9 @@ def test_network_failure_is_retried_then_shown_and_recoverable(page, site):
     assert "could not be decoded" in page.inner_text("[data-role=error-text]")
 
     page.close(run_before_unload=True)
-    time.sleep(0.5)
-    actions = [(e["data"]["details"], e["data"]["action"]) for e in stored_events(site.data, session_id)
+    events = wait_for_events(site.data, session_id, lambda evs: any(e["type"] == "session_end" for e in evs),
+                             "the session's last beacon")
+    actions = [(e["data"]["details"], e["data"]["action"]) for e in events
                if e["type"] == "error" and e["data"].get("fatal")]
     assert ("fragLoadError", "retry") in actions and ("fragLoadError", "shown") in actions, actions
     assert actions[-2:] == [("bufferAppendError", "recover"), ("bufferAppendError", "shown")]
@@ -418,6 +419,7 @@ def test_destroy_releases_listeners_timers_and_hls(page, site):
     page.wait_for_timeout(1500)
     assert video_state(page)["paused"] is True
     assert [u for u in requests_after if "/v/" in u] == [], "no media loaded after destroy"
-    time.sleep(0.3)
-    ends = [e for e in stored_events(site.data, session_id) if e["type"] == "session_end"]
+    events = wait_for_events(site.data, session_id, lambda evs: any(e["type"] == "session_end" for e in evs),
+                             "the beacon sent by destroy()")
+    ends = [e for e in events if e["type"] == "session_end"]
     assert ends and ends[0]["data"]["reason"] == "destroy"

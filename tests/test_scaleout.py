@@ -13,17 +13,18 @@ import m3u8
 import pytest
 from typer.testing import CliRunner
 
-from tests.ops_support import aws_env, dask_cluster, moto_s3, postgres_cluster
+from tests.ops_support import aws_env, dask_cluster, moto_s3
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def scaled_out(prefect_api, tmp_path, monkeypatch):
+def scaled_out(prefect_api, postgres, tmp_path, monkeypatch):
     from catalog.db import reset_engines
     from config.settings import reset_settings
 
-    with postgres_cluster() as db_url, moto_s3("media") as (endpoint, s3):
+    db_url = postgres.new_database(migrated=False)  # the flow's first use migrates it
+    with moto_s3("media") as (endpoint, s3):
         env = {**aws_env(endpoint), "VODFLOW_STORAGE_URL": "s3://media/vod", "VODFLOW_DATABASE_URL": db_url,
                "PREFECT_API_URL": prefect_api, "VODFLOW_WORKERS_ON_HOST": "1"}
         with dask_cluster(tmp_path / "dask", env, workers=2) as address:

@@ -1,19 +1,20 @@
-"""Uploads survive the web server: a clean restart, and kill -9 in the middle of a PATCH."""
+"""Uploads survive the web server: a clean restart, and kill -9 in the middle of a PATCH; with
+the catalog on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import requests
+from sqlalchemy import text
 from tusclient.client import TusClient
 
-from tests.upload_support import OFFSET_TYPE, Server, create, head, metadata, sha256
+from tests.upload_support import OFFSET_TYPE, Server, create, head, metadata, sha256, wait_until
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,15 +25,8 @@ def clip_bytes(clip) -> bytes:
     return clip.read_bytes()
 
 
-def settled_size(path, quiet: float = 0.5, timeout: float = 15) -> int:
-    """Size of a file once it has stopped growing (the worker is blocked on the socket)."""
-    last, since, deadline = -1, time.monotonic(), time.monotonic() + timeout
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        size = path.stat().st_size if path.exists() else 0
-        if size != last:
-            last, since = size, time.monotonic()
-        time.sleep(0.05)
-    return last
+def has_bytes(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 def moved(url: str, server: Server) -> str:
@@ -40,8 +34,8 @@ def moved(url: str, server: Server) -> str:
     return server.files_url + url.rsplit("/", 1)[1]
 
 
-def test_upload_resumes_after_server_restart(tmp_path, clip, clip_bytes):
-    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log")
+def test_upload_resumes_after_server_restart(tmp_path, clip, clip_bytes, database_env):
+    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log", **database_env)
     with srv:
         up = TusClient(srv.files_url).uploader(str(clip), chunk_size=100_000,
                                                metadata={"filename": "restart.mp4"})
@@ -60,8 +54,8 @@ def test_upload_resumes_after_server_restart(tmp_path, clip, clip_bytes):
         assert srv.video(vid)["original_filename"] == "restart.mp4"
 
 
-def test_kill_9_mid_patch_reports_exactly_what_is_on_disk(tmp_path, clip, clip_bytes):
-    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log").start()
+def test_kill_9_mid_patch_reports_exactly_what_is_on_disk(tmp_path, clip, clip_bytes, database_env):
+    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log", **database_env).start()
     try:
         url = create(srv, len(clip_bytes), meta=metadata(filename="killed.mp4")).headers["Location"]
         upload_id = url.rsplit("/", 1)[1]
@@ -73,18 +67,19 @@ def test_kill_9_mid_patch_reports_exactly_what_is_on_disk(tmp_path, clip, clip_b
         conn.sendall((f"PATCH {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nTus-Resumable: 1.0.0\r\n"
                       f"Upload-Offset: 0\r\nContent-Type: {OFFSET_TYPE}\r\n"
                       f"Content-Length: {len(clip_bytes)}\r\n\r\n").encode() + clip_bytes[:sent])
-        # the worker writes whole buffers, so the tail of what was sent may still be in memory
-        last = settled_size(part)
-        assert 0 < last <= sent
+        # kill as soon as part of the body is on disk; the worker writes whole buffers, so the
+        # tail of what was sent may still be in its memory and die with it
+        wait_until(lambda: has_bytes(part), "the worker wrote part of the body")
         srv.kill9()
         conn.close()
         on_disk = part.stat().st_size
+        assert 0 < on_disk <= sent
         srv.start()
         url = moved(url, srv)
         r = head(url)
         assert r.status_code == 200
         offset = int(r.headers["Upload-Offset"])
-        assert offset == on_disk == last
+        assert offset == on_disk
         assert part.read_bytes() == clip_bytes[:offset]
         # the client carries on from there with a real tus client
         rest = TusClient(srv.files_url).uploader(str(clip), url=url, chunk_size=256 * 1024)
@@ -97,13 +92,13 @@ def test_kill_9_mid_patch_reports_exactly_what_is_on_disk(tmp_path, clip, clip_b
         srv.stop()
 
 
-def test_kill_9_during_a_checksummed_patch_counts_none_of_it(tmp_path, clip, clip_bytes):
+def test_kill_9_during_a_checksummed_patch_counts_none_of_it(tmp_path, clip, clip_bytes, database_env):
     """A chunk with Upload-Checksum cannot be verified if it never fully arrived: none of it
     may count, even though part of it reached the disk before the crash."""
     import base64
     import hashlib
 
-    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log").start()
+    srv = Server(tmp_path / "var", tmp_path / "gunicorn.log", **database_env).start()
     try:
         url = create(srv, len(clip_bytes)).headers["Location"]
         upload_id = url.rsplit("/", 1)[1]
@@ -114,7 +109,7 @@ def test_kill_9_during_a_checksummed_patch_counts_none_of_it(tmp_path, clip, cli
                       f"Upload-Offset: 0\r\nContent-Type: {OFFSET_TYPE}\r\nUpload-Checksum: sha1 {digest}\r\n"
                       f"Content-Length: {len(clip_bytes)}\r\n\r\n").encode() + clip_bytes[:400_000])
         chunk = srv.part_file(upload_id).with_suffix(".chunk")
-        assert settled_size(chunk) > 0  # part of the chunk is on disk, unverified
+        wait_until(lambda: has_bytes(chunk), "part of the chunk is on disk, unverified")
         srv.kill9()
         conn.close()
         srv.start()
@@ -124,7 +119,7 @@ def test_kill_9_during_a_checksummed_patch_counts_none_of_it(tmp_path, clip, cli
         srv.stop()
 
 
-def test_hand_off_interrupted_by_a_crash_is_finished_later(tmp_path, clip_bytes):
+def test_hand_off_interrupted_by_a_crash_is_finished_later(tmp_path, clip_bytes, database_env):
     """Two crash points of the last PATCH, recreated on disk and in the catalog as a killed
     worker leaves them: (a) all bytes written, nothing else done — the client's next HEAD
     finishes the hand-off; (b) the video id already reserved — housekeeping finishes it with
@@ -132,7 +127,7 @@ def test_hand_off_interrupted_by_a_crash_is_finished_later(tmp_path, clip_bytes)
     import subprocess
     import sys
 
-    with Server(tmp_path / "var", tmp_path / "gunicorn.log") as srv:
+    with Server(tmp_path / "var", tmp_path / "gunicorn.log", **database_env) as srv:
         ids = []
         for name in ("a.mp4", "b.mp4"):
             url = create(srv, len(clip_bytes), meta=metadata(filename=name)).headers["Location"]
@@ -150,9 +145,9 @@ def test_hand_off_interrupted_by_a_crash_is_finished_later(tmp_path, clip_bytes)
         assert sha256(srv.stored_source(vid_a)) == sha256(clip_bytes)
 
         with srv.db() as conn:
-            conn.execute("UPDATE upload_sessions SET video_id = 'c0ffee000001' WHERE id = ?", (id_b,))
+            conn.execute(text("UPDATE upload_sessions SET video_id = 'c0ffee000001' WHERE id = :id"), {"id": id_b})
         out = subprocess.run([sys.executable, "-m", "deployments.cli", "cleanup", "--json"],
-                             env={**os.environ, "VODFLOW_DATA_DIR": str(srv.data_dir)},
+                             env={**os.environ, **srv.env},
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["handed_off"] == 1

@@ -1,4 +1,5 @@
-"""The tus 1.0.0 server, driven over HTTP with tuspy and requests against gunicorn (2 workers)."""
+"""The tus 1.0.0 server, driven over HTTP with tuspy and requests against gunicorn (2 workers),
+once with the catalog on SQLite and once on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,17 +16,17 @@ import requests
 from tusclient.client import TusClient
 from tusclient.exceptions import TusUploadFailed
 
-from tests.upload_support import OFFSET_TYPE, TUS, Server, create, head, metadata, patch, sha256
+from tests.upload_support import OFFSET_TYPE, TUS, Server, create, head, metadata, patch, sha256, wait_until
 
 MAX = 64 * 1024 * 1024
 ORIGIN = "https://app.example"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, module_database):
     d = tmp_path_factory.mktemp("tus")
     with Server(d / "var", d / "gunicorn.log", VODFLOW_MAX_UPLOAD_BYTES=str(MAX),
-                VODFLOW_CORS_ORIGINS=f"{ORIGIN},https://other.example") as s:
+                VODFLOW_CORS_ORIGINS=f"{ORIGIN},https://other.example", **module_database) as s:
         yield s
 
 
@@ -108,23 +109,22 @@ def test_interrupted_upload_resumes_from_server_offset(server, clip, clip_bytes)
 
 def test_client_that_disconnects_mid_body_keeps_what_arrived(server, clip_bytes):
     import socket
-    import time
     from urllib.parse import urlparse
 
     url = create(server, len(clip_bytes), meta=metadata(filename="cut.mp4")).headers["Location"]
     u = urlparse(url)
     sent = 300_000
+    upload_id = url.rsplit("/", 1)[1]
     with socket.create_connection((u.hostname, u.port)) as s:
         s.sendall((f"PATCH {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nTus-Resumable: 1.0.0\r\n"
                    f"Upload-Offset: 0\r\nContent-Type: {OFFSET_TYPE}\r\n"
                    f"Content-Length: {len(clip_bytes)}\r\n\r\n").encode() + clip_bytes[:sent])
-        time.sleep(0.5)
-    deadline = time.monotonic() + 10
-    while int(head(url).headers["Upload-Offset"]) < sent and time.monotonic() < deadline:
-        time.sleep(0.1)
+        wait_until(lambda: server.part_file(upload_id).exists() and server.part_file(upload_id).stat().st_size > 0,
+                   "the server started writing the body")
+    # the client is gone: the server counts what arrived, all of it
+    wait_until(lambda: int(head(url).headers["Upload-Offset"]) >= sent, "the offset reached what was sent")
     offset = int(head(url).headers["Upload-Offset"])
     assert offset == sent
-    upload_id = url.rsplit("/", 1)[1]
     assert server.part_file(upload_id).read_bytes() == clip_bytes[:sent]
     assert patch(url, offset, clip_bytes[offset:]).status_code == 204
     assert sha256(server.stored_source(video_of(server, url)["id"])) == sha256(clip_bytes)
@@ -313,29 +313,40 @@ def test_delete_racing_the_last_patch_has_one_outcome(server, clip_bytes):
 def test_delete_stops_a_patch_that_is_still_streaming(server, clip_bytes):
     url = create(server, len(clip_bytes), meta=metadata(filename="slow.mp4")).headers["Location"]
     upload_id = url.rsplit("/", 1)[1]
+    deleted = threading.Event()
+    last = len(clip_bytes) - 1
 
-    def slowly():
-        for i in range(0, len(clip_bytes), 8192):
-            yield clip_bytes[i:i + 8192]
+    def body():
+        # a slow client: small pieces until the DELETE is answered; the last byte only after
+        # it, so the upload cannot complete first, and a DELETE that waited for this PATCH to
+        # end would wait in vain
+        for i in range(0, last, 4096):
+            if deleted.is_set():
+                break
+            yield clip_bytes[i:min(i + 4096, last)]
             time.sleep(0.05)
+        deleted.wait(60)
+        yield clip_bytes[last:]
 
     result: dict = {}
 
     def send():
         try:
-            result["r"] = requests.patch(url, data=slowly(), timeout=60, headers={
+            result["r"] = requests.patch(url, data=body(), timeout=90, headers={
                 **TUS, "Upload-Offset": "0", "Content-Type": OFFSET_TYPE})
         except requests.ConnectionError as exc:  # the server may answer and close mid-body
             result["error"] = exc
 
     t = threading.Thread(target=send)
     t.start()
-    time.sleep(1.0)
-    started = time.monotonic()
-    r = requests.delete(url, headers=TUS, timeout=30)
+    part = server.part_file(upload_id)
+    wait_until(lambda: part.exists() and part.stat().st_size > 0, "the PATCH is streaming into the upload")
+    try:
+        r = requests.delete(url, headers=TUS, timeout=30)
+    finally:
+        deleted.set()
     assert r.status_code == 204, r.text
-    assert time.monotonic() - started < 8  # the PATCH let go of the upload, the DELETE got it
-    t.join(60)
+    t.join(90)
     if "r" in result:
         assert result["r"].status_code == 410
     assert requests.get(url).json()["status"] == "TERMINATED"

@@ -13,10 +13,17 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
+from sqlalchemy import bindparam, text
 
-from tests.upload_support import Server, create, head, metadata, patch, sha256
+from catalog.models import UTCDateTime
+
+from tests.upload_support import Server, create, head, metadata, patch, sha256, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# the column type writes moments as each database stores them (text in SQLite, timestamptz in PostgreSQL)
+UPDATE_SESSION = text("UPDATE upload_sessions SET expires_at = :expires_at, updated_at = :updated_at "
+                      "WHERE id = :id").bindparams(bindparam("expires_at", type_=UTCDateTime()),
+                                                   bindparam("updated_at", type_=UTCDateTime()))
 
 
 def test_upload_expires_after_inactivity(tmp_path, clip):
@@ -27,8 +34,9 @@ def test_upload_expires_after_inactivity(tmp_path, clip):
         assert r.status_code == 204
         expires = parsedate_to_datetime(r.headers["Upload-Expires"])
         assert expires <= datetime.now(timezone.utc) + timedelta(seconds=3)
-        time.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()) + 1.2)
-        assert head(url).status_code == 410
+        # nothing more arrives: the upload expires on its own (HEAD does not keep it alive)
+        wait_until(lambda: head(url).status_code == 410, "the idle upload to expire", every=0.2)
+        assert datetime.now(timezone.utc) >= expires
         r = patch(url, 100_000, data[100_000:])
         assert r.status_code == 410 and "expired" in r.json()["message"]
         assert requests.get(url).json()["status"] == "EXPIRED"
@@ -52,10 +60,10 @@ def test_vodflow_cleanup_removes_abandoned_and_orphaned_only(tmp_path, clip):
         assert patch(live, 0, data[:300_000]).status_code == 204
         idle_id = idle.rsplit("/", 1)[1]
         # a day passes without a byte for the idle upload
+        now = datetime.now(timezone.utc)
         with srv.db() as conn:
-            conn.execute("UPDATE upload_sessions SET expires_at = ?, updated_at = ? WHERE id = ?",
-                         ((datetime.utcnow() - timedelta(hours=1)).isoformat(" "),
-                          (datetime.utcnow() - timedelta(hours=25)).isoformat(" "), idle_id))
+            conn.execute(UPDATE_SESSION, {"expires_at": now - timedelta(hours=1),
+                                          "updated_at": now - timedelta(hours=25), "id": idle_id})
         uploads = srv.data_dir / "uploads"
         two_hours_ago = time.time() - 7200
         stale_post = uploads / "post-dead.part"  # a one-shot POST whose worker died
@@ -102,10 +110,11 @@ def test_maintenance_elsewhere_leaves_a_web_hosts_uploads_to_it(tmp_path, clip, 
         assert patch(idle, 0, data[:100_000]).status_code == 204
         idle_id = idle.rsplit("/", 1)[1]
         with srv.db() as conn:
-            assert conn.execute("SELECT host FROM upload_sessions WHERE id = ?", (cut_id,)).fetchone()[0] == "web-1"
-            conn.execute("UPDATE upload_sessions SET video_id = 'a1b2c3d4e5f6' WHERE id = ?", (cut_id,))
-            conn.execute("UPDATE upload_sessions SET expires_at = ? WHERE id = ?",
-                         ((datetime.utcnow() - timedelta(hours=1)).isoformat(" "), idle_id))
+            assert srv.session(cut_id)["host"] == "web-1"
+            conn.execute(text("UPDATE upload_sessions SET video_id = 'a1b2c3d4e5f6' WHERE id = :id"), {"id": cut_id})
+            conn.execute(text("UPDATE upload_sessions SET expires_at = :at WHERE id = :id")
+                         .bindparams(bindparam("at", type_=UTCDateTime())),
+                         {"at": datetime.now(timezone.utc) - timedelta(hours=1), "id": idle_id})
 
         # the flow-runner machine: same catalog, its own disk, another name
         monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "flows"))

@@ -79,7 +79,7 @@ def test_refused_file_says_why(server, page, tmp_path):
 
 
 def test_pause_resume_and_resume_after_reload(server, page, clip):
-    before = {r["id"] for r in server.db().execute("SELECT id FROM upload_sessions")}
+    before = {r["id"] for r in server.uploads()}
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
     # a slow uplink, so there is time to pause and to reload mid-upload
@@ -110,5 +110,5 @@ def test_pause_resume_and_resume_after_reload(server, page, clip):
     link.wait_for(state="visible", timeout=30_000)
     vid = page.locator("#uploads .upload").first.get_attribute("data-video-id")
     assert sha256(server.stored_source(vid)) == sha256(clip.read_bytes())
-    after = {r["id"] for r in server.db().execute("SELECT id FROM upload_sessions")}
+    after = {r["id"] for r in server.uploads()}
     assert len(after - before) == 1, "the upload restarted instead of resuming"

@@ -1,5 +1,5 @@
 """Helpers for the upload tests: a gunicorn server we can restart or kill -9, raw tus requests,
-and a look into the server's catalog and upload folder."""
+and a look into the server's catalog (SQLite or PostgreSQL) and upload folder."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import base64
 import hashlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
+from sqlalchemy import text
 
 from tests.servers import free_port, stop, wait_http
 
@@ -44,9 +44,10 @@ class Server:
         cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
                "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "--graceful-timeout", "3",
                "streaming_app.wsgi:app"]
-        env = {**os.environ, **self.env}
+        env = dict(os.environ)
         for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
-            env.pop(name, None)
+            env.pop(name, None)  # only what this server was given counts
+        env.update(self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
@@ -76,22 +77,37 @@ class Server:
         return self.base + "/files/"
 
     # --- looking inside
-    def db(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.data_dir / "vodflow.db", timeout=30)
-        conn.row_factory = sqlite3.Row
-        return conn
+    @property
+    def database_url(self) -> str:
+        return self.env.get("VODFLOW_DATABASE_URL") or f"sqlite:///{self.data_dir / 'vodflow.db'}"
 
-    def videos(self) -> list[sqlite3.Row]:
-        with self.db() as conn:
-            return conn.execute("SELECT * FROM videos ORDER BY created_at").fetchall()
+    @property
+    def storage_url(self) -> str:
+        return self.env.get("VODFLOW_STORAGE_URL") or (self.data_dir / "storage").as_uri()
 
-    def video(self, video_id: str) -> sqlite3.Row | None:
-        with self.db() as conn:
-            return conn.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
+    def db(self):
+        """A connection to the server's catalog in a transaction (committed on leaving)."""
+        from catalog.db import make_engine
 
-    def session(self, upload_id: str) -> sqlite3.Row | None:
+        if getattr(self, "_engine", None) is None:
+            self._engine = make_engine(self.database_url)
+        return self._engine.begin()
+
+    def _rows(self, sql: str, **params) -> list:
         with self.db() as conn:
-            return conn.execute("SELECT * FROM upload_sessions WHERE id = ?", (upload_id,)).fetchone()
+            return list(conn.execute(text(sql), params).mappings())
+
+    def videos(self) -> list:
+        return self._rows("SELECT * FROM videos ORDER BY created_at")
+
+    def video(self, video_id: str):
+        return next(iter(self._rows("SELECT * FROM videos WHERE id = :id", id=video_id)), None)
+
+    def uploads(self) -> list:
+        return self._rows("SELECT * FROM upload_sessions")
+
+    def session(self, upload_id: str):
+        return next(iter(self._rows("SELECT * FROM upload_sessions WHERE id = :id", id=upload_id)), None)
 
     def part_file(self, upload_id: str) -> Path:
         return self.data_dir / "uploads" / "tus" / f"{upload_id}.part"
@@ -102,8 +118,14 @@ class Server:
         return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix != ".lock") if d.exists() else []
 
     def stored_source(self, video_id: str) -> bytes:
+        """The stored source's bytes, read from storage (a folder or a bucket) as the server wrote it."""
+        import fsspec
+
         row = self.video(video_id)
-        return Path(row["source_url"].removeprefix("file://")).read_bytes()
+        opts = {"client_kwargs": {"endpoint_url": self.env["VODFLOW_S3_ENDPOINT_URL"]}} \
+            if row["source_url"].startswith("s3://") and "VODFLOW_S3_ENDPOINT_URL" in self.env else {}
+        with fsspec.open(row["source_url"], "rb", **opts) as fh:
+            return fh.read()
 
 
 def create(server: Server, length: int | None, *, meta: str | None = None, **headers: str) -> requests.Response:
@@ -126,3 +148,14 @@ def patch(url: str, offset: int, body: bytes, **headers: str) -> requests.Respon
 
 def head(url: str) -> requests.Response:
     return requests.head(url, headers=TUS, timeout=30)
+
+
+def wait_until(check, what: str, timeout: float = 60.0, every: float = 0.05) -> None:
+    """Poll `check()` until it is true; fail naming `what` after a generous `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for: {what}")
+        time.sleep(every)

@@ -266,10 +266,12 @@ def analytics_events():
         dialect = get_engine().dialect.name
         insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
         if insert is not None:
-            stmt = insert(PlaybackEvent).on_conflict_do_nothing(index_elements=["session_id", "seq"])
-            # core execution on the session's connection: one multi-row INSERT, and a rowcount
-            result = s.connection().execute(stmt, rows)
-            stored = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
+            # one multi-row INSERT that names the rows it stored: the driver's rowcount cannot
+            # be trusted for this (psycopg reports -1, and a resent batch counted as stored again)
+            stmt = (insert(PlaybackEvent).values(rows)
+                    .on_conflict_do_nothing(index_elements=["session_id", "seq"])
+                    .returning(PlaybackEvent.id))
+            stored = len(s.connection().execute(stmt).all())
         else:  # other databases: skip what is already there, one query
 
             have = set(s.scalars(select(PlaybackEvent.seq).where(
