@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.player_support import catalog_at, launch_chromium, make_published_video, server_env  # noqa: E402
-from tests.servers import gunicorn_app  # noqa: E402
+from tests.servers import vodflow_web  # noqa: E402
 
 GOAL_MS = 1500
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "var"
         with catalog_at(data):
             vid = make_published_video("Startup bench", duration=args.duration)
-        with gunicorn_app(server_env(data), Path(tmp) / "gunicorn.log") as base, sync_playwright() as p:
+        with vodflow_web(server_env(data), Path(tmp) / "gunicorn.log") as base, sync_playwright() as p:
             browser = launch_chromium(p)
             bare_url = f"{base}/bench/bare-hlsjs.html"
             bare_html = BARE_PAGE % {"master": f"/v/{vid}/master.m3u8"}

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.player_support import catalog_at, create_video
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 DURATION = 60.0
 
@@ -25,7 +25,7 @@ def server(tmp_path_factory):
     with catalog_at(data):
         ids = {name: create_video(name, duration=DURATION, status="READY", progress=100)
                for name in ("plain", "stats", "dupes")}
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data)}, data.parent / "gunicorn.log") as base:
+    with vodflow_web({"VODFLOW_DATA_DIR": str(data)}, data.parent / "gunicorn.log") as base:
         yield base, ids
 
 
@@ -170,7 +170,7 @@ def test_per_client_rate_limit_answers_429_with_retry_after(tmp_path):
     other requests are unaffected once it slows down. (Own server: the limit is per client.)"""
     with catalog_at(tmp_path / "var"):
         vid = create_video("flood", duration=10, status="READY")
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(tmp_path / "var")}, tmp_path / "gunicorn.log", workers=1) as base:
+    with vodflow_web({"VODFLOW_DATA_DIR": str(tmp_path / "var")}, tmp_path / "gunicorn.log", workers=1) as base:
         # one session may not flood: a player sends a batch every ~10 s
         one = sid()
         replies = [post(base, {"session_id": one, "video_id": vid,

@@ -1,7 +1,6 @@
 """GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… — the Flask side of delivery.
 
-The decisions live in serve.py. Successful answers usually leave through the fast path
-(fastpath.py) before reaching these views; the views answer everything else, refusals as JSON.
+The decisions live in serve.py; these views turn them into responses, refusals as JSON.
 """
 
 from __future__ import annotations
