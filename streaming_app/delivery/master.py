@@ -184,7 +184,13 @@ def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
                 return view
             if age < VIEW_TTL + STALE_GRACE:
                 # one thread re-reads; the others keep the view while it does
-                return _refresh(video_id) if _claim(video_id) else view
+                if not _claim(video_id):
+                    return view
+                try:
+                    return _refresh(video_id)
+                except Exception as exc:  # noqa: BLE001 - retried after RETRY_SECONDS; the view ages out
+                    log.warning("re-reading video %s from the catalog failed: %s", video_id, exc)
+                    return view
     view = _load(video_id)
     _store(video_id, view)
     return view
