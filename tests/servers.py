@@ -85,8 +85,8 @@ def vodflow_web(env: dict, log_path: Path, workers: int = 2, front: bool = False
 
     front=False: `vodflow web` alone (gunicorn's gthread worker on the port, the minimal
     install). front=True: as `vodflow up` runs it, nginx on the port with the configuration
-    `vodflow up` writes into the data dir, in front of `vodflow web` on its unix socket.
-    Yields the base URL."""
+    `vodflow up` writes into the data dir, in front of `vodflow web` on its unix socket (nginx's
+    output goes to a log beside `log_path`, named with "-nginx"). Yields the base URL."""
     port = free_port()
     env = {**os.environ, **env, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
            "VODFLOW_WEB_WORKERS": str(workers)}
@@ -112,7 +112,8 @@ def vodflow_web(env: dict, log_path: Path, workers: int = 2, front: bool = False
             if app.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"`vodflow web` on {fr.app_socket} did not come up; see {log_path}")
             time.sleep(0.2)
-        with web_process(fr.command(nginx_binary() or "nginx"), env, log_path, port) as base:
+        nginx_log = log_path.with_name(f"{log_path.stem}-nginx{log_path.suffix}")
+        with web_process(fr.command(nginx_binary() or "nginx"), env, nginx_log, port) as base:
             yield base
     finally:
         stop(app)

@@ -166,7 +166,10 @@ def respond(environ: dict, rep: Representation, content_type: str, cache_control
     method = environ["REQUEST_METHOD"]
     decision = decide(method, RequestHeaders(environ), rep)
     headers = [("ETag", rep.etag_header), ("Last-Modified", rep.last_modified_header),
-               ("Cache-Control", cache_control), ("Accept-Ranges", "bytes")]
+               ("Cache-Control", cache_control)]
+    if decision.status not in (206, 304):
+        # announced where ranges are news, as nginx does: a 206 or a 304 answers one already
+        headers.append(("Accept-Ranges", "bytes"))
     sends_body = decision.status in (200, 206) and method == "GET" and decision.length > 0
     if not sends_body and close is not None:
         close()
@@ -281,7 +284,8 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
 
-    if local and get_settings().web_socket is not None:
+    if local and environ["REQUEST_METHOD"] == "GET" and get_settings().web_socket is not None:
+        # (a HEAD sends no bytes: the app answers it itself, as alone, Range ignored)
         return _accel(environ, obj, ext, "/".join((video_id, run, *parts)), missing)
 
     def body(start: int, length: int):
