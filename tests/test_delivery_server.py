@@ -95,8 +95,8 @@ def test_raw_paths_are_not_normalised_and_still_refused(served, server):
         conn.request("GET", raw)
         r = conn.getresponse()
         body = r.read()
-        if server.front and raw.endswith("/../../../../etc/passwd"):
-            # more `..` than folders: nginx refuses the request line itself, and closes
+        if server.front and r.status == 400:
+            # more `..` (raw or encoded) than folders: nginx refuses the request line itself
             assert r.status == 400 and b"root:" not in body, raw
             conn.close()
             conn = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
