@@ -481,7 +481,7 @@ def _has_bokeh() -> bool:
 
 
 def _tcp_ok(address: str) -> bool:
-    from deployments.health import _host_port
+    from flows.health import _host_port
 
     host, port = _host_port(address)
     try:
