@@ -363,6 +363,8 @@ class Stack:
             f"  Prefect API {self.prefect_api}",
             f"  Dask        {self.dask_address}" + (f"  (dashboard {self.dashboard})" if self.dashboard else ""),
             f"  data        {s.data_dir}   logs in {self.logs_dir}",
+            (f"  front       nginx, configuration in {Front.of(s).config}" if s.front == "nginx"
+             else "  front       none: the web app itself listens on the port"),
             "Ctrl-C stops everything.",
         ]
         for line in lines:
