@@ -49,6 +49,7 @@ def gunicorn_command(settings: Settings) -> list[str]:
     bind = f"unix:{settings.web_socket}" if settings.web_socket else f"{settings.web_host}:{settings.web_port}"
     return [
         sys.executable, "-m", "gunicorn",
+        "--config", "python:deployments.gunicorn_conf",
         "--bind", bind,
         "--workers", str(workers),
         "--worker-class", "gthread",

@@ -90,3 +90,22 @@ def test_public_url_wins_over_the_request(tmp_path, clip):
         assert created.headers["Location"] == f"https://videos.example/vod/files/{upload_id}"
         vid = created.headers["Vodflow-Video-Id"]
         assert created.headers["Vodflow-Watch-Url"] == f"https://videos.example/vod/watch/{vid}"
+
+
+def test_behind_vodflows_nginx_links_and_the_client_address_are_the_real_ones(tmp_path, clip):
+    """nginx in front as `vodflow up` runs it, nothing trusted beyond it: links use the Host the
+    client asked for, forwarded headers sent by the client prove nothing, and the analytics
+    limit counts the address nginx saw (here every request comes from one client, whatever
+    X-Forwarded-For it claims)."""
+    data = tmp_path / "var"
+    with catalog_at(data):
+        watched = create_video("watched", duration=10, status="READY", progress=100)
+    env = {"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISPATCH": "off"}
+    with vodflow_web(env, tmp_path / "web.log", workers=1, front=True) as base:
+        created = _create_with_body(base, clip.read_bytes(), FORWARDED)
+        assert created.headers["Location"].startswith(f"{base}/files/")
+        assert created.headers["Vodflow-Watch-Url"].startswith(f"{base}/watch/")
+        # 200 viewers by their forged headers, one by nginx's account: were the forged addresses
+        # believed, each would have its own allowance of 100 and none would be refused
+        codes = [_events(base, watched, f"203.0.113.{i}") for i in range(200)]
+        assert codes[:50] == [202] * 50 and 429 in codes
