@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
-# Debian packages: runtime (ffmpeg) and test-only (browser, database, load tools).
-RUNTIME_PKGS := ffmpeg
+# Debian packages: runtime (ffmpeg; nginx, which `vodflow up` puts in front of the web app) and
+# test-only (browser, database, load tools).
+RUNTIME_PKGS := ffmpeg nginx-light
 TEST_PKGS := ffmpeg chromium postgresql nginx-light wrk curl
 
 .PHONY: run test setup setup-test system-runtime system-test clean bench lock upgrade lock-check

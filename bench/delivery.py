@@ -1,16 +1,20 @@
-"""`vodflow bench delivery`: HLS delivery by the app under gunicorn against nginx, same files.
+"""`vodflow bench delivery`: HLS delivery as vodflow serves it, against nginx alone, same files.
 
-Both servers serve one storage folder at the same URLs: the app as `vodflow web` runs it
-(`vodflow web`), nginx with bench/nginx-delivery.conf (sendfile on, access log on, like the
-app). wrk drives each at the same concurrency with the same URL list:
+Three servers serve one storage folder at the same URLs:
+  - front: what `vodflow up` runs: nginx with the configuration it writes into the data dir, in
+    front of `vodflow web` on a unix socket (the app decides, nginx sends the files);
+  - app:   `vodflow web` alone (gunicorn's gthread worker), the minimal install;
+  - nginx: nginx alone with bench/nginx-delivery.conf (sendfile on, no access log), the baseline.
+wrk drives each at the same concurrency with the same URL list:
   - segments: 1 MiB .ts files (32 of them, round-robin), what players pull all day;
   - master:   /v/{id}/master.m3u8, which the app builds from the catalog (nginx: a static copy).
-Runs alternate app/nginx over several rounds so machine noise hits both; medians are printed,
-with the ratios app/nginx. A final soak loads the app with a mix of both for --soak seconds
-while sampling the resident memory of all its processes, to show it stays flat.
+Runs alternate between the servers over several rounds so machine noise hits all of them;
+medians are printed, with the ratios to nginx. A final soak loads the front with a mix of both
+for --soak seconds while sampling the resident memory of all its processes (nginx and gunicorn),
+to show it stays flat.
 
-Goals: segment throughput >= 0.5 x nginx; master p99 <= 20 ms at 64 connections; no errors;
-flat memory over a 60 s run.
+Goals: front segment throughput >= 0.9 x nginx and master p99 <= 20 ms at 64 connections; the
+app alone >= 0.5 x nginx on segments; no errors; flat memory over a 60 s run.
 
     vodflow bench delivery                      # 3 rounds x 10 s each, 60 s soak
     vodflow bench delivery --seconds 3 --rounds 1 --soak 10   # quick look
@@ -37,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SEGMENT_BYTES = 1024 * 1024
 SEGMENTS = 32
-GOALS = {"segment_ratio": 0.5, "master_p99_ms": 20.0, "memory_growth_mb": 20.0}
+GOALS = {"front_segment_ratio": 0.9, "app_segment_ratio": 0.5, "master_p99_ms": 20.0, "memory_growth_mb": 20.0}
+SERVERS = ("front", "app", "nginx")
 
 WRK_SCRIPT = """
 local paths = {%(paths)s}
@@ -122,21 +127,57 @@ def prepare(data_dir: Path) -> dict:
 
 
 @contextmanager
-def app_server(run_dir: Path, workers: int):
-    """`vodflow web` itself; it execs gunicorn, so the process is gunicorn's master."""
+def app_server(run_dir: Path, workers: int, front: bool = False):
+    """`vodflow web` itself (it execs gunicorn, so the process is gunicorn's master); with
+    front=True on its unix socket behind nginx, configured exactly as `vodflow up` does.
+    Yields (base URL, pids of the server process trees)."""
     port = free_port()
     env = {**os.environ, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
            "VODFLOW_WEB_WORKERS": str(workers)}
-    log = open(run_dir / "gunicorn.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deployments.cli", "web"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    env.pop("VODFLOW_WEB_SOCKET", None)
+    name = "front" if front else "app"
     base = f"http://127.0.0.1:{port}"
+    procs: list[subprocess.Popen] = []
+    logs = []
     try:
-        wait_http(base + "/healthz", proc)
-        yield base, proc
+        if front:
+            from config.settings import load_settings
+            from deployments.web import Front, nginx_binary, web_environment
+
+            old = dict(os.environ)
+            os.environ.update(env)
+            try:
+                settings = load_settings()
+            finally:
+                os.environ.clear()
+                os.environ.update(old)
+            fr = Front.of(settings)
+            fr.write_config(settings)
+            fr.clear_sockets()
+            env.update(web_environment(settings))
+        logs.append(open(run_dir / f"{name}-gunicorn.log", "wb"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "deployments.cli", "web"], env=env, stdout=logs[-1],
+                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT))
+        if front:
+            nginx = nginx_binary()
+            if nginx is None:
+                raise SystemExit("nginx is not installed (make setup installs nginx-light)")
+            deadline = time.monotonic() + 60
+            while not fr.app_socket.exists():
+                if procs[0].poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"`vodflow web` did not start; see {run_dir / 'front-gunicorn.log'}")
+                time.sleep(0.2)
+            logs.append(open(run_dir / "front-nginx.log", "wb"))
+            procs.append(subprocess.Popen(fr.command(nginx), env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        for proc in procs:
+            wait_http(base + "/healthz", proc)
+        yield base, [p.pid for p in procs]
     finally:
-        stop(proc)
-        log.close()
+        for proc in reversed(procs):
+            stop(proc)
+        for log in logs:
+            log.close()
 
 
 @contextmanager
@@ -158,19 +199,19 @@ def nginx_server(run_dir: Path, storage_dir: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/", proc)
-        yield base, proc
+        yield base, [proc.pid]
     finally:
         stop(proc)
         log.close()
 
 
-def wrk(base: str, paths: list[str], seconds: float, connections: int, run_dir: Path, pid: int | None = None) -> dict:
+def wrk(base: str, paths: list[str], seconds: float, connections: int, run_dir: Path, pids: list[int]) -> dict:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (make setup-test installs it)")
     script = run_dir / f"wrk-{secrets.token_hex(3)}.lua"
     script.write_text(WRK_SCRIPT % {"paths": ", ".join(json.dumps(p) for p in paths)})
     threads = max(1, min(connections, os.cpu_count() or 1))
-    cpu_before = tree_cpu_seconds(pid) if pid else 0.0
+    cpu_before = sum(tree_cpu_seconds(pid) for pid in pids)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                           "--timeout", "10s", "-s", str(script), base + paths[0]],
                          capture_output=True, text=True, timeout=seconds + 60)
@@ -179,7 +220,7 @@ def wrk(base: str, paths: list[str], seconds: float, connections: int, run_dir: 
         raise SystemExit(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
     r = json.loads(line[len("RESULT "):])
     secs = r["duration_us"] / 1e6
-    cpu_us = (tree_cpu_seconds(pid) - cpu_before) / max(1, r["requests"]) * 1e6 if pid else 0.0
+    cpu_us = (sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before) / max(1, r["requests"]) * 1e6
     return {"rps": r["requests"] / secs, "mbps": r["bytes"] / secs / 1e6, "p50_ms": r["p50_us"] / 1000,
             "p99_ms": r["p99_us"] / 1000, "p999_ms": r["p999_us"] / 1000, "cpu_us": cpu_us,
             "errors": sum(r[k] for k in ("connect", "read", "write", "status", "timeout")), "requests": r["requests"]}
@@ -222,25 +263,55 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def check_same_files(app: str, nginx: str, case: dict) -> None:
+def check_same_files(servers: dict, case: dict) -> None:
     import requests
 
     for path in (case["segments"][0], case["master"]):
-        a, n = requests.get(app + path, timeout=10), requests.get(nginx + path, timeout=10)
-        if a.status_code != 200 or n.status_code != 200 or a.content != n.content:
-            raise SystemExit(f"app and nginx disagree on {path}: {a.status_code} vs {n.status_code}")
+        answers = {name: requests.get(base + path, timeout=10) for name, (base, _) in servers.items()}
+        bodies = {r.content for r in answers.values()}
+        if any(r.status_code != 200 for r in answers.values()) or len(bodies) != 1:
+            raise SystemExit(f"the servers disagree on {path}: "
+                             + ", ".join(f"{n} {r.status_code}" for n, r in answers.items()))
 
 
 def median_of(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"errors": sum(r["errors"] for r in runs)}
 
 
+def soak_run(base: str, pids: list[int], case: dict, args, run_dir: Path) -> dict:
+    """Mixed load for args.soak seconds while sampling the resident memory of the servers."""
+    samples: list[tuple[float, float]] = []
+    stop_sampling = threading.Event()
+
+    def rss() -> float:
+        return sum(tree_rss_mb(pid) for pid in pids)
+
+    def sample():
+        t0 = time.monotonic()
+        while not stop_sampling.wait(1.0):
+            samples.append((time.monotonic() - t0, rss()))
+
+    before = rss()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    mixed = case["segments"] + [case["master"]] * 8
+    soak = wrk(base, mixed, args.soak, args.connections, run_dir, pids)
+    stop_sampling.set()
+    sampler.join()
+    tenth = max(1, len(samples) // 10)
+    early = statistics.median(v for _, v in samples[:tenth]) if samples else before
+    late = statistics.median(v for _, v in samples[-tenth:]) if samples else before
+    return soak | {"rss_before": before, "rss_early": early, "rss_late": late,
+                   "rss_max": max((v for _, v in samples), default=before)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vodflow bench delivery", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10, help="length of each measured wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating app/nginx rounds (medians reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds alternating the servers' order (medians reported)")
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--soak", type=float, default=60, help="seconds of mixed load on the app for the memory check (0: skip)")
+    ap.add_argument("--soak", type=float, default=60,
+                    help="seconds of mixed load on the front for the memory check (0: skip)")
     ap.add_argument("--workers", type=int, default=0, help="gunicorn workers (0: as `vodflow web` sizes them)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
     args = ap.parse_args(argv)
@@ -250,56 +321,37 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=max(120, shutil.get_terminal_size().columns))
     run_dir = Path(tempfile.mkdtemp(prefix="vodflow-bench-delivery-"))
+    soak = None
     try:
         case = prepare(run_dir / "var")
         console.print(f"[bold]delivery bench[/bold]: {args.connections} connections, {args.rounds} x {args.seconds:g} s "
                       f"per server and kind, {SEGMENTS} x 1 MiB segments; cores: {os.cpu_count()}, "
                       f"load average before: {os.getloadavg()[0]:.1f}")
-        with app_server(run_dir, args.workers) as (app, app_proc):
+        with app_server(run_dir, args.workers, front=True) as front, app_server(run_dir, args.workers) as app:
             # nginx serves the master the app renders, as a static file at the same URL
             import requests
 
             from config import storage
 
-            master = requests.get(app + case["master"], timeout=10).content
+            master = requests.get(app[0] + case["master"], timeout=10).content
             storage.write_bytes(storage.url_for("hls", case["video_id"], "master.m3u8"), master)
-            with nginx_server(run_dir, case["storage"]) as (ngx, ngx_proc):
-                check_same_files(app, ngx, case)
-                servers = {"app": (app, app_proc.pid), "nginx": (ngx, ngx_proc.pid)}
+            with nginx_server(run_dir, case["storage"]) as ngx:
+                servers = {"front": front, "app": app, "nginx": ngx}
+                check_same_files(servers, case)
                 results: dict[tuple[str, str], list[dict]] = {}
                 for rnd in range(args.rounds):
-                    order = ["app", "nginx"] if rnd % 2 == 0 else ["nginx", "app"]
+                    order = list(SERVERS[rnd % 3:] + SERVERS[:rnd % 3])  # each server goes first once
                     for kind, paths in (("segments", case["segments"]), ("master", [case["master"]])):
                         for name in order:
-                            base, pid = servers[name]
-                            r = wrk(base, paths, args.seconds, args.connections, run_dir, pid)
+                            base, pids = servers[name]
+                            r = wrk(base, paths, args.seconds, args.connections, run_dir, pids)
                             results.setdefault((name, kind), []).append(r)
                             console.print(f"  round {rnd + 1} {kind:8} {name:5} {r['rps']:9.0f} req/s "
                                           f"{r['mbps']:8.1f} MB/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  p99.9 {r['p999_ms']:6.1f} ms"
                                           f"  {r['cpu_us']:6.0f} us CPU/req  errors {r['errors']}  "
                                           f"load {os.getloadavg()[0]:.1f}")
-            soak = None
             if args.soak > 0:
-                samples: list[tuple[float, float]] = []
-                stop_sampling = threading.Event()
-
-                def sample():
-                    t0 = time.monotonic()
-                    while not stop_sampling.wait(1.0):
-                        samples.append((time.monotonic() - t0, tree_rss_mb(app_proc.pid)))
-
-                before = tree_rss_mb(app_proc.pid)
-                sampler = threading.Thread(target=sample, daemon=True)
-                sampler.start()
-                mixed = case["segments"] + [case["master"]] * 8
-                soak = wrk(app, mixed, args.soak, args.connections, run_dir, app_proc.pid)
-                stop_sampling.set()
-                sampler.join()
-                tenth = max(1, len(samples) // 10)
-                early = statistics.median(v for _, v in samples[:tenth]) if samples else before
-                late = statistics.median(v for _, v in samples[-tenth:]) if samples else before
-                soak |= {"rss_before": before, "rss_early": early, "rss_late": late,
-                         "rss_max": max((v for _, v in samples), default=before)}
+                soak = soak_run(front[0], front[1], case, args, run_dir)
     finally:
         if args.keep:
             console.print(f"kept {run_dir}")
@@ -311,32 +363,45 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("kind", "server", "req/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req", "errors"):
         table.add_column(col, justify="right" if col not in ("kind", "server") else "left")
     for kind in ("segments", "master"):
-        a, n = med[("app", kind)], med[("nginx", kind)]
-        for name, m in (("app", a), ("nginx", n)):
+        n = med[("nginx", kind)]
+        for name in SERVERS:
+            m = med[(name, kind)]
             table.add_row(kind, name, f"{m['rps']:.0f}", f"{m['mbps']:.1f}", f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}",
                           f"{m['p999_ms']:.1f}", f"{m['cpu_us']:.0f}", str(m["errors"]))
-        table.add_row(kind, "app/nginx", f"{a['rps'] / n['rps']:.2f}", f"{a['mbps'] / n['mbps']:.2f}",
-                      f"{a['p50_ms'] / n['p50_ms']:.2f}", f"{a['p99_ms'] / n['p99_ms']:.2f}",
-                      f"{a['p999_ms'] / n['p999_ms']:.2f}", f"{a['cpu_us'] / n['cpu_us']:.2f}" if n["cpu_us"] else "", "", end_section=True)
+        for name in ("front", "app"):
+            a = med[(name, kind)]
+            table.add_row(kind, f"{name}/nginx", f"{a['rps'] / n['rps']:.2f}", f"{a['mbps'] / n['mbps']:.2f}",
+                          f"{a['p50_ms'] / n['p50_ms']:.2f}", f"{a['p99_ms'] / n['p99_ms']:.2f}",
+                          f"{a['p999_ms'] / n['p999_ms']:.2f}", f"{a['cpu_us'] / n['cpu_us']:.2f}" if n["cpu_us"] else "",
+                          "", end_section=name == "app")
     console.print(table)
 
-    seg_ratio = med[("app", "segments")]["rps"] / med[("nginx", "segments")]["rps"]
-    master_p99 = med[("app", "master")]["p99_ms"]
-    errors = sum(m["errors"] for m in med.values())
+    # ratios per round (servers measured back to back), then their median: steadier on a shared
+    # machine than a ratio of medians
+    def ratio(name: str) -> float:
+        return statistics.median(a["rps"] / n["rps"] for a, n in zip(results[(name, "segments")],
+                                                                     results[("nginx", "segments")]))
+
+    front_ratio, app_ratio = ratio("front"), ratio("app")
+    master_p99 = med[("front", "master")]["p99_ms"]
+    app_p99 = med[("app", "master")]["p99_ms"]
     nginx_p99 = med[("nginx", "master")]["p99_ms"]
+    errors = sum(m["errors"] for m in med.values())
     checks = [
-        (f"segment throughput app/nginx = {seg_ratio:.2f} (goal >= {GOALS['segment_ratio']})",
-         seg_ratio >= GOALS["segment_ratio"]),
-        (f"master p99 = {master_p99:.1f} ms at {args.connections} connections (goal <= {GOALS['master_p99_ms']:g} ms; "
-         f"nginx's static copy: {nginx_p99:.1f} ms in the same run)",
-         master_p99 <= GOALS["master_p99_ms"]),
+        (f"segment throughput front/nginx = {front_ratio:.2f} (goal >= {GOALS['front_segment_ratio']})",
+         front_ratio >= GOALS["front_segment_ratio"]),
+        (f"segment throughput app alone/nginx = {app_ratio:.2f} (goal >= {GOALS['app_segment_ratio']})",
+         app_ratio >= GOALS["app_segment_ratio"]),
+        (f"master p99 through the front = {master_p99:.1f} ms at {args.connections} connections (goal <= "
+         f"{GOALS['master_p99_ms']:g} ms; app alone {app_p99:.1f} ms, nginx's static copy {nginx_p99:.1f} ms "
+         "in the same run)", master_p99 <= GOALS["master_p99_ms"]),
         (f"errors in measured runs: {errors}", errors == 0),
     ]
     if soak is not None:
         growth = soak["rss_late"] - soak["rss_early"]
-        console.print(f"soak {args.soak:g} s, mixed segments+master on the app: {soak['rps']:.0f} req/s, "
+        console.print(f"soak {args.soak:g} s, mixed segments+master on the front: {soak['rps']:.0f} req/s, "
                       f"{soak['mbps']:.0f} MB/s, p99 {soak['p99_ms']:.1f} ms, {soak['requests']} requests, "
-                      f"errors {soak['errors']}; resident memory of all gunicorn processes: "
+                      f"errors {soak['errors']}; resident memory of nginx and gunicorn, all processes: "
                       f"{soak['rss_before']:.0f} MB before, {soak['rss_early']:.0f} MB early, "
                       f"{soak['rss_late']:.0f} MB late, max {soak['rss_max']:.0f} MB")
         checks += [(f"memory growth over the soak: {growth:+.1f} MB (goal <= {GOALS['memory_growth_mb']:g} MB)",

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
                                                             "client that stopped reading an answer, is kept")
     web_access_log: bool = Field(False, description="gunicorn access log on stdout (roughly doubles the "
                                                     "CPU of a playlist request; CDNs log at the edge)")
+    front: Literal["nginx", "none"] = Field(
+        "nginx", description="what `vodflow up` puts in front of the web app: nginx (sends published "
+                             "files, caches the app's answers briefly) or none (the app alone)")
+    web_socket: Path | None = Field(None, description="unix socket gunicorn listens on behind vodflow's "
+                                                      "nginx (set by `vodflow up`): local files are then "
+                                                      "answered with X-Accel-Redirect")
     public_url: str = Field("", description="base URL users reach the web app at (links in answers, "
                                             "reports and the CLI); unset: the URL of each request")
     trusted_proxies: int = Field(0, ge=0, le=10, description="proxies (load balancer, CDN) in front of the "
@@ -129,6 +135,11 @@ class Settings(BaseSettings):
                 "VODFLOW_SEGMENT_SECONDS must be a whole multiple of VODFLOW_KEYFRAME_SECONDS "
                 f"(got {self.segment_seconds} and {self.keyframe_seconds})"
             )
+        if self.web_socket is not None:
+            self.web_socket = self.web_socket.expanduser().resolve()
+            if len(os.fsencode(self.web_socket)) > 100:  # sun_path holds 108 bytes with its NUL
+                raise ValueError(f"VODFLOW_WEB_SOCKET is too long for a unix socket path ({self.web_socket}); "
+                                 "use a shorter VODFLOW_DATA_DIR")
         if not self.node_name:
             self.node_name = socket.gethostname()
         self._public_url_explicit = bool(self.public_url)

@@ -284,8 +284,9 @@ def open_object(url: str) -> StoredObject:
             except BaseException:
                 f.close()
                 raise
-            # the same validator nginx derives (mtime and size), so both agree on an unchanged file
-            return StoredObject(url, st.st_size, st.st_mtime, f"{st.st_mtime_ns:x}-{st.st_size:x}", f)
+            # nginx's validator, "{mtime seconds:x}-{size:x}": a file the app decides on and nginx
+            # sends (X-Accel-Redirect) has one ETag, whichever of them evaluates If-Range or If-Match
+            return StoredObject(url, st.st_size, st.st_mtime, f"{int(st.st_mtime):x}-{st.st_size:x}", f)
         i = info(url)
         if i["type"] != "file":
             raise FileNotFoundError(url)

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config import links
-from config.settings import SettingsError, available_cores, get_settings
+from config.settings import SettingsError, get_settings
+from deployments.web import gunicorn_command
 
 app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -31,49 +32,16 @@ def _settings():
         raise typer.Exit(2) from None
 
 
-def gunicorn_command(settings) -> list[str]:
-    """gunicorn as `vodflow web` runs it.
-
-    Worker class streaming_app.worker.DeliveryWorker: gunicorn's gthread (each worker process
-    keeps its keep-alive connections in a poller and lends a thread to a request that may wait:
-    uploads, the API, S3), except that delivery requests waiting on nothing - a master playlist
-    in memory, a segment on local disk - are answered on the poller thread itself, files with
-    non-blocking sendfile(), so they cost no thread hand-off and a slow player holds no thread
-    (docs/delivery.md). gevent was considered: its sockets make gunicorn copy files through
-    Python instead of sendfile(), and its monkey-patching fights s3fs's asyncio thread. One
-    process per core (+1) uses every core despite the GIL.
-
-    Keep-alive (VODFLOW_WEB_KEEPALIVE, 75 s) outlasts the idle timeout of the load balancers and
-    CDNs put in front (60 s at AWS ALB and most others), so they never send a request on a
-    connection we just closed.
-    The access log is off unless VODFLOW_WEB_ACCESS_LOG is set: gunicorn formats it in Python
-    and it measured as costly as the whole playlist response; CDNs log at the edge.
-    """
-    workers = settings.web_workers or max(2, available_cores() + 1)
-    return [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"{settings.web_host}:{settings.web_port}",
-        "--workers", str(workers),
-        "--worker-class", "streaming_app.worker.DeliveryWorker",
-        "--threads", str(settings.web_threads), "--worker-connections", "2000",
-        "--timeout", "600", "--graceful-timeout", "10", "--keep-alive", str(settings.web_keepalive),
-        # gunicorn's C parser on every path, so the worker's event loop parses as its threads do
-        "--http-parser", "fast",
-        # forwarded headers are ProxyFix's job (VODFLOW_TRUSTED_PROXIES), not gunicorn's: by
-        # default gunicorn believes X-Forwarded-Proto from any local process
-        "--forwarded-allow-ips", "",
-        *(["--access-logfile", "-"] if settings.web_access_log else []),
-        "streaming_app.wsgi:app",
-    ]
-
-
 @app.command()
 def web() -> None:
-    """Run the web app under gunicorn on VODFLOW_WEB_PORT."""
+    """Run the web app under gunicorn on VODFLOW_WEB_PORT (or the unix socket VODFLOW_WEB_SOCKET,
+    behind the nginx `vodflow up` starts)."""
     settings = _settings()
     from catalog.db import get_engine
 
     get_engine()  # migrate once before workers fork
+    if settings.web_socket is not None:
+        settings.web_socket.parent.mkdir(parents=True, exist_ok=True)
     os.execv(sys.executable, gunicorn_command(settings))
 
 

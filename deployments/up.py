@@ -6,7 +6,9 @@ Starts, in order, each one healthy before the next:
 2. a Dask scheduler and workers sized to the machine (one single-threaded worker process per
    core, memory split evenly), unless VODFLOW_DASK_ADDRESS names an existing cluster;
 3. the Prefect serve process with every deployment (`vodflow serve-flows`);
-4. the web app under gunicorn.
+4. the web app, `vodflow web` (gunicorn), on a unix socket in DATA_DIR/front;
+5. nginx in front of it on VODFLOW_WEB_PORT, configured from deployments/nginx.conf into
+   DATA_DIR/front (VODFLOW_FRONT=none: no nginx, the app itself listens on the port).
 Every process gets the same PREFECT_API_URL and VODFLOW_DASK_ADDRESS. Their output is streamed
 with a name prefix (and kept in DATA_DIR/logs/NAME.log). A process that dies is restarted (at
 most 5 times in 5 minutes, then the whole stack stops with exit code 1).
@@ -37,12 +39,14 @@ from typing import IO
 import requests
 
 from config.settings import Settings, available_cores, prefect_api_url
+from deployments.web import Front, nginx_binary, web_environment
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
-STOP_GRACE = {"web": 12.0, "serve": 20.0, "workers": 20.0, "scheduler": 10.0, "prefect": 15.0}
-READY_TIMEOUT = {"prefect": 180.0, "scheduler": 60.0, "workers": 120.0, "serve": 120.0, "web": 90.0}
-COLORS = {"prefect": "35", "scheduler": "36", "workers": "34", "serve": "33", "web": "32", "up": "1"}
+STOP_GRACE = {"front": 10.0, "web": 12.0, "serve": 20.0, "workers": 20.0, "scheduler": 10.0, "prefect": 15.0}
+READY_TIMEOUT = {"prefect": 180.0, "scheduler": 60.0, "workers": 120.0, "serve": 120.0, "web": 90.0, "front": 30.0}
+COLORS = {"prefect": "35", "scheduler": "36", "workers": "34", "serve": "33", "web": "32", "front": "92",
+          "up": "1"}
 ORPHAN_KILL_NAMES = {"ffmpeg", "ffprobe"}
 
 
@@ -57,6 +61,7 @@ class Component:
     restarts: deque = field(default_factory=lambda: deque(maxlen=MAX_RESTARTS + 1))
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     reader: threading.Thread | None = None
+    before_start: Callable[[], None] | None = None  # run before each (re)start
 
 
 def worker_sizing(settings: Settings) -> tuple[int, int, str]:
@@ -198,9 +203,19 @@ class Stack:
         comps.append(Component("serve", [py, "-m", "deployments.cli", "serve-flows"], serve_env,
                                self._deployments_ready))
 
-        # the production command itself (`vodflow web` execs gunicorn in the same process)
-        comps.append(Component("web", [py, "-m", "deployments.cli", "web"], dict(base),
-                               lambda c: _http_ok(f"http://127.0.0.1:{s.web_port}/healthz")))
+        web_cmd = [py, "-m", "deployments.cli", "web"]
+        local_url = f"http://{_local_host(s.web_host)}:{s.web_port}/healthz"
+        if s.front == "nginx":
+            front = Front.of(s)
+            front.write_config(s)
+            comps.append(Component("web", web_cmd, {**base, **web_environment(s)},
+                                   lambda c: _unix_http_ok(front.app_socket, "/healthz")))
+            comps.append(Component("front", front.command(nginx_binary() or "nginx"), dict(base),
+                                   lambda c: _http_ok(local_url), before_start=front.clear_sockets))
+        else:
+            env = dict(base)
+            env.pop("VODFLOW_WEB_SOCKET", None)
+            comps.append(Component("web", web_cmd, env, lambda c: _http_ok(local_url)))
         self.components = comps
         return comps
 
@@ -224,6 +239,8 @@ class Stack:
 
     # ---------------------------------------------------------------- processes
     def start(self, c: Component) -> None:
+        if c.before_start is not None:
+            c.before_start()
         c.proc = subprocess.Popen(c.cmd, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         c.started_at = time.time()
@@ -326,6 +343,9 @@ class Stack:
         if not s.dask_address:
             checks.append(("scheduler", s.dask_scheduler_port,
                            "VODFLOW_DASK_SCHEDULER_PORT (or VODFLOW_DASK_ADDRESS to use a running scheduler)"))
+        if s.front == "nginx" and nginx_binary() is None:
+            return ("nginx is not installed: install it (Debian: nginx-light), or set VODFLOW_FRONT=none "
+                    "to serve with the web app alone")
         for name, port, var in checks:
             if not port_free(port, "0.0.0.0" if name == "web" else "127.0.0.1"):
                 return f"port {port} for {name} is already in use; stop what holds it or set {var}"
@@ -343,6 +363,8 @@ class Stack:
             f"  Prefect API {self.prefect_api}",
             f"  Dask        {self.dask_address}" + (f"  (dashboard {self.dashboard})" if self.dashboard else ""),
             f"  data        {s.data_dir}   logs in {self.logs_dir}",
+            (f"  front       nginx, configuration in {Front.of(s).config}" if s.front == "nginx"
+             else "  front       none: the web app itself listens on the port"),
             "Ctrl-C stops everything.",
         ]
         for line in lines:
@@ -425,6 +447,31 @@ def _killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _local_host(host: str) -> str:
+    """An address of this machine the web port answers on."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def _unix_http_ok(path: Path, url_path: str, timeout: float = 2.0) -> bool:
+    """GET url_path answers 200 over the unix socket at `path` (gunicorn behind the front)."""
+    import http.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+
+    conn = UnixConnection("localhost", timeout=timeout)
+    try:
+        conn.request("GET", url_path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def _has_bokeh() -> bool:

@@ -43,18 +43,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(pages_bp)
 
     from streaming_app.cors import init_cors
-    from streaming_app.delivery import fastpath
 
-    cors = init_cors(app, settings)
-    fastpath.install(app, cors)  # media answers skip Flask's request cycle (CPU per request)
-    if settings.trusted_proxies:
+    init_cors(app, settings)
+    # Behind vodflow's nginx (a unix socket only it reaches) the client's address is the last
+    # X-Forwarded-For entry, which that nginx appends; scheme and host are passed through
+    # untouched (Host as the client sent it), so they count only the proxies in front of nginx.
+    behind_nginx = settings.web_socket is not None
+    if settings.trusted_proxies or behind_nginx:
         # Outermost, so every layer sees the client's address (the analytics rate limit keys on
         # it) and the scheme and host it used (links in answers). Only as many hops as there are
         # proxies: a client can send X-Forwarded-* of its own, and those must not count.
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n + behind_nginx, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 
     @app.before_request
     def _links_from_request():

@@ -73,17 +73,50 @@ def share_settings(env: dict, monkeypatch) -> None:
     reset_engines()
 
 
-@contextmanager
-def gunicorn_app(env: dict, log_path: Path, workers: int = 2):
-    """The web app under gunicorn, with the very command `vodflow web` runs (worker class,
-    threads, timeouts, forwarded-header policy) and the settings `env` gives, on a free loopback
-    port. Yields base URL."""
-    from deployments.cli import gunicorn_command
+def vodflow_command() -> list[str]:
+    """The `vodflow` command of this environment, as an operator runs it."""
+    script = Path(sys.executable).with_name("vodflow")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "deployments.cli"]
 
+
+@contextmanager
+def vodflow_web(env: dict, log_path: Path, workers: int = 2, front: bool = False):
+    """The production web server on a free loopback port, with the settings `env` gives.
+
+    front=False: `vodflow web` alone (gunicorn's gthread worker on the port, the minimal
+    install). front=True: as `vodflow up` runs it, nginx on the port with the configuration
+    `vodflow up` writes into the data dir, in front of `vodflow web` on its unix socket (nginx's
+    output goes to a log beside `log_path`, named with "-nginx"). Yields the base URL."""
     port = free_port()
-    cmd = gunicorn_command(web_settings(env, web_host="127.0.0.1", web_port=port, web_workers=workers))
-    with web_process(cmd, {**os.environ, **env}, log_path, port) as base:
-        yield base
+    env = {**os.environ, **env, "VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
+           "VODFLOW_WEB_WORKERS": str(workers)}
+    env.pop("VODFLOW_WEB_SOCKET", None)
+    if not front:
+        with web_process([*vodflow_command(), "web"], env, log_path, port) as base:
+            yield base
+        return
+    from deployments.up import _unix_http_ok
+    from deployments.web import Front, nginx_binary, web_environment
+
+    settings = web_settings(env)
+    fr = Front.of(settings)
+    fr.write_config(settings)
+    fr.clear_sockets()
+    env.update(web_environment(settings))
+    with open(log_path, "ab") as log:
+        app = subprocess.Popen([*vodflow_command(), "web"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _unix_http_ok(fr.app_socket, "/healthz"):
+            if app.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`vodflow web` on {fr.app_socket} did not come up; see {log_path}")
+            time.sleep(0.2)
+        nginx_log = log_path.with_name(f"{log_path.stem}-nginx{log_path.suffix}")
+        with web_process(fr.command(nginx_binary() or "nginx"), env, nginx_log, port) as base:
+            yield base
+    finally:
+        stop(app)
 
 
 @contextmanager

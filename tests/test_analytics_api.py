@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.player_support import catalog_at, create_video
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 DURATION = 60.0
 
@@ -27,7 +27,7 @@ def server(tmp_path_factory, module_database):
     with catalog_at(data, module_database.get("VODFLOW_DATABASE_URL")):
         ids = {name: create_video(name, duration=DURATION, status="READY", progress=100)
                for name in ("plain", "stats", "dupes", "race")}
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data), **module_database}, data.parent / "gunicorn.log") as base:
+    with vodflow_web({"VODFLOW_DATA_DIR": str(data), **module_database}, data.parent / "gunicorn.log") as base:
         yield base, ids
 
 
@@ -195,8 +195,8 @@ def test_per_client_rate_limit_answers_429_with_retry_after(tmp_path, database_e
     other requests are unaffected once it slows down. (Own server: the limit is per client.)"""
     with catalog_at(tmp_path / "var", database_env.get("VODFLOW_DATABASE_URL")):
         vid = create_video("flood", duration=10, status="READY")
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(tmp_path / "var"), **database_env}, tmp_path / "gunicorn.log",
-                      workers=1) as base:
+    with vodflow_web({"VODFLOW_DATA_DIR": str(tmp_path / "var"), **database_env}, tmp_path / "gunicorn.log",
+                     workers=1) as base:
         # one session may not flood: a player sends a batch every ~10 s
         one = sid()
         replies = [post(base, {"session_id": one, "video_id": vid,

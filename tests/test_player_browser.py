@@ -28,7 +28,7 @@ from tests.player_support import (
     set_progress,
     wait_for_events,
 )
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 pytestmark = pytest.mark.browser
 DURATION = 48.0
@@ -56,7 +56,7 @@ def site(tmp_path_factory):
             ids[key] = create_video(title, duration=DURATION)
             publish(ids[key], ladder, thumbnails=key != "throttle")
         ids["encoding"] = create_video("Still encoding", duration=DURATION, progress=40, stage="encoding")
-    with gunicorn_app(server_env(data), root / "gunicorn.log") as base:
+    with vodflow_web(server_env(data), root / "gunicorn.log") as base:
         yield Site(base=base, data=data, ladder=ladder, **ids)
 
 

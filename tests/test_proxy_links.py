@@ -11,7 +11,7 @@ import subprocess
 import requests
 
 from tests.player_support import catalog_at, create_video
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 from tests.upload_support import OFFSET_TYPE, TUS, metadata
 
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "vod.example", "X-Forwarded-For": "203.0.113.5"}
@@ -38,7 +38,7 @@ def test_links_and_client_address_follow_one_trusted_proxy(tmp_path, clip):
     with catalog_at(data):
         watched = create_video("watched", duration=10, status="READY", progress=100)
     env = {"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISPATCH": "off", "VODFLOW_TRUSTED_PROXIES": "1"}
-    with gunicorn_app(env, tmp_path / "gunicorn.log", workers=1) as base:
+    with vodflow_web(env, tmp_path / "gunicorn.log", workers=1) as base:
         # tus creation: the upload's URL and the video's links as the user sees them
         created = _create_with_body(base, clip.read_bytes(), FORWARDED)
         assert created.headers["Location"].startswith("https://vod.example/files/")
@@ -75,7 +75,7 @@ def test_links_and_client_address_follow_one_trusted_proxy(tmp_path, clip):
 def test_forwarded_headers_are_ignored_without_trusted_proxies(tmp_path, clip):
     """Default: nothing in front, so X-Forwarded-* come from the client and prove nothing."""
     env = {"VODFLOW_DATA_DIR": str(tmp_path / "var"), "VODFLOW_DISPATCH": "off"}
-    with gunicorn_app(env, tmp_path / "gunicorn.log", workers=1) as base:
+    with vodflow_web(env, tmp_path / "gunicorn.log", workers=1) as base:
         created = _create_with_body(base, clip.read_bytes(), FORWARDED)
         assert created.headers["Location"].startswith(f"{base}/files/")
         assert created.headers["Vodflow-Watch-Url"].startswith(f"{base}/watch/")
@@ -84,9 +84,28 @@ def test_forwarded_headers_are_ignored_without_trusted_proxies(tmp_path, clip):
 def test_public_url_wins_over_the_request(tmp_path, clip):
     env = {"VODFLOW_DATA_DIR": str(tmp_path / "var"), "VODFLOW_DISPATCH": "off",
            "VODFLOW_PUBLIC_URL": "https://videos.example/vod/", "VODFLOW_TRUSTED_PROXIES": "1"}
-    with gunicorn_app(env, tmp_path / "gunicorn.log", workers=1) as base:
+    with vodflow_web(env, tmp_path / "gunicorn.log", workers=1) as base:
         created = _create_with_body(base, clip.read_bytes(), FORWARDED)
         upload_id = created.headers["Location"].rsplit("/", 1)[1]
         assert created.headers["Location"] == f"https://videos.example/vod/files/{upload_id}"
         vid = created.headers["Vodflow-Video-Id"]
         assert created.headers["Vodflow-Watch-Url"] == f"https://videos.example/vod/watch/{vid}"
+
+
+def test_behind_vodflows_nginx_links_and_the_client_address_are_the_real_ones(tmp_path, clip):
+    """nginx in front as `vodflow up` runs it, nothing trusted beyond it: links use the Host the
+    client asked for, forwarded headers sent by the client prove nothing, and the analytics
+    limit counts the address nginx saw (here every request comes from one client, whatever
+    X-Forwarded-For it claims)."""
+    data = tmp_path / "var"
+    with catalog_at(data):
+        watched = create_video("watched", duration=10, status="READY", progress=100)
+    env = {"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISPATCH": "off"}
+    with vodflow_web(env, tmp_path / "web.log", workers=1, front=True) as base:
+        created = _create_with_body(base, clip.read_bytes(), FORWARDED)
+        assert created.headers["Location"].startswith(f"{base}/files/")
+        assert created.headers["Vodflow-Watch-Url"].startswith(f"{base}/watch/")
+        # 200 viewers by their forged headers, one by nginx's account: were the forged addresses
+        # believed, each would have its own allowance of 100 and none would be refused
+        codes = [_events(base, watched, f"203.0.113.{i}") for i in range(200)]
+        assert codes[:50] == [202] * 50 and 429 in codes

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.media import make_clip
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("web") / "var"
     env = {"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISPATCH": "off",
            "VODFLOW_MAX_UPLOAD_BYTES": str(3 * 1024 * 1024)}
-    with gunicorn_app(env, data.parent / "web.log") as url:
+    with vodflow_web(env, data.parent / "web.log") as url:
         yield url, data
 
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tests.player_support import catalog_at, create_video
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 TOKEN = "s3cret-admin-token"
 
@@ -16,7 +16,7 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("videos-api") / "var"
     with catalog_at(data):
         ids = [create_video(f"video {i}", duration=10, status="READY", progress=100) for i in range(3)]
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data), "VODFLOW_ADMIN_TOKEN": TOKEN},
+    with vodflow_web({"VODFLOW_DATA_DIR": str(data), "VODFLOW_ADMIN_TOKEN": TOKEN},
                       data.parent / "gunicorn.log", workers=1) as base:
         yield base, ids
 

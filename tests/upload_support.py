@@ -1,5 +1,5 @@
-"""Helpers for the upload tests: a gunicorn server we can restart or kill -9, raw tus requests,
-and a look into the server's catalog (SQLite or PostgreSQL) and upload folder."""
+"""Helpers for the upload tests: the web server (`vodflow web`) we can restart or kill -9, raw tus
+requests, and a look into the server's catalog (SQLite or PostgreSQL) and upload folder."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import requests
 from sqlalchemy import text
 
-from tests.servers import free_port, stop, wait_http
+from tests.servers import free_port, stop, vodflow_command, wait_http
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_TYPE = "application/offset+octet-stream"
@@ -29,7 +28,7 @@ def sha256(data: bytes) -> str:
 
 
 class Server:
-    """The web app under gunicorn (2 workers, as deployed) on a free port, with its own data dir."""
+    """`vodflow web` (2 gunicorn workers) on a free port, with its own data dir."""
 
     def __init__(self, data_dir: Path, log: Path, workers: int = 2, **env: str):
         self.data_dir = Path(data_dir)
@@ -41,13 +40,13 @@ class Server:
 
     def start(self) -> "Server":
         port = free_port()
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
-               "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "--graceful-timeout", "3",
-               "streaming_app.wsgi:app"]
+        cmd = [*vodflow_command(), "web"]  # the production command: migrate, then gunicorn
         env = dict(os.environ)
-        for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
+        for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG", "VODFLOW_WEB_SOCKET"):
             env.pop(name, None)  # only what this server was given counts
         env.update(self.env)
+        env.update({"VODFLOW_WEB_HOST": "127.0.0.1", "VODFLOW_WEB_PORT": str(port),
+                    "VODFLOW_WEB_WORKERS": str(self.workers)})
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))

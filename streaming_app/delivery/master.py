@@ -17,7 +17,6 @@ import hashlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from catalog.db import session_scope
@@ -98,7 +97,6 @@ class VideoView:
 _views: dict[str, VideoView] = {}
 _refreshing: set[str] = set()  # videos whose view one thread is reloading
 _retry_at: dict[str, float] = {}  # videos whose last reload failed: not before this time
-_refresher: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
@@ -174,46 +172,6 @@ def _refresh(video_id: str) -> VideoView:
             _refreshing.discard(video_id)
 
 
-def _refresh_quietly(video_id: str) -> None:
-    try:
-        _refresh(video_id)
-    except Exception as exc:  # noqa: BLE001 - the stale view ages out; a request then reports it
-        log.warning("background refresh of video %s failed: %s", video_id, exc)
-
-
-def cached_view(video_id: str) -> VideoView | None:
-    """The video's view from memory, never reading the catalog: a fresh one, or one that went
-    stale less than STALE_GRACE ago, whose refresh this call starts in the background (one at
-    a time per video). None when only the catalog can tell."""
-    view = _views.get(video_id)
-    if view is None:
-        return None
-    age = time.monotonic() - view.loaded_at
-    if age < VIEW_TTL:
-        return view
-    if age >= VIEW_TTL + STALE_GRACE:
-        return None
-    if _claim(video_id) and not _refresh_in_background(video_id):
-        return None
-    return view
-
-
-def _refresh_in_background(video_id: str) -> bool:
-    """Hand a claimed video's re-read to the refresher threads; False (claim released) when
-    they are gone with the process."""
-    global _refresher
-    with _lock:
-        if _refresher is None:  # created after gunicorn's fork, in the worker that uses it
-            _refresher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="view-refresh")
-    try:
-        _refresher.submit(_refresh_quietly, video_id)
-        return True
-    except RuntimeError:  # the executor is shutting down with the process
-        with _lock:
-            _refreshing.discard(video_id)
-        return False
-
-
 def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
     """The cached view of a video, reloaded from the catalog when older than VIEW_TTL. While
     one thread reloads it, the others keep answering from the stale view (for STALE_GRACE at
@@ -226,7 +184,13 @@ def video_view(video_id: str, *, fresh: bool = False) -> VideoView:
                 return view
             if age < VIEW_TTL + STALE_GRACE:
                 # one thread re-reads; the others keep the view while it does
-                return _refresh(video_id) if _claim(video_id) else view
+                if not _claim(video_id):
+                    return view
+                try:
+                    return _refresh(video_id)
+                except Exception as exc:  # noqa: BLE001 - retried after RETRY_SECONDS; the view ages out
+                    log.warning("re-reading video %s from the catalog failed: %s", video_id, exc)
+                    return view
     view = _load(video_id)
     _store(video_id, view)
     return view

@@ -1,7 +1,6 @@
 """GET/HEAD /v/{id}/master.m3u8 and /v/{id}/{run}/{rung}/… — the Flask side of delivery.
 
-The decisions live in serve.py. Successful answers usually leave through the fast path
-(fastpath.py) before reaching these views; the views answer everything else, refusals as JSON.
+The decisions live in serve.py; these views turn them into responses, refusals as JSON.
 """
 
 from __future__ import annotations
@@ -18,12 +17,23 @@ from streaming_app.errors import error_response
 log = logging.getLogger(__name__)
 
 
+class DeliveryResponse(Response):
+    """Keeps Last-Modified on a 304, which werkzeug drops with the entity headers: a cache
+    revalidating by date gets it back, as from nginx (which sends the files behind it)."""
+
+    def get_wsgi_headers(self, environ):
+        headers = super().get_wsgi_headers(environ)
+        if self.status_code == 304 and "Last-Modified" in self.headers and "Last-Modified" not in headers:
+            headers["Last-Modified"] = self.headers["Last-Modified"]
+        return headers
+
+
 def to_response(out: serve.Outcome) -> Response:
     if out.refused:
         resp = error_response(out.status, out.message, **out.extra)
         resp.headers.update(out.headers)
         return resp
-    resp = Response(out.body, status=out.status, headers=out.headers, direct_passthrough=True)
+    resp = DeliveryResponse(out.body, status=out.status, headers=out.headers, direct_passthrough=True)
     if not any(name == "Content-Type" for name, _ in out.headers):
         del resp.headers["Content-Type"]  # 304 and 302 describe no content
     return resp

@@ -4,14 +4,18 @@ Run files live under `hls/{id}/{run}/`; a run folder is never rewritten once the
 it (a new encode gets a new run), so their URLs are content-addressed and cached for a year. The
 master playlist is the only mutable URL: short max-age, revalidated by ETag.
 
-Local files go out through the server's `wsgi.file_wrapper` (gunicorn: sendfile(), ranges too,
-since the server stops at Content-Length as PEP 3333 requires), never read into Python. S3
-objects are read range by range, only the bytes asked for; with VODFLOW_REDIRECT_SEGMENTS the
+Who sends the bytes of a local file depends on what runs in front of the app:
+- behind vodflow's nginx (`vodflow up`; VODFLOW_WEB_SOCKET set), the app decides (published?
+  deleted? validators, headers) and answers `X-Accel-Redirect` to nginx's internal location
+  ACCEL_PREFIX; nginx sends the file with sendfile() and evaluates ranges and conditionals
+  itself, on the same validators (config.storage gives local files nginx's ETag);
+- alone (`vodflow web`), the open file goes to the server's `wsgi.file_wrapper` (gunicorn:
+  sendfile(), ranges too, since the server stops at Content-Length as PEP 3333 requires).
+S3 objects are read range by range, only the bytes asked for; with VODFLOW_REDIRECT_SEGMENTS the
 media files answer with a 302 to a presigned URL instead.
 
-The functions here return an `Outcome` instead of a Flask response so that the same decision
-serves both the Flask views (routes.py, which turn refusals into JSON errors) and the fast path
-(fastpath.py), which sends successful answers without Flask's request cycle.
+The functions here return an `Outcome`, which routes.py turns into a Flask response (refusals as
+JSON errors).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from catalog.models import VideoStatus
 from config import storage
 from config.settings import get_settings
 from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
-from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, cached_view, video_view
+from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
 PRESIGN_SECONDS = 3600
 BLOCK_SIZE = 256 * 1024
+# nginx's `internal` location for local run files: ACCEL_PREFIX + "{id}/{run}/{rung}/{file}" is
+# the storage's hls/{id}/{run}/{rung}/{file} (deployments/nginx.conf)
+ACCEL_PREFIX = "/_vodflow_files/"
 
 
 class RemoteInfoCache:
@@ -159,7 +166,10 @@ def respond(environ: dict, rep: Representation, content_type: str, cache_control
     method = environ["REQUEST_METHOD"]
     decision = decide(method, RequestHeaders(environ), rep)
     headers = [("ETag", rep.etag_header), ("Last-Modified", rep.last_modified_header),
-               ("Cache-Control", cache_control), ("Accept-Ranges", "bytes")]
+               ("Cache-Control", cache_control)]
+    if decision.status not in (206, 304):
+        # announced where ranges are news, as nginx does: a 206 or a 304 answers one already
+        headers.append(("Accept-Ranges", "bytes"))
     sends_body = decision.status in (200, 206) and method == "GET" and decision.length > 0
     if not sends_body and close is not None:
         close()
@@ -274,6 +284,10 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
 
+    if local and environ["REQUEST_METHOD"] == "GET" and get_settings().web_socket is not None:
+        # (a HEAD sends no bytes: the app answers it itself, as alone, Range ignored)
+        return _accel(environ, obj, ext, "/".join((video_id, run, *parts)), missing)
+
     def body(start: int, length: int):
         if local:
             return _send_local(environ, obj, start, length)
@@ -286,49 +300,19 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
                    missing=missing)
 
 
-def immediate(environ: dict) -> Outcome | None:
-    """A successful answer (200, 206, 304) to a delivery GET/HEAD that needs neither the catalog
-    nor the network: a master playlist, or a published run file in local storage, of a video
-    whose view is in memory (fresh, or being refreshed in the background). Local files cost an
-    open() and an fstat(), as in nginx. None for anything else - another URL, a refusal, remote
-    storage, a video not in memory - which the web worker then answers the usual way."""
-    parts = environ.get("PATH_INFO", "").split("/")
-    if len(parts) < 4 or parts[0] or parts[1] != "v":
-        return None
-    video_id = parts[2]
-    if len(parts) == 4:
-        if parts[3] != "master.m3u8" or not ID_RE.fullmatch(video_id):
-            return None
-        view = cached_view(video_id)
-        if view is None or view.master is None:
-            return None
-        out = _master_of(environ, view)
-        return None if out.refused else out
-    run, rest = parts[3], parts[4:]
-    ext = _file_kind(video_id, run, rest)
-    if ext is None:
-        return None
-    view = cached_view(video_id)
-    if view is None or _unavailable(view) is not None or not view.may_serve(run, rest):
-        return None
-    url = storage.url_for("hls", video_id, run, *rest)
-    if not storage.is_local(url):
-        return None
-    try:
-        obj = storage.open_object(url)
-    except (FileNotFoundError, storage.StorageError):
-        return None  # the usual path tells a deletion from a missing file
-    out = respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE,
-                  lambda start, length: _send_local(environ, obj, start, length), close=obj.close)
-    return None if out.refused else out
-
-
-def route(environ: dict) -> Outcome | None:
-    """The outcome for a GET/HEAD whose PATH_INFO has a delivery URL's shape; None otherwise.
-    The same shapes as the Flask rules in routes.py."""
-    parts = environ.get("PATH_INFO", "").split("/")
-    if len(parts) < 4 or parts[0] or parts[1] != "v":
-        return None
-    if len(parts) == 4:
-        return master_playlist(environ, parts[2]) if parts[3] == "master.m3u8" else None
-    return run_file(environ, parts[2], parts[3], parts[4:])
+def _accel(environ: dict, obj: storage.StoredObject, ext: str, path: str, missing) -> Outcome:
+    """The answer behind vodflow's nginx: the app's decision and headers, and `X-Accel-Redirect`
+    for nginx to send the file itself. Refusals (304, 412, 416, a file gone) are the app's own
+    answers; a 200 or 206 becomes a redirect to the whole file, and nginx cuts the same range
+    from the same validators (ETag, Last-Modified and Content-Length it derives from the file,
+    as this app does). Cache-Control travels as X-Accel-Cache-Control, which nginx never shows a
+    client: Cache-Control itself would be copied onto every answer that follows the redirect,
+    including the app's own if the file turns out to be gone. nginx copies the other headers the
+    app adds (CORS, Vary) as deployments/nginx.conf lists them."""
+    obj.close()  # opened for its size and validators only; nginx opens it again to send it
+    out = respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE, lambda start, length: (),
+                  missing=missing)
+    if out.status not in (200, 206):
+        return out
+    return Outcome(200, [("Content-Type", CONTENT_TYPES[ext]), ("X-Accel-Cache-Control", IMMUTABLE),
+                         ("Content-Length", "0"), ("X-Accel-Redirect", ACCEL_PREFIX + path)])
