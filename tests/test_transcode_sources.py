@@ -4,6 +4,7 @@ audio/video start), whatever the source's shape, codec, timing or audio."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 
 import pytest
@@ -147,9 +148,18 @@ def _flow_run_id(video_id: str) -> str:
         return get_video(s, video_id).flow_run_id
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "audio-only"])
+@pytest.mark.parametrize("kind", ["corrupt", "random", "truncated", "audio-only"])
 def test_bad_input_fails_permanently_without_retries(ingest_env, media_dir, tmp_path, kind):
-    if kind == "corrupt":
+    if kind == "random":
+        path = tmp_path / "holiday.mp4"
+        path.write_bytes(random.Random(14).randbytes(200_000))
+    elif kind == "truncated":
+        # a download cut off half way: the index (moov, written last) never arrived
+        good = make_clip(media_dir / "to-truncate.mp4", duration=4, size="320x240")
+        data = good.read_bytes()
+        path = tmp_path / "truncated.mp4"
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
         good = make_clip(media_dir / "to-corrupt.mp4", duration=2, size="320x240")
         data = bytearray(good.read_bytes())
         i = data.find(b"moov")
@@ -165,8 +175,8 @@ def test_bad_input_fails_permanently_without_retries(ingest_env, media_dir, tmp_
     assert exc is not None
     row = video_row(vid)
     assert row["status"] == "FAILED"
-    if kind == "corrupt":
-        assert "cannot read this input" in row["error"]
+    if kind in ("corrupt", "random", "truncated"):
+        assert "cannot read this input" in row["error"] and "damaged, truncated or not a video" in row["error"], row
     else:
         assert "no video stream" in row["error"] and "audio" in row["error"]
     runs = _task_runs(_flow_run_id(vid))
