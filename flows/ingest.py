@@ -187,23 +187,29 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     client = ctx.task_runner.client
     workers = cluster.slots(client)
 
-    t = time.monotonic()
-    plan = split_source.submit(source_url, work_url, workers, info.video_stream_index,
-                               info.frame_rate_fraction, settings.keyframe_seconds,
-                               settings.segment_seconds).result()
-    timings["split"] = time.monotonic() - t
-    chunks = plan["chunks"]
-    tracker.total_frames = plan["frames"]
-    tracker.set(P_SPLIT, "encode")
-    logger.info("%d chunks on %d worker slots; %d frames, %.3f s", len(chunks), workers, plan["frames"],
-                plan["duration"])
+    def split(timing: str | None) -> dict:
+        t = time.monotonic()
+        plan = split_source.submit(source_url, work_url, workers, info.video_stream_index,
+                                   info.frame_rate_fraction, settings.keyframe_seconds,
+                                   settings.segment_seconds, timing=timing).result()
+        timings["split"] = timings.get("split", 0.0) + time.monotonic() - t
+        tracker.total_frames = plan["frames"]
+        logger.info("%d chunks on %d worker slots; %d frames, %.3f s; timing from %s", len(plan["chunks"]),
+                    workers, plan["frames"], plan["duration"],
+                    "decoded frames" if plan["timing"] == "decoded" else "container timestamps")
+        return plan
 
-    # audio first: it takes one slot for a short while and is ready long before the video
-    audio_fut = None
-    if info.has_audio:
-        audio_fut = tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
-                                        info.audio_stream_index, plan["t0"], plan["duration"],
-                                        info.audio_channels, label=video_id, lease_url=lease_url))
+    def submit_audio(plan: dict):
+        # audio first: it takes one slot for a short while and is ready long before the video
+        if not info.has_audio:
+            return None
+        return tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
+                                                 info.audio_stream_index, plan["t0"], plan["duration"],
+                                                 info.audio_channels, label=video_id, lease_url=lease_url))
+
+    plan = split(None)
+    tracker.set(P_SPLIT, "encode")
+    audio_fut = submit_audio(plan)
     # side tasks never decide the video's fate (poster and sprite sheets); each entry:
     # (name, future). The chunk encodes take the preview frames from their own decode.
     side_tasks: list[tuple[str, object]] = []
@@ -211,49 +217,33 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
 
     t = time.monotonic()
     rotation = info.rotation
-    encode_kwargs = dict(source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
-                         rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
-                         keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url)
-
-    def submit_chunk(c: dict):
-        return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
-                                                 progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
-
-    pending = {c["index"]: submit_chunk(c) for c in chunks}
-    resubmits = {c["index"]: 0 for c in chunks}
-    encoded: dict[int, dict] = {}
-    while pending:
-        wait_any(client, [f.wrapped_future for f in pending.values()])
-        tracker.poll_events(client, run)
-        for idx, fut in list(pending.items()):
-            if not fut.wrapped_future.done():
-                continue
-            ok, value = outcome(fut)
-            del pending[idx]
-            if ok:
-                encoded[idx] = value
-                tracker.chunk_done[idx] = 1.0
-                continue
-            label = f"chunk {idx + 1}/{len(chunks)}"
-            if is_permanent(value):
-                for other in pending.values():
-                    other.wrapped_future.cancel()
-                raise IngestFailed(f"{label} cannot be encoded: {describe(value)}")
-            if resubmits[idx] >= FLOW_RESUBMITS:
-                for other in pending.values():
-                    other.wrapped_future.cancel()
-                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {describe(value)}; "
-                                   "check the workers (disk space, memory) and re-run the ingest")
-            resubmits[idx] += 1
-            logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
-                           resubmits[idx], FLOW_RESUBMITS)
-            pending[idx] = submit_chunk(chunks[idx])
-        tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
+    fallbacks: list[str] = []  # what the run had to fall back to, for the result and the artifact
+    while True:  # once more, from decoded frames, if the container's timing gave wrong chunks
+        chunks = plan["chunks"]
+        try:
+            encoded = _encode_chunks(plan, run, client, tracker, logger, dict(
+                source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
+                rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
+                keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url))
+            break
+        except _Replan as exc:
+            note = (f"{exc}: the container's timestamps cannot be trusted for this source; "
+                    "planning the chunks again from the decoded frames")
+            logger.warning(note)
+            fallbacks.append(note)
+            tracker.chunk_done.clear()
+            old = plan
+            plan = split("decoded")
+            if audio_fut is not None and (plan["t0"], plan["duration"]) != (old["t0"], old["duration"]):
+                audio_fut.wrapped_future.cancel()
+                audio_fut = submit_audio(plan)
     timings["encode"] = time.monotonic() - t
-    seek_chunks = sum(1 for r in encoded.values() if r["mode"] == "seek")
+    chunk_modes = {i: r["mode"] for i, r in sorted(encoded.items())}
+    seek_chunks = sum(1 for m in chunk_modes.values() if m != "copy")
     if seek_chunks:
-        logger.warning("%d of %d chunks were read by exact seeking instead of stream copy", seek_chunks,
-                       len(chunks))
+        logger.warning("%d of %d chunks were not read from stream-copy slices: %s", seek_chunks, len(chunks),
+                       ", ".join(f"{i + 1}: {m}" for i, m in chunk_modes.items()))
+    fallbacks += [n for n in plan["notes"] if n not in fallbacks]
 
     intervals = [("encode", i, r["started_at"], r["ended_at"]) for i, r in sorted(encoded.items())]
     audio_url = None
@@ -350,18 +340,74 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     if published and published != run:
         storage.delete(storage.url_for("hls", video_id, published))
     tracker.set(100.0)
-    _ladder_artifact(video_id, run, rungs, packaged, results, status, settings)
+    _ladder_artifact(video_id, run, rungs, packaged, results, status, settings,
+                     timing=plan["timing"], chunk_modes=chunk_modes, fallbacks=fallbacks)
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
-            "chunks": len(chunks), "seek_chunks": seek_chunks,
+            "chunks": len(chunks), "seek_chunks": seek_chunks, "timing": plan["timing"],
+            "chunk_modes": chunk_modes, "fallbacks": fallbacks,
             "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
             "encode_cpu_seconds": {i: r.get("cpu_seconds") for i, r in encoded.items()},
             "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals,
             "package_seconds": {n: round(p["seconds"], 3) for n, p in packaged.items()}}
 
 
-def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings) -> None:
+class _Replan(Exception):
+    """A chunk read by the container's timestamps came out wrong in every mode."""
+
+
+def _encode_chunks(plan, run, client, tracker, logger, encode_kwargs) -> dict[int, dict]:
+    """Encode every chunk of the plan on the cluster; resubmit transient failures."""
+    chunks = plan["chunks"]
+
+    def submit_chunk(c: dict):
+        return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
+                                                 progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
+
+    pending = {c["index"]: submit_chunk(c) for c in chunks}
+    resubmits = {c["index"]: 0 for c in chunks}
+    encoded: dict[int, dict] = {}
+    while pending:
+        wait_any(client, [f.wrapped_future for f in pending.values()])
+        tracker.poll_events(client, run)
+        for idx, fut in list(pending.items()):
+            if not fut.wrapped_future.done():
+                continue
+            ok, value = outcome(fut)
+            del pending[idx]
+            if ok:
+                encoded[idx] = value
+                tracker.chunk_done[idx] = 1.0
+                continue
+            label = f"chunk {idx + 1}/{len(chunks)}"
+            if is_permanent(value):
+                for other in pending.values():
+                    other.wrapped_future.cancel()
+                if getattr(value, "replan", False) and plan.get("timing") != "decoded":
+                    raise _Replan(str(value))
+                raise IngestFailed(f"{label} cannot be encoded: {describe(value)}")
+            if resubmits[idx] >= FLOW_RESUBMITS:
+                for other in pending.values():
+                    other.wrapped_future.cancel()
+                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {describe(value)}; "
+                                   "check the workers (disk space, memory) and re-run the ingest")
+            resubmits[idx] += 1
+            logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
+                           resubmits[idx], FLOW_RESUBMITS)
+            pending[idx] = submit_chunk(chunks[idx])
+        tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
+    return encoded
+
+
+def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings, *, timing="container",
+                     chunk_modes=None, fallbacks=()) -> None:
     watch = links.watch_url(video_id)
-    lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "",
+    modes = {}
+    for m in (chunk_modes or {}).values():
+        modes[m] = modes.get(m, 0) + 1
+    how = (f"Timing from {'decoded frames' if timing == 'decoded' else 'container timestamps'}; "
+           f"{len(chunk_modes or {})} chunks: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+    lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "", how, "",
+             *[f"- {f}" for f in fallbacks], *([""] if fallbacks else []),
              "| rung | resolution | level | peak kb/s | average kb/s | codecs | segments | status |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rungs:

@@ -35,6 +35,13 @@ class ChunkNotExact(TransientMediaError):
     """A stream-copy chunk decoded to the wrong number of frames (open GOP, damaged packets)."""
 
 
+class ChunkTimingUnreliable(PermanentMediaError):
+    """Every way of reading a chunk by the container's timestamps gave the wrong frames: the
+    flow plans the video again from its decoded frames (`replan`) before giving up on it."""
+
+    replan = True
+
+
 def rotation_filters(rotation: int) -> list[str]:
     """The same turn ffmpeg's autorotate (and every player) applies for a display matrix."""
     rotation %= 360
@@ -96,10 +103,12 @@ def _rate_expr(frame_rate: str) -> Fraction:
 
 def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_paths: list[str], *,
                          rotation: int, cfr: bool, frame_rate: str, keyframe_seconds: float,
-                         threads: int, offset: float, seek: bool,
+                         threads: int, offset: float, seek: bool, by_frame: bool = False,
                          previews: tuple[list[tuple[int, float]], dict] | None = None) -> list[str]:
     """ffmpeg arguments for one chunk. `offset` maps source pts to the input's pts (copy
     chunks carry the source's timestamps shifted by the muxer; seek mode reads the source).
+    `by_frame` reads the source from its start and keeps the chunk's frames by their position
+    in the decoded sequence, whatever their timestamps (mode "frames").
     `previews` (targets, plan) adds the timeline-preview branch, whose files are written
     relative to ffmpeg's working directory."""
     half = float(chunk["half_frame"])
@@ -107,11 +116,17 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
     t_end = chunk["source_end"] + offset - half
     rate = _rate_expr(frame_rate)
     args = ["-threads", str(threads), *ffmpeg.SAFE_INPUT, "-noautorotate", "-copyts"]
-    if seek:
+    if seek and not by_frame and chunk["index"] > 0:
         # land on the keyframe at or before the chunk and decode forward; trim keeps the rest
+        # (the first chunk reads from the start: a seek to 0 can drop the frames of an AVI
+        # or FLV whose first timestamps are missing or the decoder's guesses)
         args += ["-seek_timestamp", "1", "-noaccurate_seek", "-ss", f"{max(0.0, chunk['key_pts'] - 1.0):.6f}"]
     args += ["-i", input_path]
-    chain = [f"trim=start={t_start:.6f}:end={t_end:.6f}"]
+    if by_frame:
+        first = int(chunk["first_frame"])
+        chain = [f"trim=start_frame={first}:end_frame={first + int(chunk['frames'])}"]
+    else:
+        chain = [f"trim=start={t_start:.6f}:end={t_end:.6f}"]
     if cfr:
         # exact timestamps rebuilt from the frame count: n / rate, in a 1/rate time base
         chain += [f"settb={rate.denominator}/{rate.numerator}", "setpts=N"]
@@ -209,7 +224,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     started_at = time.time()
     cpu_before = _children_cpu()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    mode = "seek" if force_seek or chunk["mode"] == "seek" or not chunk.get("url") else "copy"
+    mode = chunk["mode"] if chunk["mode"] == "frames" else (
+        "seek" if force_seek or chunk["mode"] == "seek" or not chunk.get("url") else "copy")
 
     def progress(fraction: float) -> None:
         report_progress(progress_key or label, fraction, index=chunk["index"], frames=chunk["frames"])
@@ -220,7 +236,12 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
         outs = [str(Path(tmp) / f"{r['name']}.ts") for r in rungs]
         frames_dir = Path(tmp) / "previews"
         frames_dir.mkdir()
-        attempts = [mode] if mode == "seek" else ["copy", "seek"]
+        # the fallback chain: stream-copy slice, exact seek in the source, and - when the plan's
+        # frame numbers are the decoder's own - the frames by position, decoded from the start
+        attempts = {"copy": ["copy", "seek"], "seek": ["seek"], "frames": []}[mode]
+        if chunk.get("timing") == "decoded":
+            attempts.append("frames")
+        attempts = attempts or [mode]
         frames_seen: dict[str, int] = {}
         for attempt in attempts:
             src_url = chunk["url"] if attempt == "copy" else source_url
@@ -231,7 +252,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     args = build_encode_command(
                         chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
                         keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
-                        seek=attempt == "seek", previews=(targets, previews) if targets else None)
+                        seek=attempt == "seek", by_frame=attempt == "frames",
+                        previews=(targets, previews) if targets else None)
                     ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
                                on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
                                cwd=frames_dir)
@@ -248,14 +270,24 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break
-            if attempt == "copy":
-                logger.warning("%s: stream-copy chunk gave %s frames, expected %d; re-encoding it by "
-                               "exact seeking in the source instead", label, frames_seen, chunk["frames"])
-            mode = "seek"
+            following = attempts[attempts.index(attempt) + 1:]
+            if following:
+                how = {"seek": "exact seeking in the source",
+                       "frames": "decoding the source from its start and keeping the frames by number"}
+                logger.warning("%s: %s gave %s frames, expected %d; re-encoding it by %s instead", label,
+                               {"copy": "the stream-copy chunk", "seek": "exact seeking"}[attempt],
+                               frames_seen, chunk["frames"], how[following[0]])
+                mode = following[0]
         else:
+            where = f"{chunk['start']:.3f}-{chunk['end']:.3f} s"
+            got = sorted(set(frames_seen.values()))
+            if chunk.get("timing") != "decoded":
+                raise ChunkTimingUnreliable(
+                    f"{label} ({where}) read by the container's timestamps decoded to {got} frames, "
+                    f"expected {chunk['frames']}")
             raise PermanentMediaError(
-                f"{label} ({chunk['start']:.3f}-{chunk['end']:.3f} s) decoded to {sorted(set(frames_seen.values()))} "
-                f"frames, expected {chunk['frames']}: the source is damaged there; re-export it and upload again")
+                f"the video decodes to {got} frames between {where} where a first decode gave "
+                f"{chunk['frames']}: the file is damaged there; re-export it and upload again")
         check_lease(lease_url)
         stored_previews = []
         if targets:

@@ -176,10 +176,13 @@ def probe_json(path: str | os.PathLike, *, timeout: float, extra: Sequence[str] 
         raise TransientMediaError(f"ffprobe timed out after {timeout:.0f} s") from None
     if out.returncode != 0:
         err = classify(out.returncode, out.stderr, "ffprobe")
-        if not err.permanent and out.returncode == 1:
-            # ffprobe exits 1 for any unreadable input; that is the file, not the machine
-            err = PermanentMediaError(f"ffprobe cannot read this input: {_tail(out.stderr, 1) or 'unknown format'}",
-                                      _tail(out.stderr), out.returncode)
+        if err.permanent or out.returncode == 1:
+            # ffprobe exits 1 for any unreadable input; that is the file, not the machine: say
+            # what is wrong with it, not which step gave up
+            err = PermanentMediaError(
+                f"ffmpeg cannot read this input as a video ({_tail(out.stderr, 1) or 'unknown format'}): the file "
+                "is damaged, truncated or not a video file; re-export it and upload again",
+                _tail(out.stderr), out.returncode)
         raise err
     try:
         return json.loads(out.stdout or "{}")

@@ -11,9 +11,25 @@ Two ways to deliver a chunk's packets to the encoder:
   keyframe starts a closed GOP: no packet before it (in decode order) is displayed after it and
   no packet after it is displayed before it. Checked per keyframe from the packet list.
 - `seek`: the encoder reads the source itself, seeking to the keyframe at or before the chunk
-  and dropping earlier frames. Always exact (open GOPs, leading pictures, edit lists), but it
-  reads the whole source file; used when no clean keyframe exists, or as a retry when a copy
-  chunk came out with the wrong frame count.
+  and dropping earlier frames. Exact wherever the decoder's timestamps are (open GOPs, leading
+  pictures, edit lists), but it reads the whole source file; used when no clean keyframe exists,
+  when the stream-copy split itself fails, or as a retry when a copy chunk came out with the
+  wrong frame count.
+- `frames`: the encoder decodes the source from its first frame and keeps the chunk's frames by
+  their position in the decoded sequence (not by timestamp). Exact even where the decoder's
+  timestamps are guesses; it costs a decode of everything before the chunk, so it is the last
+  resort for a chunk of a plan made from decoded frames (see below).
+
+Where the timing comes from (`timing` in the plan):
+- `container`: the video packets' presentation timestamps (MP4/MOV, Matroska/WebM, MPEG-TS,
+  Ogg, MXF, DV...).
+- `decoded`: containers whose timestamps cannot be trusted for cutting - AVI (no presentation
+  timestamps at all: B-frames and packed bitstreams carry only decode order), MPEG-PS (a
+  timestamp per PES, not per frame), FLV and ASF/WMV (milliseconds, decode order), raw
+  elementary streams - or any source with video packets without a timestamp. The plan is then
+  made from what the decoder produces (one decoding pass of the source, as ffprobe's frames), no
+  stream-copy chunk is made, and chunks are read with an exact seek, falling back to `frames`.
+  Frames without any decoder timestamp get `n / frame rate` and go straight to `frames` mode.
 """
 
 from __future__ import annotations
@@ -42,12 +58,21 @@ MIN_CHUNK_SECONDS = 4.0
 MAX_CHUNK_SECONDS = 30.0
 CHUNKS_PER_WORKER = 4
 
+# ffprobe format names whose video timestamps are not presentation times of every frame:
+# AVI (decode order only), MPEG-PS (one timestamp per PES), FLV/ASF (milliseconds, and
+# decode-order for B-frames), and raw elementary streams (no container clock at all)
+DECODED_TIMING_FORMATS = {
+    "avi", "mpeg", "vob", "svcd", "vcd", "dvd", "flv", "asf", "h261", "h263", "h264", "hevc", "m4v",
+    "mpegvideo", "mpeg1video", "mpeg2video", "cavsvideo", "vc1", "avs2", "avs3", "mjpeg", "rawvideo",
+    "ivf", "obu", "dirac", "yuv4mpegpipe",
+}
+
 
 @dataclass
 class Chunk:
     index: int
     count: int
-    mode: str  # "copy" | "seek"
+    mode: str  # "copy" | "seek" | "frames"
     start: float  # seconds from the first displayed frame (global timeline)
     end: float
     frames: int  # frames this chunk must produce
@@ -58,6 +83,7 @@ class Chunk:
     half_frame: float  # half the smallest frame interval near the chunk (selection margin)
     url: str | None = None  # the copy slice, for mode "copy"
     reason: str = ""  # why seek mode, when it is
+    timing: str = "container"  # the plan's timing: "decoded" means first_frame counts decoder output
 
     @property
     def duration(self) -> float:
@@ -84,6 +110,7 @@ class SplitPlan:
     keyframe_times: list[float]  # global times where every rung must have a keyframe
     chunks: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    timing: str = "container"  # "container" | "decoded": where the frame times came from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +128,8 @@ class Packets:
     pts: array  # int64 ticks (dts when pts is missing)
     key: bytearray
     discard: bytearray
+    missing_pts: int = 0  # packets that had only a decode timestamp (or none)
+    format_name: str = ""
 
     def __len__(self) -> int:
         return len(self.pts)
@@ -113,13 +142,13 @@ def read_packets(path: str | Path, stream_index: int | None = None) -> Packets:
     settings = get_settings()
     sel = f"{stream_index}" if stream_index is not None else "v:0"
     meta = ffmpeg.probe_json(path, timeout=settings.probe_timeout,
-                             extra=["-select_streams", sel, "-show_entries", "stream=time_base"])
+                             extra=["-select_streams", sel, "-show_entries", "stream=time_base:format=format_name"])
     streams = meta.get("streams") or []
     if not streams:
         raise PermanentMediaError("no video stream to split")
     time_base = Fraction(streams[0].get("time_base") or "1/90000")
     pts, key, discard = array("q"), bytearray(), bytearray()
-    missing = 0
+    missing = no_pts = 0
     # ffprobe prints entries in its own order (pts, dts, flags), whatever order we ask in
     for row in ffmpeg.iter_probe_rows(path, timeout=settings.ffmpeg_timeout, stream=sel,
                                       entries="pts,dts,flags"):
@@ -127,6 +156,8 @@ def read_packets(path: str | Path, stream_index: int | None = None) -> Packets:
             continue
         p, d, flags = row[0], row[1], row[2]
         value = p if p not in ("N/A", "") else d
+        if p in ("N/A", ""):
+            no_pts += 1
         if value in ("N/A", ""):
             missing += 1
             continue
@@ -137,7 +168,79 @@ def read_packets(path: str | Path, stream_index: int | None = None) -> Packets:
         raise PermanentMediaError("the video stream has no readable frames; the file may be corrupt")
     if missing:
         log.warning("%d video packets without timestamps were ignored", missing)
-    return Packets(time_base, pts, key, discard)
+    return Packets(time_base, pts, key, discard, missing_pts=no_pts,
+                   format_name=str((meta.get("format") or {}).get("format_name") or ""))
+
+
+def needs_decoded_timing(pk: Packets) -> str | None:
+    """Why the container's timestamps cannot be trusted for cutting this source (or None)."""
+    names = set(pk.format_name.split(","))
+    if names & DECODED_TIMING_FORMATS:
+        return f"the {pk.format_name} container does not give every frame a presentation time"
+    if pk.missing_pts:
+        return f"{pk.missing_pts} of {len(pk)} video packets have no presentation timestamp"
+    return None
+
+
+@dataclass
+class DecodedFrames:
+    """The source's frames as the decoder outputs them (display order)."""
+
+    packets: Packets  # pts = the decoder's timestamp of each frame, key = keyframe
+    regenerated: bool  # some frames had no timestamp: times are n / rate
+    stream_start: float  # seconds: the stream's first decode timestamp (where frame 0 is shown
+    # when the container has no presentation times)
+
+
+def read_decoded_frames(path: str | Path, pk: Packets, stream_index: int | None = None,
+                        avg_frame_rate: str | None = None) -> DecodedFrames:
+    """Decode the video once (ffprobe's frames: the same decoder and timestamps ffmpeg's
+    filters see) and return every frame's timestamp and keyframe flag, in output order."""
+    settings = get_settings()
+    sel = f"{stream_index}" if stream_index is not None else "v:0"
+    times: list[int | None] = []
+    key = bytearray()
+    try:
+        # printed in ffprobe's own order: key_frame, then best_effort_timestamp
+        for row in ffmpeg.iter_probe_rows(path, timeout=settings.ffmpeg_timeout, section="frame",
+                                          entries="key_frame,best_effort_timestamp", stream=sel):
+            if len(row) < 2 or row[0] not in ("0", "1"):
+                continue  # side data lines
+            value = row[1]
+            times.append(int(value) if value not in ("N/A", "") else None)
+            key.append(1 if row[0] == "1" else 0)
+    except PermanentMediaError as exc:
+        raise PermanentMediaError(f"ffmpeg cannot decode the video in this file: {exc.detail.splitlines()[-1] if exc.detail else exc}; "
+                                  "the file is damaged or incomplete - re-export it and upload again",
+                                  exc.detail, exc.returncode) from None
+    if not times:
+        raise PermanentMediaError("ffmpeg decodes no picture from this file's video stream; the file is damaged "
+                                  "or incomplete - re-export it and upload again")
+    tb = pk.time_base
+    # frames flushed out of a B-frame decoder at the end can come without any timestamp: ffmpeg
+    # shows them one frame interval after the previous one, and so does the plan
+    trailing = 0
+    while trailing < len(times) and times[-1 - trailing] is None:
+        trailing += 1
+    timed = [t for t in times if t is not None]
+    regenerated = (len(timed) + trailing != len(times) or len(timed) < 2 or len(set(timed)) != len(timed)
+                   or any(b <= a for a, b in zip(timed, timed[1:])))
+    if trailing and not regenerated:
+        step = sorted(b - a for a, b in zip(timed, timed[1:]))[(len(timed) - 1) // 2]
+        times = timed + [timed[-1] + step * (i + 1) for i in range(trailing)]
+    if regenerated:
+        rate = Fraction(avg_frame_rate) if avg_frame_rate and Fraction(avg_frame_rate) > 0 else Fraction(25)
+        first = next((t for t in times if t is not None), 0)
+        # n / rate from the first frame, in ticks of the stream's time base (or finer)
+        tick = min(tb, Fraction(1, 90000))
+        tb = tick
+        base = int(first * pk.time_base / tick)
+        ticks = array("q", (base + int(round(i / rate / tick)) for i in range(len(times))))
+    else:
+        ticks = array("q", times)
+    stream_start = pk.seconds(min(pk.pts)) if len(pk) else 0.0
+    return DecodedFrames(Packets(tb, ticks, key, bytearray(len(ticks)), format_name=pk.format_name),
+                         regenerated, stream_start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,9 +286,15 @@ def _nearest(sorted_vals: list[float] | array, x: float) -> int:
 
 
 def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_seconds: float,
-               avg_frame_rate: str | None = None) -> tuple[SplitPlan, list[int]]:
+               avg_frame_rate: str | None = None, chunk_mode: str | None = None,
+               timing: str = "container", presentation_t0: float | None = None) -> tuple[SplitPlan, list[int]]:
     """Choose chunk boundaries. Returns the plan (chunks without URLs yet) and, for copy
-    chunks, the decode-order packet index each chunk starts at."""
+    chunks, the decode-order packet index each chunk starts at.
+
+    `chunk_mode` ("seek" or "frames") plans every chunk in that mode, with no stream copy: for
+    a plan made from decoded frames (`timing="decoded"`, `pk` holding the decoder's frames),
+    where `presentation_t0` is where the first frame is shown on the source's clock when that
+    is not the decoder's timestamp of it (AVI: the stream start, not the reorder delay)."""
     tb = pk.time_base
     # the first keyframe may itself be hidden by an edit list: it is still where decoding starts
     first_key = next((i for i in range(len(pk)) if pk.key[i]), None)
@@ -242,15 +351,22 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
     cand_idx = clean
     target = target_chunk_seconds(duration, workers, keyframe_seconds)
     boundaries: list[tuple[float, int | None]] = [(0.0, 0)]  # (global start, decode index or None)
-    if not clean and duration > 2 * target:
-        notes.append("no keyframe starts a closed GOP (open GOP or leading pictures): "
-                     "chunks are read from the source with exact seeking instead of stream copy")
+    if chunk_mode is not None or (not clean and duration > 2 * target):
+        if chunk_mode is None:
+            notes.append("no keyframe starts a closed GOP (open GOP or leading pictures): "
+                         "chunks are read from the source with exact seeking instead of stream copy")
         boundaries = [(0.0, None)]
-        t = target
+        # cuts on the keyframe grid, where every rung has a keyframe anyway
+        step = keyframe_seconds * max(1, round(target / keyframe_seconds))
+        t = step
         while t < duration - target / 2:
             idx = first_frame_at_or_after(t)
-            boundaries.append((times[idx], None))
-            t = times[idx] + target
+            if idx >= n:
+                break
+            if times[idx] > boundaries[-1][0]:
+                boundaries.append((times[idx], None))
+            t += step
+        clean = []  # no stream-copy cuts
     else:
         unclean = sum(pk.key[1:]) - len(clean)
         if unclean > 0:
@@ -291,7 +407,7 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
         end = bounds[i + 1][0]
         f0 = first_frame_at_or_after(start)
         f1 = first_frame_at_or_after(end) if i + 1 < count else n
-        mode = "copy" if dec_idx is not None else "seek"
+        mode = "copy" if dec_idx is not None else (chunk_mode or "seek")
         key_pts = pk.seconds(pk.pts[dec_idx]) if dec_idx is not None else t0_sec + start
         if i == 0 and mode == "copy":
             key_pts = pk.seconds(pk.pts[0])
@@ -300,14 +416,15 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
             end=times[f1] if f1 < n else duration, frames=f1 - f0, first_frame=f0,
             key_pts=key_pts, source_start=t0_sec + times[f0],
             source_end=(t0_sec + times[f1]) if f1 < n else t0_sec + duration + 3600.0,
-            half_frame=half,
-            reason="" if mode == "copy" else "no closed-GOP keyframe at this cut",
+            half_frame=half, timing=timing,
+            reason="" if mode == "copy" else "no closed-GOP keyframe at this cut" if chunk_mode is None
+            else "timing from decoded frames",
         ))
         starts.append(dec_idx if dec_idx is not None else -1)
     # chunk 0 in seek mode when the whole source is a single copy chunk is pointless: copy
     # mode for one chunk is still exact (its frames are selected by timestamp)
     plan = SplitPlan(
-        frames=n, duration=duration, t0=t0_sec,
+        frames=n, duration=duration, t0=t0_sec if presentation_t0 is None else presentation_t0, timing=timing,
         frame_rate=f"{rate.numerator}/{rate.denominator}", cfr=cfr, frame_interval=interval,
         segment_starts=seg_starts, segment_times=[times[i] for i in seg_starts],
         keyframe_times=kf_times, chunks=[c.to_dict() for c in chunks], notes=notes,
@@ -328,57 +445,99 @@ def _logger():
 
 def split_source_fn(source_url: str, work_url: str, *, workers: int, video_stream_index: int | None = None,
                     avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
-                    segment_seconds: float | None = None) -> dict:
-    """Plan the chunks and write the stream-copy slices under `work_url`/chunks/."""
+                    segment_seconds: float | None = None, timing: str | None = None) -> dict:
+    """Plan the chunks and write the stream-copy slices under `work_url`/chunks/.
+
+    `timing` forces where frame times come from ("container" or "decoded"); by default the
+    container's packet timestamps unless `needs_decoded_timing` says they cannot be trusted.
+    A stream-copy split that ffmpeg refuses (packets its muxer cannot place) is not the
+    video's end: its chunks are read from the source with exact seeking instead."""
     settings = get_settings()
     keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
     segment_seconds = segment_seconds or settings.segment_seconds
     logger = _logger()
     with storage.local_copy(source_url, settings.work_dir) as src:
         pk = read_packets(src, video_stream_index)
-        plan, starts = plan_split(pk, workers=workers, keyframe_seconds=keyframe_seconds,
-                                  segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate)
+        why = needs_decoded_timing(pk) if timing is None else (
+            "the container's timestamps did not give exact chunks" if timing == "decoded" else None)
+        if why:
+            decoded = read_decoded_frames(src, pk, video_stream_index, avg_frame_rate)
+            mode = "frames" if decoded.regenerated else "seek"
+            plan, starts = plan_split(
+                decoded.packets, workers=workers, keyframe_seconds=keyframe_seconds,
+                segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate, chunk_mode=mode,
+                timing="decoded", presentation_t0=decoded.stream_start if pk.missing_pts else None)
+            plan.notes.insert(0, f"timing from decoded frames: {why}; chunks are read from the source "
+                                 + ("by frame number (the decoder gives no timestamps: n / frame rate)"
+                                    if decoded.regenerated else "with exact seeking, no stream copy"))
+            for c in plan.chunks:
+                c["reason"] = why
+        else:
+            plan, starts = plan_split(pk, workers=workers, keyframe_seconds=keyframe_seconds,
+                                      segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate)
         for note in plan.notes:
             logger.warning(note)
         copy_chunks = [c for c in plan.chunks if c["mode"] == "copy"]
         if copy_chunks:
-            settings.work_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="split-") as tmp:
-                cuts = [starts[c["index"]] for c in plan.chunks if c["index"] > 0]
-                # contiguous copy chunks from the first; a seek chunk never follows a copy
-                # chunk in one plan, so one segment run covers them all
-                args = [*ffmpeg.SAFE_INPUT, "-i", str(src), "-map", f"0:{video_stream_index}"
-                        if video_stream_index is not None else "0:v:0",
-                        "-c", "copy", "-an", "-sn", "-dn", "-f", "segment", "-segment_format", "matroska",
-                        "-reset_timestamps", "0"]
-                if cuts:
-                    args += ["-segment_frames", ",".join(str(c) for c in cuts)]
-                else:
-                    args += ["-segment_time", str(10**9)]
-                args += ["-segment_start_number", "0", str(Path(tmp) / "chunk_%05d.mkv")]
-                ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)")
-                made = sorted(Path(tmp).glob("chunk_*.mkv"))
-                if len(made) != len(copy_chunks):
-                    raise ffmpeg.TransientMediaError(
-                        f"split made {len(made)} chunks, expected {len(copy_chunks)}")
-                for c, path in zip(copy_chunks, made):
-                    url = storage.join(work_url, "chunks", path.name)
-                    storage.move_local_file(path, url)
-                    c["url"] = url
+            try:
+                _copy_split(src, plan, starts, copy_chunks, work_url, video_stream_index)
+            except ffmpeg.MediaError as exc:
+                if not isinstance(exc, ChunkCountMismatch) and (
+                        exc.returncode is None or exc.returncode < 0 or exc.returncode in (137, 143)):
+                    raise  # killed or timed out, not refused: Prefect retries the split
+                note = (f"stream-copy split failed ({exc}); its {len(copy_chunks)} chunk(s) are read from "
+                        "the source with exact seeking instead")
+                logger.warning(note)
+                plan.notes.append(note)
+                for c in copy_chunks:
+                    c.update(mode="seek", url=None, reason=f"stream-copy split failed: {exc}")
     n_seek = sum(1 for c in plan.chunks if c["mode"] == "seek")
-    logger.info("split into %d chunks (%d stream copy, %d exact seek), %d frames, %.3f s, %s",
-                len(plan.chunks), len(plan.chunks) - n_seek, n_seek, plan.frames, plan.duration,
-                "constant frame rate" if plan.cfr else "variable frame rate")
+    n_frames = sum(1 for c in plan.chunks if c["mode"] == "frames")
+    logger.info("split into %d chunks (%d stream copy, %d exact seek, %d by frame number), %d frames, %.3f s, "
+                "%s, timing from %s", len(plan.chunks), len(plan.chunks) - n_seek - n_frames, n_seek, n_frames,
+                plan.frames, plan.duration, "constant frame rate" if plan.cfr else "variable frame rate",
+                "decoded frames" if plan.timing == "decoded" else "container timestamps")
     return plan.to_dict()
+
+
+class ChunkCountMismatch(ffmpeg.TransientMediaError):
+    """The stream-copy split wrote a different number of slices than planned."""
+
+
+def _copy_split(src, plan: SplitPlan, starts: list[int], copy_chunks: list[dict], work_url: str,
+                video_stream_index: int | None) -> None:
+    settings = get_settings()
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="split-") as tmp:
+        cuts = [starts[c["index"]] for c in plan.chunks if c["index"] > 0]
+        # contiguous copy chunks from the first; a seek chunk never follows a copy
+        # chunk in one plan, so one segment run covers them all
+        args = [*ffmpeg.SAFE_INPUT, "-i", str(src), "-map", f"0:{video_stream_index}"
+                if video_stream_index is not None else "0:v:0",
+                "-c", "copy", "-an", "-sn", "-dn", "-f", "segment", "-segment_format", "matroska",
+                "-reset_timestamps", "0"]
+        if cuts:
+            args += ["-segment_frames", ",".join(str(c) for c in cuts)]
+        else:
+            args += ["-segment_time", str(10**9)]
+        args += ["-segment_start_number", "0", str(Path(tmp) / "chunk_%05d.mkv")]
+        ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)")
+        made = sorted(Path(tmp).glob("chunk_*.mkv"))
+        if len(made) != len(copy_chunks):
+            raise ChunkCountMismatch(f"split made {len(made)} chunks, expected {len(copy_chunks)}")
+        for c, path in zip(copy_chunks, made):
+            url = storage.join(work_url, "chunks", path.name)
+            storage.move_local_file(path, url)
+            c["url"] = url
 
 
 @task(name="split", task_run_name="split {source_url}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
 def split_source(source_url: str, work_url: str, workers: int, video_stream_index: int | None = None,
                  avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
-                 segment_seconds: float | None = None) -> dict:
+                 segment_seconds: float | None = None, timing: str | None = None) -> dict:
     return split_source_fn(source_url, work_url, workers=workers, video_stream_index=video_stream_index,
                            avg_frame_rate=avg_frame_rate, keyframe_seconds=keyframe_seconds,
-                           segment_seconds=segment_seconds)
+                           segment_seconds=segment_seconds, timing=timing)
 
 
 def chunk_math_ok(plan: dict) -> bool:

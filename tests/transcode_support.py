@@ -100,12 +100,20 @@ def source_frames(path: Path) -> list[float]:
     """The source's displayed frames, as a player decodes them (timestamps, sorted)."""
     data = ffprobe(str(path), "-select_streams", "v:0", "-show_entries", "frame=pts_time,best_effort_timestamp_time",
                    "-show_frames")
-    times = []
+    times: list[float | None] = []
     for f in data.get("frames", []):
-        t = f.get("pts_time") or f.get("best_effort_timestamp_time")
-        if t not in (None, "N/A"):
-            times.append(float(t))
-    return sorted(times)
+        # AVI and raw streams give decoded frames no pts: the decoder's best-effort time stands
+        # in; the last frames flushed out of a B-frame decoder may have neither, yet are shown
+        t = next((f[k] for k in ("pts_time", "best_effort_timestamp_time") if f.get(k) not in (None, "N/A")), None)
+        times.append(float(t) if t is not None else None)
+    known = sorted(t for t in times if t is not None)
+    step = sorted(b - a for a, b in zip(known, known[1:]))[len(known) // 2 - 1] if len(known) > 2 else 1 / 30
+    last = known[-1] if known else 0.0
+    for t in times:
+        if t is None:  # shown after the last timed frame, one frame interval apart (as ffmpeg does)
+            last += step
+            known.append(last)
+    return sorted(known)
 
 
 def local(url: str) -> Path:
