@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     cors = init_cors(app, settings)
     fastpath.install(app, cors)  # media answers skip Flask's request cycle (CPU per request)
+    from streaming_app.security import init_security
+
+    init_security(app, settings)  # around the fast path too: every answer carries them
     if settings.trusted_proxies:
         # Outermost, so every layer sees the client's address (the analytics rate limit keys on
         # it) and the scheme and host it used (links in answers). Only as many hops as there are

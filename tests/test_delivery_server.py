@@ -21,6 +21,8 @@ import requests
 from tests.hls_support import S3_BUCKET, hls_ladder, moto_s3, publish_video  # noqa: F401
 from tests.servers import free_port, share_settings, web_process
 
+ADMIN_TOKEN = "delivery-test-admin"
+
 
 @dataclass
 class Server:
@@ -41,7 +43,7 @@ def vodflow_web(env: dict, log_path):
 @pytest.fixture(scope="module", params=["local", "s3"])
 def server(request, tmp_path_factory):
     home = tmp_path_factory.mktemp(f"web-{request.param}")
-    env = {"VODFLOW_DATA_DIR": str(home / "var")}
+    env = {"VODFLOW_DATA_DIR": str(home / "var"), "VODFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
     if request.param == "s3":
         endpoint = request.getfixturevalue("moto_s3")
         env.update(VODFLOW_STORAGE_URL=f"s3://{S3_BUCKET}/web-{os.getpid()}", VODFLOW_S3_ENDPOINT_URL=endpoint)
@@ -110,7 +112,8 @@ def test_video_deleted_while_being_played(served):
     assert s.get(base + video.path("360p", "index.m3u8")).status_code == 200
     assert s.get(base + video.path("360p", "seg_00000.ts")).status_code == 200
 
-    assert s.delete(f"{base}/api/videos/{video.video_id}").status_code == 204
+    assert s.delete(f"{base}/api/videos/{video.video_id}",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 204
 
     # the next segment is gone: the server re-reads the catalog instead of trusting its cache
     r = s.get(base + video.path("360p", "seg_00001.ts"))
