@@ -229,7 +229,7 @@ def _start_batch(video_ids: list[str]) -> tuple[subprocess.Popen, str, Path]:
         cause = "the temporary Prefect server and Dask cluster did not start in time"
     else:
         cause = log_path.read_text(errors="replace").strip() or f"the ingest runner exited with code {proc.returncode}"
-    err.print(f"[red]cannot process the videos: {cause}[/red]")
+    err.print(f"cannot process the videos: {cause}", style="red", markup=False, highlight=False)
     err.print(f"The videos are stored (UPLOADED): once this is fixed, `vodflow maintain` starts them. Log: {log_path}")
     raise typer.Exit(EXIT_START_FAILED)
 
