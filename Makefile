@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 RUNTIME_PKGS := ffmpeg
 TEST_PKGS := ffmpeg chromium postgresql nginx-light wrk curl
 
-.PHONY: run test setup setup-test system-runtime system-test clean bench
+.PHONY: run test setup setup-test system-runtime system-test clean bench lock upgrade lock-check
 
 run: setup
 	$(BIN)/vodflow up
@@ -40,21 +40,47 @@ system-runtime:
 system-test:
 	$(call apt_install,$(TEST_PKGS))
 
-$(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# Python packages come from the committed lock (uv.lock, hashes included), never from whatever
+# the registry serves today: `uv sync --locked` installs exactly it and refuses a lock that no
+# longer matches pyproject.toml. uv itself lives in its own small venv (.tools), because a sync
+# removes from .venv everything the lock does not list.
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+UV_SYNC := $(UV) sync --locked --python $(PYTHON)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
-	$(BIN)/pip install -q -e .
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV_SYNC)
+	rm -f $(VENV)/.installed-test
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/bin/python pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+$(VENV)/.installed-test: $(UV) pyproject.toml uv.lock
+	$(UV_SYNC) --extra test
 	touch $(VENV)/.installed $@
 
+# Refresh the lock on purpose: `make lock` after editing pyproject.toml keeps every other pin;
+# `make upgrade` (or `make upgrade PACKAGE=prefect`) moves pins to newer releases.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+upgrade: $(UV)
+	$(UV) lock --python $(PYTHON) $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+
+# Fails when pyproject.toml and uv.lock disagree (CI runs it before the tests).
+lock-check: $(UV)
+	$(UV) lock --check --python $(PYTHON)
+	npm ci --dry-run --no-audit --no-fund --silent >/dev/null
+
 # Front-end libraries come from npm and are served by the app itself (no CDN).
-streaming_app/static/vendor/.installed: package.json
-	npm install --no-audit --no-fund --silent
+# `npm ci` installs exactly package-lock.json (and fails when it does not match package.json).
+streaming_app/static/vendor/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
 	mkdir -p streaming_app/static/vendor
 	cp node_modules/hls.js/dist/hls.min.js streaming_app/static/vendor/
 	cp node_modules/tus-js-client/dist/tus.min.js streaming_app/static/vendor/
@@ -64,4 +90,4 @@ bench: setup-test
 	$(BIN)/vodflow bench transcode
 
 clean:
-	rm -rf $(VENV) node_modules streaming_app/static/vendor var .pytest_cache
+	rm -rf $(VENV) $(TOOLS) node_modules streaming_app/static/vendor var .pytest_cache

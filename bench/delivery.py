@@ -34,8 +34,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 SEGMENT_BYTES = 1024 * 1024
 SEGMENTS = 32

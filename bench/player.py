@@ -2,7 +2,7 @@
 
     vodflow bench player [--runs 9] [--duration 30]
 
-Serves a generated three-rung ladder with the real app (gunicorn) and opens the watch page in
+Serves a generated three-rung ladder with the real app (`vodflow web`) and opens the watch page in
 headless Chromium, each run in a fresh browser context (cold cache: page, scripts, playlists
 and segments all fetched). The figure is the player's own startup measurement (the
 `first_frame` event: the moment the first frame is handed to the compositor, from navigation
@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.published import catalog_at, launch_chromium, make_published_video, server_env, web_app
 
-from tests.player_support import catalog_at, launch_chromium, make_published_video, server_env  # noqa: E402
-from tests.servers import gunicorn_app  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 GOAL_MS = 1500
 
@@ -80,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "var"
         with catalog_at(data):
             vid = make_published_video("Startup bench", duration=args.duration)
-        with gunicorn_app(server_env(data), Path(tmp) / "gunicorn.log") as base, sync_playwright() as p:
+        with web_app(server_env(data), Path(tmp) / "web.log") as base, sync_playwright() as p:
             browser = launch_chromium(p)
             bare_url = f"{base}/bench/bare-hlsjs.html"
             bare_html = BARE_PAGE % {"master": f"/v/{vid}/master.m3u8"}

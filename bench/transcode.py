@@ -30,11 +30,28 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import m3u8
+import psutil
+from distributed import Client
+
+from catalog.db import session_scope
+from catalog.state import get_video, published_renditions
+from config import storage
+from config.settings import get_settings, reset_settings
+from flows.cluster import start_local_cluster
+from flows.ingest import ingest
+from flows.intake import accept
+from tasks.audio import encode_audio_fn
+from tasks.encode import encode_chunk_fn, scale_filters, x264_args
+from tasks.ladder import choose_ladder
+from tasks.probe import probe_path
+from tasks.split import plan_split, read_packets, split_source_fn, target_chunk_seconds
+from tasks.thumbnails import preview_plan
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +63,6 @@ class TreeSampler:
     (Dask workers, ffmpeg) or over one given process tree."""
 
     def __init__(self, root_pid: int | None = None, interval: float = 0.2):
-        import psutil
 
         self.psutil = psutil
         self.root = psutil.Process(root_pid or os.getpid())
@@ -141,7 +157,6 @@ def make_source(path: Path, duration: float, size: str, rate: str) -> Path:
 
 def baseline_command(source: Path, rungs: list[dict], out_dir: Path, keyframe_seconds: float,
                      segment_seconds: float, has_audio: bool) -> list[str]:
-    from tasks.encode import scale_filters, x264_args
 
     n = len(rungs)
     graph = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) + ";"
@@ -195,7 +210,6 @@ def psnr(segments: list[Path], source: Path, width: int, height: int, frames: in
 
 
 def rung_files(playlist: Path) -> list[Path]:
-    import m3u8
 
     pl = m3u8.load(str(playlist))
     return [playlist.parent / s.uri for s in pl.segments]
@@ -219,7 +233,6 @@ def project(result: dict, wall: float, overhead_serial: float, duration: float, 
     for W workers (the planner makes more, shorter chunks for more workers) and scheduled
     longest-first, each chunk costing a fixed start-up plus a per-frame cost fitted from this
     run, plus packaging (one rung per worker)."""
-    from tasks.split import target_chunk_seconds
 
     secs = result["encode_seconds"]
     frames = result["chunk_frames"]
@@ -250,13 +263,7 @@ def ideal_run(source: Path, info, rungs: list[dict], work: Path, slots: int) -> 
     chunk encodes (the encode task's own function, previews included) and the audio, on `slots`
     plain threads in this process - no Prefect, no Dask, no packaging. Its wall time is what
     any orchestration of this design could reach on this machine at best."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    from config.settings import get_settings
-    from tasks.audio import encode_audio_fn
-    from tasks.encode import encode_chunk_fn
-    from tasks.split import split_source_fn
-    from tasks.thumbnails import preview_plan
 
     settings = get_settings()
     out = work / "ideal"
@@ -302,13 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (sources, outputs)")
     args = ap.parse_args(argv)
 
-    import psutil
 
     work = Path(tempfile.mkdtemp(prefix="vodflow-bench-"))
     os.environ["VODFLOW_DATA_DIR"] = str(work / "var")
     for k in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_DASK_ADDRESS"):
         os.environ.pop(k, None)
-    from config.settings import get_settings, reset_settings
 
     reset_settings()
     settings = get_settings()
@@ -324,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         make_source(source, args.duration, args.size, args.rate)
         print(f"source: generated {args.duration:g} s {args.size}@{args.rate} H.264+AAC in {time.monotonic() - t:.1f} s")
 
-    from tasks.ladder import choose_ladder
-    from tasks.probe import probe_path
 
     info = probe_path(source)
     rungs = [r.to_dict() for r in choose_ladder(info)]
@@ -339,18 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         server = SubprocessASGIServer()
         server.start()
         os.environ["PREFECT_API_URL"] = server.api_url
-    from flows.cluster import start_local_cluster
 
     cluster = start_local_cluster(args.workers or None)
     os.environ["VODFLOW_DASK_ADDRESS"] = cluster.scheduler_address
     reset_settings()
-    from distributed import Client
 
     with Client(cluster, set_as_default=False) as c:
         c.run(lambda: __import__("flows.ingest"))  # workers import the pipeline once, like a warm cluster
         n_workers = len(c.scheduler_info()["workers"])
-    from flows.ingest import ingest
-    from flows.intake import accept
 
     runs, base_runs, ideal_runs = [], [], []
     last_result = None
@@ -464,9 +463,6 @@ def main(argv: list[str] | None = None) -> int:
 
     quality = []
     if not args.no_quality:
-        from catalog.db import session_scope
-        from catalog.state import get_video, published_renditions
-        from config import storage
 
         print()
         print("== quality parity per rung (PSNR vs the source scaled to the rung; sizes) ==")
@@ -508,10 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 def long_check(source: Path, work: Path) -> dict:
     """Memory of the steps that grow with the duration, on a 2-hour 1080p source made by
     looping the clip with stream copy (seconds to build instead of an hour of encoding)."""
-    import psutil
 
-    from tasks.probe import probe_path
-    from tasks.split import plan_split, read_packets
 
     long_src = work / "long.mp4"
     # memory here follows the number of packets, not the bit rate: a light 1080p30 clip

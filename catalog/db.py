@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,8 +58,6 @@ def get_engine() -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Apply alembic migrations up to head (idempotent; safe to call from every process)."""
-    from alembic import command
-    from alembic.config import Config
 
     here = Path(__file__).parent
     cfg = Config()
@@ -77,7 +78,6 @@ def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
     if not db_path or db_path == ":memory:":
         yield
         return
-    import fcntl
 
     with open(f"{db_path}.migrate-lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

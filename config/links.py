@@ -6,13 +6,19 @@ the request came in on (scheme, host and prefix, corrected by ProxyFix when
 `VODFLOW_TRUSTED_PROXIES` says proxies are in front); a link made outside a request (the CLI, a
 flow's report) uses the default `http://localhost:{VODFLOW_WEB_PORT}`.
 
-No Flask needed to import this: flows and the CLI use it too. The paths are the web app's
+Nothing of the web app is imported here (flows and the CLI use this module too): the web app
+tells it the request's URL through `request_base` while it answers. The paths are the web app's
 routes (uploads `/files/`, api `/api/videos/`, pages `/watch/`, delivery `/v/`).
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from config.settings import get_settings
+
+# the URL root of the request being answered (set by the web app around each request)
+request_base: ContextVar[str | None] = ContextVar("vodflow_request_base", default=None)
 
 
 def base_url() -> str:
@@ -20,13 +26,7 @@ def base_url() -> str:
     settings = get_settings()
     if settings.public_url_explicit:
         return settings.public_url
-    try:
-        from flask import has_request_context, request
-    except ImportError:  # a worker without the web app's dependencies
-        return settings.public_url
-    if has_request_context():
-        return request.url_root.rstrip("/")
-    return settings.public_url
+    return request_base.get() or settings.public_url
 
 
 def upload_url(upload_id: str) -> str:

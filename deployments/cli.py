@@ -259,7 +259,7 @@ def ingest(
     work and the runs show in its Prefect UI. Without it, one temporary Prefect server and one
     Dask cluster serve the whole batch, VODFLOW_MAX_CONCURRENT_INGESTS videos at a time."""
     from config.settings import prefect_api_url, reset_settings
-    from flows.intake import SourceRejected, ingest_sources
+    from deployments.intake import ingest_sources
 
     settings = _joined_settings()
     api = prefect_api_url()
@@ -275,9 +275,6 @@ def ingest(
     try:
         accepted = ingest_sources(sources, title=title, console=console, settle_seconds=settle,
                                   failures=failures)
-    except SourceRejected as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
     finally:
         if local_batch:
             if dispatch_env is None:
@@ -336,7 +333,7 @@ def cleanup(
     """Remove expired or abandoned uploads and orphaned temporary files (run it on each web host)."""
     import json
 
-    from streaming_app.uploads.cleanup import cleanup_uploads
+    from flows.uploads.cleanup import cleanup_uploads
 
     _joined_settings()
     report = cleanup_uploads(orphan_grace=grace_minutes * 60, keep_days=keep_days, dry_run=dry_run)
@@ -384,7 +381,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 
     from catalog.db import session_scope
     from catalog.models import Video
-    from deployments.health import check_all, ingest_queue
+    from flows.health import check_all, ingest_queue
 
     _joined_settings()
     checks = check_all(detail=True)
@@ -450,14 +447,15 @@ def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only;
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery")) -> None:
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery | player")) -> None:
     """Run a benchmark from bench/ (extra options are passed to it)."""
-    script = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
-    if not script.is_file():
-        err.print(f"[red]no benchmark '{name}'; choose transcode, upload or delivery[/red]")
+    names = sorted(p.stem for p in Path(__file__).resolve().parent.parent.joinpath("bench").glob("*.py")
+                   if p.stem not in ("__init__", "published"))
+    if name not in names:
+        err.print(f"[red]no benchmark '{name}'; choose {', '.join(names)}[/red]")
         raise typer.Exit(2)
-    sys.argv = [str(script), *ctx.args]
-    runpy.run_path(str(script), run_name="__main__")
+    sys.argv = [f"vodflow bench {name}", *ctx.args]
+    runpy.run_module(f"bench.{name}", run_name="__main__", alter_sys=True)
 
 
 def main() -> None:

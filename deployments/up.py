@@ -213,9 +213,8 @@ class Stack:
         comps.append(Component("serve", [py, "-m", "deployments.cli", "serve-flows"], serve_env,
                                self._deployments_ready))
 
-        from deployments.cli import gunicorn_command
-
-        comps.append(Component("web", gunicorn_command(s), dict(base),
+        # the production command itself (`vodflow web` execs gunicorn in the same process)
+        comps.append(Component("web", [py, "-m", "deployments.cli", "web"], dict(base),
                                lambda c: _http_ok(f"http://127.0.0.1:{s.web_port}/healthz")))
         self.components = comps
         return comps
@@ -485,7 +484,7 @@ def _has_bokeh() -> bool:
 
 
 def _tcp_ok(address: str) -> bool:
-    from deployments.health import _host_port
+    from flows.health import _host_port
 
     host, port = _host_port(address)
     try:

@@ -42,6 +42,7 @@ from catalog.db import session_scope
 from catalog.models import IngestedSource, Video, VideoStatus
 from config import links, storage
 from config.settings import get_settings
+from flows import intake
 from tasks.intake import SUPPORTED_EXTENSIONS, UploadRejected
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,6 @@ def _fetch_local(c: Candidate) -> Path:
 
 def ingest_candidate(c: Candidate, *, dispatch: bool = True) -> Outcome:
     """Ingest one settled file exactly once by content; never raises."""
-    from flows import intake
-
     out = Outcome(name=c.name, url=c.url, size=c.size, result="failed")
     try:
         seen = _already_seen(c)

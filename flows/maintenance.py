@@ -297,7 +297,7 @@ def _act_on(verdict: RunVerdict, runs: PrefectRuns, max_attempts: int, dispatch)
 def expire_uploads(report: MaintenanceReport, *, dry_run: bool = False) -> None:
     """Upload housekeeping belongs to the upload service: expired and abandoned uploads lose
     their bytes, interrupted hand-offs are finished, orphaned temp files go."""
-    from streaming_app.uploads.cleanup import cleanup_uploads
+    from flows.uploads.cleanup import cleanup_uploads
 
     result = cleanup_uploads(dry_run=dry_run)
     report.expired_uploads += result.expired

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from config import links
 from config.logging import setup_logging
 from config.settings import Settings, get_settings
 from streaming_app.request import StreamingRequest
@@ -57,6 +58,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)
+
+    @app.before_request
+    def _links_from_request():
+        # links in answers use the URL this request came in on (after ProxyFix)
+        g.links_token = links.request_base.set(request.url_root.rstrip("/"))
+
+    @app.teardown_request
+    def _links_done(_exc):
+        token = g.pop("links_token", None)
+        if token is not None:
+            links.request_base.reset(token)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

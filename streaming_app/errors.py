@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from flask import jsonify
 
 
@@ -13,7 +15,6 @@ def error_response(status: int, message: str, **extra):
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
 
     try:
         return HTTPStatus(status).phrase

@@ -8,6 +8,7 @@ classified: `PermanentMediaError` (the input itself is bad: never retried) or
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -80,8 +81,6 @@ def _die_with_parent() -> None:
     A Dask worker that is killed mid-encode must not leave its ffmpeg running: the task is
     rescheduled elsewhere and an orphan would only burn CPU and fill the scratch disk."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux: the process-group kill still applies
         pass

@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from config.settings import get_settings
+from tasks import ffmpeg
+from tasks.ffmpeg import MediaError
+from tasks.probe import parse
 
 SUPPORTED_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg",
@@ -120,9 +123,6 @@ def check_head(head: bytes, filename: str | None = None) -> str:
 
 def check_complete(path: str | Path):
     """Phase 3, all bytes in: ffprobe (protocol whitelist, timeout) and the limits. Returns MediaInfo."""
-    from tasks import ffmpeg
-    from tasks.ffmpeg import MediaError
-    from tasks.probe import parse
 
     try:
         data = ffmpeg.probe_json(path, timeout=get_settings().probe_timeout,

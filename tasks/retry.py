@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from distributed import get_worker
 from prefect.tasks import exponential_backoff
+
+from config import storage
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ def check_lease(lease_url: str | None) -> None:
     run could not interrupt drops its output instead of leaving it behind."""
     if not lease_url:
         return
-    from config import storage
-
     if not storage.exists(lease_url):
         raise RunStopped("the run this task belonged to has ended; its output was dropped")
 
@@ -63,10 +64,8 @@ def report_progress(key: str, fraction: float, **extra) -> None:
     so it needs no catalog access and works from a worker on another machine; outside Dask it
     is a no-op."""
     try:
-        from distributed import get_worker
-
         worker = get_worker()
-    except (ImportError, ValueError):
+    except ValueError:
         return
     try:
         worker.log_event(PROGRESS_TOPIC, {"key": key, "fraction": round(float(fraction), 4), **extra})

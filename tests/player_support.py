@@ -1,195 +1,22 @@
-"""Published HLS videos for player and analytics tests, made without the ingest flow.
-
-One ffmpeg command encodes a lavfi clip into a small ladder (forced keyframes every 2 s, 6 s
-segments, constant bit rates far enough apart that the ABR has a real choice), plus a source
-mp4 for the thumbnail task; the files go into storage where the pipeline would put them and
-the catalog gets READY `Video` and `Rendition` rows pointing at them.
-"""
+"""Player and analytics tests: published videos (made by `bench.published`, which the player
+benchmark shares) and what the server stored of a player's session."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import m3u8
-import pytest
-
-from tests.media import ffprobe_json
-
-
-@dataclass(frozen=True)
-class TestRung:
-    name: str
-    width: int
-    height: int
-    kbps: int
-
-
-# 16:9, bit rates spaced ~3x so a throttled link clearly fits only the lowest
-DEFAULT_RUNGS = (
-    TestRung("480p", 854, 480, 2400),
-    TestRung("360p", 640, 360, 800),
-    TestRung("240p", 426, 240, 250),
+from bench.published import (  # noqa: F401 - the tests' names for them
+    DEFAULT_RUNGS,
+    TestRung,
+    catalog_at,
+    create_video,
+    encode_ladder,
+    launch_chromium,
+    make_published_video,
+    measure_rung,
+    publish,
+    server_env,
 )
-
-
-def encode_ladder(workdir: Path, *, duration: float, rungs=DEFAULT_RUNGS, fps: int = 25,
-                  keyframe_s: float = 2.0, segment_s: float = 6.0) -> Path:
-    """One ffmpeg run: `workdir/{rung}/index.m3u8` + `seg_NNNNN.ts` per rung and
-    `workdir/source.mp4`. Returns the source path."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    n = len(rungs)
-    top = max(rungs, key=lambda r: r.height)
-    split = f"[0:v]split={n + 1}" + "".join(f"[v{i}]" for i in range(n + 1))
-    scales = ";".join(f"[v{i}]scale={r.width}:{r.height},setsar=1[o{i}]" for i, r in enumerate(rungs))
-    scales += f";[v{n}]null[o{n}]"  # the source keeps the full picture
-    cmd = ["ffmpeg", "-v", "error", "-y",
-           "-f", "lavfi", "-i", f"testsrc2=size={top.width}x{top.height}:rate={fps}:duration={duration}",
-           "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={duration}",
-           "-filter_complex", f"{split};{scales}"]
-    for i, r in enumerate(rungs):
-        (workdir / r.name).mkdir(exist_ok=True)
-        k = r.kbps
-        cmd += ["-map", f"[o{i}]", "-map", "1:a",
-                "-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "high", "-pix_fmt", "yuv420p",
-                "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
-                "-x264-params", "nal-hrd=cbr:scenecut=0",
-                "-force_key_frames", f"expr:gte(t,n_forced*{keyframe_s})",
-                "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-ar", "48000",
-                "-f", "hls", "-hls_time", str(segment_s), "-hls_playlist_type", "vod",
-                "-hls_flags", "independent_segments",
-                "-hls_segment_filename", str(workdir / r.name / "seg_%05d.ts"),
-                str(workdir / r.name / "index.m3u8")]
-    cmd += ["-map", "[o%d]" % n, "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
-            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-shortest", str(workdir / "source.mp4")]
-    subprocess.run(cmd, check=True)
-    return workdir / "source.mp4"
-
-
-def measure_rung(rung_dir: Path) -> dict:
-    """Peak and average segment bit rates (RFC 8216 BANDWIDTH / AVERAGE-BANDWIDTH), codecs."""
-    playlist = m3u8.load(str(rung_dir / "index.m3u8"))
-    rates, total_bits, total_s = [], 0, 0.0
-    for seg in playlist.segments:
-        bits = (rung_dir / seg.uri).stat().st_size * 8
-        rates.append(bits / seg.duration)
-        total_bits += bits
-        total_s += seg.duration
-    probe = ffprobe_json(str(rung_dir / playlist.segments[0].uri), "-show_streams")
-    video = next(s for s in probe["streams"] if s["codec_type"] == "video")
-    profile = {"High": "6400", "Main": "4d00", "Constrained Baseline": "42c0", "Baseline": "4200"}[video["profile"]]
-    return {
-        "bandwidth": int(max(rates)),
-        "average_bandwidth": int(total_bits / total_s),
-        "codecs": f"avc1.{profile}{int(video['level']):02x},mp4a.40.2",
-        "segment_count": len(playlist.segments),
-        "duration": total_s,
-    }
-
-
-@contextlib.contextmanager
-def catalog_at(data_dir: Path):
-    """Point this process's settings and catalog at `data_dir` for a moment (module fixtures
-    run outside the per-test environment)."""
-    from catalog.db import reset_engines
-    from config.settings import reset_settings
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VODFLOW_DATA_DIR", str(data_dir))
-        for name in ("VODFLOW_STORAGE_URL", "VODFLOW_DATABASE_URL", "VODFLOW_CONFIG"):
-            mp.delenv(name, raising=False)
-        reset_settings()
-        reset_engines()
-        try:
-            yield
-        finally:
-            reset_engines()
-            reset_settings()
-
-
-def create_video(title: str, *, duration: float | None = None, status: str = "PROCESSING",
-                 progress: float = 0.0, stage: str | None = None) -> str:
-    from catalog.db import session_scope
-    from catalog.models import Video, VideoStatus
-
-    with session_scope() as s:
-        v = Video(title=title, status=VideoStatus(status), progress=progress, stage=stage,
-                  duration=duration, width=854, height=480, display_width=854, display_height=480,
-                  display_aspect="16:9", frame_rate=25.0, video_codec="h264")
-        s.add(v)
-        s.flush()
-        return v.id
-
-
-def publish(video_id: str, workdir: Path, *, rungs=DEFAULT_RUNGS, run: str = "r1",
-            thumbnails: bool = True, status: str = "READY") -> dict:
-    """Store the encoded ladder of `workdir` as `hls/{video_id}/{run}/…` and mark it published."""
-    from catalog.db import session_scope
-    from catalog.models import Rendition, RenditionStatus, VideoStatus
-    from catalog.state import get_video, now
-    from config import storage
-
-    run_url = storage.url_for("hls", video_id, run)
-    measured = {}
-    for r in rungs:
-        measured[r.name] = measure_rung(workdir / r.name)
-        storage.publish_dir(workdir / r.name, storage.join(run_url, r.name))
-    thumbs = None
-    if thumbnails:
-        from tasks.thumbnails import make_thumbnails
-
-        source_url = storage.url_for("sources", video_id, "source.mp4")
-        storage.put_file(workdir / "source.mp4", source_url)
-        thumbs = make_thumbnails(source_url, run_url)
-    with session_scope() as s:
-        v = get_video(s, video_id)
-        for r in rungs:
-            m = measured[r.name]
-            s.add(Rendition(video_id=video_id, run=run, name=r.name, width=r.width, height=r.height,
-                            bandwidth=m["bandwidth"], average_bandwidth=m["average_bandwidth"],
-                            codecs=m["codecs"], frame_rate=25.0,
-                            playlist_url=storage.join(run_url, r.name, "index.m3u8"),
-                            segment_count=m["segment_count"], status=RenditionStatus.READY,
-                            published_at=now()))
-        v.current_run = run
-        v.duration = v.duration or next(iter(measured.values()))["duration"]
-        if thumbs:
-            v.poster_url = thumbs["poster_url"]
-            v.thumbnails_url = thumbs["thumbnails_url"]
-        v.status = VideoStatus(status)
-        if status == "READY":
-            v.progress = 100.0
-            v.ready_at = now()
-    return {"video_id": video_id, "run": run, "thumbnails": thumbs, "renditions": measured}
-
-
-def make_published_video(title: str, *, duration: float = 30.0, rungs=DEFAULT_RUNGS,
-                         thumbnails: bool = True) -> str:
-    """Encode, store and catalog a READY video under the current settings; returns its id."""
-    with tempfile.TemporaryDirectory(prefix="ladder-") as tmp:
-        encode_ladder(Path(tmp), duration=duration, rungs=rungs)
-        vid = create_video(title, duration=duration)
-        publish(vid, Path(tmp), rungs=rungs, thumbnails=thumbnails)
-    return vid
-
-
-def server_env(data_dir: Path) -> dict:
-    return {"VODFLOW_DATA_DIR": str(data_dir), "VODFLOW_WEB_WORKERS": "2",
-            "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run",
-                 # a test browser has no user gesture; viewers' browsers decide for themselves
-                 "--autoplay-policy=no-user-gesture-required"]
-
-
-def launch_chromium(playwright):
-    return playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
 
 
 def stored_events(data_dir: Path, session_id: str) -> list[dict]:

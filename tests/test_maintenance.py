@@ -154,7 +154,7 @@ def test_housekeeping_removes_only_old_unreferenced_files(monkeypatch):
     uploads.mkdir(parents=True, exist_ok=True)
     stray = uploads / "post-abc.part"
     stray.write_bytes(b"x" * 30)
-    from streaming_app.uploads import store as upload_store
+    from flows.uploads import store as upload_store
 
     expired_id, live_id = upload_store.new_upload_id(), upload_store.new_upload_id()
     expired_tmp = upload_store.create_part(expired_id)

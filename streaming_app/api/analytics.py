@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Union
 
 from flask import jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from catalog.db import get_engine, session_scope
@@ -270,7 +271,6 @@ def analytics_events():
             result = s.connection().execute(stmt, rows)
             stored = result.rowcount if result.rowcount is not None and result.rowcount >= 0 else len(rows)
         else:  # other databases: skip what is already there, one query
-            from sqlalchemy import select
 
             have = set(s.scalars(select(PlaybackEvent.seq).where(
                 PlaybackEvent.session_id == batch.session_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import url_for
 
 from catalog.models import Rendition, Video
-from config import links
+from config import links, storage
 
 
 def rendition_dict(r: Rendition) -> dict:
@@ -74,7 +74,6 @@ def run_file_url(video_id: str, stored_url: str | None) -> str | None:
     (`hls/{id}/{run}/poster.jpg`, `…/thumbs/thumbs.vtt`), from its storage URL."""
     if not stored_url:
         return None
-    from config import storage
 
     try:
         parts = storage.key_of(stored_url).split("/")

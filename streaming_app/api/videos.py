@@ -12,6 +12,7 @@ from catalog.models import Video, VideoStatus
 from catalog.state import InvalidTransition, VideoNotFound, get_video, transition
 from config import storage
 from config.settings import get_settings
+from flows.health import CRITICAL, check_all
 from streaming_app.api import bp
 from streaming_app.api.serialize import video_dict
 from streaming_app.errors import error_response
@@ -91,8 +92,6 @@ def healthz():
     """DB, storage, Prefect API and Dask scheduler reachability. The HTTP status follows the
     parts needed to serve (database, storage): 503 takes this instance out of a load balancer;
     Prefect or Dask being down only delays transcoding, so it shows as "degraded" with 200."""
-    from deployments.health import CRITICAL, check_all
-
     checks = check_all()
     serving = all(checks[name]["ok"] for name in CRITICAL)
     ok = all(c["ok"] for c in checks.values())

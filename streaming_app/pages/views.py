@@ -8,8 +8,10 @@ from sqlalchemy import select
 from catalog.db import session_scope
 from catalog.models import Video, VideoStatus
 from catalog.state import VideoNotFound, get_video
+from config.settings import get_settings
 from streaming_app.api.serialize import video_dict
 from streaming_app.pages import bp
+from tasks.intake import SUPPORTED_EXTENSIONS
 
 
 def upload_page_url() -> str:
@@ -29,8 +31,6 @@ def index():
 @bp.get("/upload")
 def upload():
     """Drag-and-drop resumable uploads (tus-js-client against /files/)."""
-    from config.settings import get_settings
-    from tasks.intake import SUPPORTED_EXTENSIONS
 
     limit = get_settings().max_upload_bytes
     return render_template(

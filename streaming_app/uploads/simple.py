@@ -16,9 +16,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from config import links
 from config.settings import get_settings
-from streaming_app.errors import error_response
 from flows import intake
-from streaming_app.uploads import bp, store
+from flows.uploads import store
+from streaming_app.errors import error_response
+from streaming_app.uploads import bp
 from streaming_app.uploads import metadata as meta
 from streaming_app.uploads.space import space_problem
 from tasks.intake import (

@@ -28,9 +28,10 @@ from werkzeug.exceptions import ClientDisconnected
 from catalog.models import UploadSession, UploadStatus
 from config import links
 from config.settings import get_settings
-from streaming_app.errors import error_response
+from flows.uploads import sessions, store
 from streaming_app import cors
-from streaming_app.uploads import bp, sessions, store
+from streaming_app.errors import error_response
+from streaming_app.uploads import bp
 from streaming_app.uploads import metadata as meta
 from streaming_app.uploads.space import space_problem
 from tasks.intake import SNIFF_BYTES, UploadRejected, check_declared, check_head

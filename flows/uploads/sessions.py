@@ -23,7 +23,8 @@ from catalog.db import session_scope
 from catalog.models import UploadSession, UploadStatus, Video, new_id
 from config import storage
 from config.settings import get_settings
-from streaming_app.uploads import store
+from flows import intake
+from flows.uploads import store
 from tasks.intake import KIND_EXTENSIONS, SNIFF_BYTES, UploadRejected, check_complete, check_head
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def finish(upload_id: str) -> Finished | None:
     its final). Raises UploadRejected when validation refuses it (the session is FAILED and
     its bytes are gone) or, with status 503, when it could not be checked right now (the
     bytes stay; a retry or the maintenance job tries again)."""
-    from flows import intake
-
     sess = get(upload_id)
     if sess is None:
         return None

@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select
 from catalog.db import session_scope
 from catalog.models import UploadSession, UploadStatus
 from config.settings import get_settings
-from streaming_app.uploads import sessions, store
+from flows.uploads import sessions, store
 from tasks.intake import UploadRejected
 
 log = logging.getLogger(__name__)
