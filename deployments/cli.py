@@ -392,8 +392,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
             for st, n in s.execute(select(Video.status, func.count()).group_by(Video.status)):
                 counts[st.value if hasattr(st, "value") else str(st)] = n
     ok = all(c["ok"] for c in checks.values())
+    from config.stack import running_stack
+    from deployments.logscan import repeated_errors
+
+    # errors the stack's own servers keep logging, even while they answer their health checks
+    settings = get_settings()
+    stack = running_stack(settings.data_dir)
+    repeated = repeated_errors(Path(stack["logs"]) if stack and stack.get("logs") else settings.data_dir / "logs")
     if as_json:
-        console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts}))
+        console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts,
+                                       "repeated_errors": repeated}))
         raise typer.Exit(0 if ok else 1)
     table = Table("part", "state", "detail")
     db, st, pf, dk = checks["database"], checks["storage"], checks["prefect"], checks["dask"]
@@ -410,6 +418,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     else:
         detail = dk.get("note", "")
     table.add_row("Dask", _mark(dk["ok"]), detail)
+    for e in repeated:
+        table.add_row(f"{e['part']} log", "[yellow]ERRORS[/yellow]", f"{e['count']}× {e['line']}")
     sc = checks["schedules"]
     if sc.get("configured"):
         if sc["ok"]:
