@@ -62,7 +62,13 @@ class Settings(BaseSettings):
                                            "upload's bytes); default: the host name")
     max_upload_bytes: int = Field(20 * 1024**3, gt=0)
     cors_origins: str = "*"
-    admin_token: str | None = None
+    admin_token: str | None = Field(None, description="bearer token that deleting a video needs; unset: "
+                                                     "deleting is refused")
+    frame_ancestors: str = Field("'self'", description="CSP frame-ancestors: who may embed the pages "
+                                                       "(space-separated origins, 'self', or 'none')")
+    disk_reserve_bytes: int = Field(1024**3, ge=0, description="uploads are refused (507) when they would "
+                                                                   "leave less free space than this in the "
+                                                                   "data dir or scratch")
     segment_seconds: float = Field(6.0, gt=0, le=30)
     keyframe_seconds: float = Field(2.0, gt=0, le=10)
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
@@ -75,6 +81,12 @@ class Settings(BaseSettings):
                                   "local process), always a local process, or not at all")
     bulk_ingest_url: str = Field("", description="watch location for scheduled bulk ingest")
     bulk_ingest_cron: str = "*/10 * * * *"
+    bulk_ingest_interval_seconds: float = Field(
+        0, ge=0, description="scan every this many seconds instead of the cron; 0 = use the cron")
+    maintenance_interval_seconds: float = Field(
+        0, ge=0, description="run maintenance every this many seconds; 0 = hourly (at minute 7)")
+    schedule_grace_seconds: float = Field(
+        300, gt=0, description="a scheduled run not started this long after its time was missed")
     redirect_segments: bool = False
     # operations: the stack, recovery and bulk ingest
     prefect_port: int = Field(4200, ge=1, le=65535, description="port of the Prefect server `vodflow up` starts")
@@ -111,6 +123,15 @@ class Settings(BaseSettings):
     def _dispatch_words(cls, v):
         v = str(v).strip().lower()
         return "off" if v in ("none", "0", "false", "no") else v
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def _one_directive(cls, v: str) -> str:
+        v = " ".join(str(v).split())
+        if not v or any(c in v for c in ";,"):
+            raise ValueError("give space-separated sources for CSP frame-ancestors, e.g. "
+                             "\"'self' https://blog.example\" or \"'none'\"")
+        return v
 
     @field_validator("keyframe_seconds")
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -53,34 +55,162 @@ def up() -> None:
     raise typer.Exit(run_stack(_settings()))
 
 
-def _wait_with_progress(video_ids: list[str], labels: dict[str, str]) -> int:
+def _joined_settings():
+    """Settings of a command that uses the pipeline: a stack running with this data dir
+    (DATA_DIR/stack.json) lends its Prefect API and Dask scheduler, unless settings name others."""
+    from config.stack import join_running_stack
+
+    _settings()
+    join_running_stack()
+    return _settings()
+
+
+TERMINAL = ("READY", "PARTIAL", "FAILED", "DELETED")
+DEAD_RUN_STATES = ("CRASHED", "FAILED", "CANCELLED")
+LIVENESS_EVERY = 5.0
+
+
+def _run_died(run_id: str | None, api: str | None) -> str | None:
+    """Why the run holding a video is dead, or None while it may still be working."""
+    import socket
+
+    from flows.dispatch import LOCAL_PREFIX
+
+    if not run_id:
+        return None
+    if run_id.startswith(LOCAL_PREFIX):
+        host, _, pid = run_id[len(LOCAL_PREFIX):].rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            import psutil
+
+            try:
+                if psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE:
+                    return None
+            except psutil.Error:
+                pass
+            return f"its ingest process ({pid}) is gone"
+        return None
+    if not api:
+        return None
+    import requests
+
+    try:
+        r = requests.get(f"{api.rstrip('/')}/flow_runs/{run_id}", timeout=5)
+        if r.status_code == 404:
+            return f"Prefect no longer knows its flow run {run_id}"
+        state = r.json().get("state") or {}
+    except Exception:  # noqa: BLE001 - Prefect busy or restarting: ask again later
+        return None
+    if state.get("type") in DEAD_RUN_STATES:
+        return f"its flow run {run_id} is {state.get('name') or state['type']}: {state.get('message') or ''}".rstrip(": ")
+    return None
+
+
+def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: str | None = None,
+                        runner=None, runner_log: Path | None = None) -> int:
+    """Progress bars until every video ends; returns how many did not end READY or PARTIAL.
+    A run that died (its process gone, its flow run crashed, the batch runner gone) is reported
+    and counted, not waited on."""
     from catalog.db import session_scope
     from catalog.state import get_video
 
     _settings()
     failed = 0
+    suspects: dict[str, float] = {}
+    last_check = 0.0
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
         bars = {vid: progress.add_task(labels[vid], total=100, status="UPLOADED") for vid in video_ids}
         pending = set(video_ids)
         while pending:
+            check = time.monotonic() - last_check >= LIVENESS_EVERY
+            if check:
+                last_check = time.monotonic()
+            runner_gone = runner is not None and runner.poll() is not None
             for vid in list(pending):
                 with session_scope() as s:
                     v = get_video(s, vid)
-                    status, pct, error = v.status.value, v.progress or 0, v.error
+                    status, pct, error, run_id = v.status.value, v.progress or 0, v.error, v.flow_run_id
                 progress.update(bars[vid], completed=pct, status=status)
-                if status in ("READY", "PARTIAL", "FAILED", "DELETED"):
+                if status in TERMINAL:
                     pending.discard(vid)
                     if status in ("FAILED", "DELETED"):
                         failed += 1
                         progress.console.print(f"[red]{labels[vid]}: {status}: {error}[/red]")
+                    continue
+                why = None
+                if runner_gone:
+                    why = (f"the ingest runner exited with code {runner.returncode}"
+                           + (f" (its log: {runner_log})" if runner_log else ""))
+                elif check:
+                    why = _run_died(run_id, api)
+                if why is None:
+                    suspects.pop(vid, None)
+                    continue
+                # a run that just ended may not have written its outcome yet: one more look first
+                first = suspects.setdefault(vid, time.monotonic())
+                if time.monotonic() - first >= 3:
+                    pending.discard(vid)
+                    failed += 1
+                    progress.update(bars[vid], status=f"{status}, run died")
+                    progress.console.print(f"[red]{labels[vid]}: left {status}: {why}; "
+                                           "`vodflow maintain` will start it again[/red]")
+            if runner_gone:
+                last_check = 0.0  # re-check the others at once
             time.sleep(0.5)
     for vid in video_ids:
         console.print(f"{vid}  {links.watch_url(vid)}")
     return failed
 
 
-@app.command()
+def _start_batch(video_ids: list[str]) -> tuple[subprocess.Popen, str, Path]:
+    """The batch runner for these videos (deployments/batch.py), once its temporary Prefect
+    server and Dask cluster are up; exits with code 3 and the cause when they cannot start."""
+    import select
+
+    from deployments.batch import PREFECT_START_TIMEOUT
+
+    settings = get_settings()
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"ingest-{int(time.time())}-{os.getpid()}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "deployments.batch", *video_ids], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    err.print(f"starting a temporary Prefect server and Dask cluster for {len(video_ids)} video(s) "
+              "(no stack is running; `vodflow up` keeps them) …")
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT + 60  # the server, then the cluster
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            break
+        if proc.poll() is not None:
+            break
+    if line.startswith(b"ready "):
+        proc.stdout.close()
+        return proc, line.split()[1].decode(), log_path
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        cause = "the temporary Prefect server and Dask cluster did not start in time"
+    else:
+        cause = log_path.read_text(errors="replace").strip() or f"the ingest runner exited with code {proc.returncode}"
+    err.print(f"cannot process the videos: {cause}", style="red", markup=False, highlight=False)
+    err.print(f"The videos are stored (UPLOADED): once this is fixed, `vodflow maintain` starts them. Log: {log_path}")
+    raise typer.Exit(EXIT_START_FAILED)
+
+
+EXIT_START_FAILED = 3
+
+
+@app.command(epilog="Exit codes: 0 every source was ingested (with --wait: ended READY or PARTIAL) or "
+                    "was already known, so running a finished batch again succeeds; files still being "
+                    "written are left for the next run and do not fail it. 1 something failed: a file "
+                    "refused, missing or unreadable, or (with --wait) a video FAILED or its run died. "
+                    "2 bad arguments or settings. 3 the pipeline could not start (the temporary Prefect "
+                    "server or Dask cluster did not come up): the message says why and what to do.")
 def ingest(
     sources: list[str] = typer.Argument(..., help="video files (or URLs) to ingest"),
     wait: bool = typer.Option(False, "--wait", help="wait until every video is READY, with a progress bar"),
@@ -91,19 +221,52 @@ def ingest(
 ) -> None:
     """Validate, store and transcode videos: files, file URLs (s3://…, https://…), or folders and
     bucket prefixes (s3://bucket/incoming/), which are scanned like bulk ingest: each content
-    once, files still being written left for later. Prints video ids and watch URLs."""
+    once, files still being written left for later. Prints video ids and watch URLs.
+
+    With `vodflow up` running (same data dir), the stack's Prefect server and Dask workers do the
+    work and the runs show in its Prefect UI. Without it, one temporary Prefect server and one
+    Dask cluster serve the whole batch, VODFLOW_MAX_CONCURRENT_INGESTS videos at a time."""
+    from config.settings import prefect_api_url, reset_settings
     from deployments.intake import ingest_sources
 
-    _settings()
-    accepted = ingest_sources(sources, title=title, console=console, settle_seconds=settle)
-    if not accepted:
-        raise typer.Exit(1)
+    settings = _joined_settings()
+    api = prefect_api_url()
+    if api and settings.dispatch == "deployment":
+        err.print(f"using the Prefect API at {api}")
+    local_batch = settings.dispatch == "local" or (settings.dispatch == "deployment" and not api)
+    failures: list[str] = []
+    dispatch_env = os.environ.get("VODFLOW_DISPATCH")
+    if local_batch:
+        # stored first, then handed to one batch runner, instead of a process per file
+        os.environ["VODFLOW_DISPATCH"] = "off"
+        reset_settings()
+    try:
+        accepted = ingest_sources(sources, title=title, console=console, settle_seconds=settle,
+                                  failures=failures)
+    finally:
+        if local_batch:
+            if dispatch_env is None:
+                os.environ.pop("VODFLOW_DISPATCH", None)
+            else:
+                os.environ["VODFLOW_DISPATCH"] = dispatch_env
+            reset_settings()
     labels = {vid: name for name, vid in accepted}
-    if not wait:
+    runner, runner_log = None, None
+    if local_batch and accepted:
+        runner, api, runner_log = _start_batch([vid for _, vid in accepted])
+    if not wait or not accepted:
         for name, vid in accepted:
             console.print(f"{vid}  {name}  {links.watch_url(vid)}")
-        return
-    raise typer.Exit(1 if _wait_with_progress([vid for _, vid in accepted], labels) else 0)
+        raise typer.Exit(1 if failures else 0)
+    if settings.dispatch == "off":
+        for name, vid in accepted:
+            console.print(f"{vid}  {name}  {links.watch_url(vid)}")
+        err.print("[yellow]VODFLOW_DISPATCH is off: the videos are stored and not processed here; "
+                  "nothing to wait for[/yellow]")
+        raise typer.Exit(1 if failures else 0)
+    bad = _wait_with_progress([vid for _, vid in accepted], labels, api=api, runner=runner,
+                              runner_log=runner_log)
+    raise typer.Exit(1 if (failures or bad) else 0)
 
 
 @app.command()
@@ -114,7 +277,7 @@ def videos(status: str | None = typer.Option(None, help="only this status")) -> 
     from catalog.db import session_scope
     from catalog.models import Video, VideoStatus
 
-    _settings()
+    _joined_settings()
     table = Table("id", "title", "status", "progress", "duration", "size", "renditions", "error")
     with session_scope() as s:
         stmt = select(Video).order_by(Video.created_at.desc())
@@ -140,7 +303,7 @@ def cleanup(
 
     from flows.uploads.cleanup import cleanup_uploads
 
-    _settings()
+    _joined_settings()
     report = cleanup_uploads(orphan_grace=grace_minutes * 60, keep_days=keep_days, dry_run=dry_run)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
@@ -177,8 +340,9 @@ def _mark(ok: bool) -> str:
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """Health of the database, storage, Prefect API and Dask scheduler, and the ingest queue.
-    Exit code 1 when any part is unreachable."""
+    """Health of the database, storage, Prefect API and Dask scheduler, the schedules, and the
+    ingest queue. Exit code 1 when any part is unreachable or a scheduled deployment has no
+    upcoming run or missed one."""
     import json
 
     from sqlalchemy import func, select
@@ -187,7 +351,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     from catalog.models import Video
     from flows.health import check_all, ingest_queue
 
-    _settings()
+    _joined_settings()
     checks = check_all(detail=True)
     queue = ingest_queue() if checks["prefect"]["ok"] else {"ok": False, "error": "Prefect API unreachable"}
     counts: dict[str, int] = {}
@@ -196,8 +360,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
             for st, n in s.execute(select(Video.status, func.count()).group_by(Video.status)):
                 counts[st.value if hasattr(st, "value") else str(st)] = n
     ok = all(c["ok"] for c in checks.values())
+    from config.stack import running_stack
+    from deployments.logscan import repeated_errors
+
+    # errors the stack's own servers keep logging, even while they answer their health checks
+    settings = get_settings()
+    stack = running_stack(settings.data_dir)
+    repeated = repeated_errors(Path(stack["logs"]) if stack and stack.get("logs") else settings.data_dir / "logs")
     if as_json:
-        console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts}))
+        console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts,
+                                       "repeated_errors": repeated}))
         raise typer.Exit(0 if ok else 1)
     table = Table("part", "state", "detail")
     db, st, pf, dk = checks["database"], checks["storage"], checks["prefect"], checks["dask"]
@@ -214,6 +386,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     else:
         detail = dk.get("note", "")
     table.add_row("Dask", _mark(dk["ok"]), detail)
+    for e in repeated:
+        table.add_row(f"{e['part']} log", "[yellow]ERRORS[/yellow]", f"{e['count']}× {e['line']}")
+    sc = checks["schedules"]
+    if sc.get("configured"):
+        if sc["ok"]:
+            nexts = [f"{name} next {d['next_run'][11:19]}" for name, d in sc.get("deployments", {}).items()
+                     if d.get("next_run")]
+            table.add_row("schedules", _mark(True), ", ".join(nexts))
+        else:
+            table.add_row("schedules", "[red]MISSED[/red]", sc.get("error", ""))
     if queue.get("configured"):
         if queue["ok"]:
             table.add_row("ingest runs", "", f"{queue['running']} running, {queue['queued']} queued"
@@ -230,7 +412,7 @@ def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only;
     """Run maintenance now: re-dispatch videos whose run died, remove expired uploads and orphans."""
     from flows.maintenance import run_maintenance
 
-    _settings()
+    _joined_settings()
     report = run_maintenance(dry_run=dry_run).to_dict()
     for v in report["videos"]:
         console.print(f"{v['video_id']}  {v['status']}  {v['run_state']}  {v['reason']}  → {v['action']}")

@@ -33,12 +33,17 @@ def _is_location(src: str) -> bool:
 
 
 def ingest_sources(sources: list[str], *, title: str | None = None, console=None,
-                   settle_seconds: float | None = None) -> list[tuple[str, str]]:
+                   settle_seconds: float | None = None,
+                   failures: list[str] | None = None) -> list[tuple[str, str]]:
     """CLI intake. Each source is a local file, a file URL (s3://…/a.mp4, https://…), or a
     location (a folder, s3://bucket/incoming/) scanned like bulk ingest: new content only,
     files still being written left alone. Returns [(name, video_id)] of what was ingested;
-    a refused or failing source is reported and skipped, the others go on."""
+    a refused or failing source is reported (and added to `failures`) and skipped, the others
+    go on. Content already known is neither."""
+    failures = failures if failures is not None else []
+
     def say(msg: str) -> None:
+        failures.append(msg)
         if console:
             console.print(msg)
         else:
@@ -49,7 +54,7 @@ def ingest_sources(sources: list[str], *, title: str | None = None, console=None
     for src in sources:
         try:
             if _is_location(src):
-                accepted += _ingest_location(src, console, settle_seconds)
+                accepted += _ingest_location(src, console, settle_seconds, failures)
                 continue
             if "://" in src and not src.startswith("file://"):
                 vid = intake.ingest_remote_file(src, single_title)
@@ -69,7 +74,8 @@ def ingest_sources(sources: list[str], *, title: str | None = None, console=None
     return accepted
 
 
-def _ingest_location(src: str, console, settle_seconds: float | None) -> list[tuple[str, str]]:
+def _ingest_location(src: str, console, settle_seconds: float | None,
+                     failures: list[str]) -> list[tuple[str, str]]:
     if console is None:
         report = run_bulk_ingest(src, settle_seconds=settle_seconds)
     else:
@@ -94,4 +100,5 @@ def _ingest_location(src: str, console, settle_seconds: float | None) -> list[tu
         for o in report.outcomes:
             if o.result == "writing":
                 console.print(f"[yellow]{o.name}: still being written; run again later[/yellow]")
+    failures += [f"{o.name}: {o.note}" for o in report.outcomes if o.result == "failed"]
     return [(o.name, o.video_id) for o in report.outcomes if o.result == "ingested" and o.video_id]

@@ -13,6 +13,13 @@ Every process gets the same PREFECT_API_URL and VODFLOW_DASK_ADDRESS. Their outp
 with a name prefix (and kept in DATA_DIR/logs/NAME.log). A process that dies is restarted (at
 most 5 times in 5 minutes, then the whole stack stops with exit code 1).
 
+Where the stack's Prefect API, Dask scheduler and web app are is recorded in DATA_DIR/stack.json
+while it runs, for commands run in another shell to join (config/stack.py).
+
+Killed outright (SIGKILL), it cannot stop anything itself: a watchdog process it starts first
+ends every process of the stack when it is gone (deployments/watchdog.py), so the ports are free
+for the next start.
+
 Ctrl-C or SIGTERM stops them in reverse order, each by its process group (SIGTERM, then SIGKILL
 after a grace period). ffmpeg runs in its own session (so a worker's cancellation can kill it as
 a group) and would outlive a killed worker; this process is therefore a child subreaper: such
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,8 +46,10 @@ from typing import IO
 
 import requests
 
+from config import stack as stack_record
 from config.settings import Settings, available_cores, prefect_api_url
 from deployments.web import Front, nginx_binary, web_environment
+from deployments.watchdog import TOKEN_VAR
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
@@ -119,6 +129,9 @@ class Stack:
         self.prefect_api: str | None = None
         self.dask_address: str | None = None
         self.dashboard: str | None = None
+        self.token = secrets.token_hex(16)
+        self.watchdog: subprocess.Popen | None = None
+        self._watchdog_pipe: int | None = None
 
     # ---------------------------------------------------------------- output
     def say(self, name: str, line: str) -> None:
@@ -150,7 +163,9 @@ class Stack:
         py = sys.executable
         base = dict(os.environ)
         base.update({"VODFLOW_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1",
-                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     # inherited by every descendant: how the watchdog finds them all
+                     TOKEN_VAR: self.token})
         comps: list[Component] = []
 
         external_api = prefect_api_url()
@@ -280,7 +295,29 @@ class Stack:
             c.reader.join(2)
 
     def component_pids(self) -> set[int]:
-        return {c.proc.pid for c in self.components if c.proc is not None}
+        """Children that are ours to keep: the components and the watchdog."""
+        pids = {c.proc.pid for c in self.components if c.proc is not None}
+        if self.watchdog is not None:
+            pids.add(self.watchdog.pid)
+        return pids
+
+    def start_watchdog(self) -> None:
+        read, write = os.pipe()  # not inherited: only this process holds the writing end
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
+        self.watchdog = subprocess.Popen([sys.executable, "-m", "deployments.watchdog", self.token],
+                                         stdin=read, env=env, start_new_session=True)
+        os.close(read)
+        self._watchdog_pipe = write
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)  # everything is stopped: it finds nothing and exits
+            self._watchdog_pipe = None
+        if self.watchdog is not None:
+            try:
+                self.watchdog.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
 
     def reap_orphans(self, kill_all: bool = False) -> None:
         """Reap adopted orphans that exited; kill orphaned ffmpeg (or everything, at shutdown)."""
@@ -351,6 +388,13 @@ class Stack:
                 return f"port {port} for {name} is already in use; stop what holds it or set {var}"
         return None
 
+    def record(self) -> None:
+        """DATA_DIR/stack.json: where commands in another shell find this stack."""
+        stack_record.write_record(
+            self.settings.data_dir, prefect_api=self.prefect_api, dask_address=self.dask_address,
+            web=self.settings.public_url, logs=str(self.logs_dir),
+            components={c.name: c.proc.pid for c in self.components if c.proc is not None})
+
     def banner(self) -> None:
         s = self.settings
         lines = [
@@ -380,6 +424,7 @@ class Stack:
 
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         get_engine()  # migrate once, before several processes race to
+        self.start_watchdog()
         self.plan()
         interrupted: list[int] = []
 
@@ -409,10 +454,13 @@ class Stack:
                     break
                 self.say("up", f"{c.name} is healthy ({time.time() - c.started_at:.1f} s)")
             else:
+                self.record()
                 self.banner()
                 code = self.supervise()
         finally:
+            stack_record.remove_record(self.settings.data_dir)
             self.shutdown()
+            self.stop_watchdog()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
         if interrupted and code == 0:

@@ -94,13 +94,20 @@ def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
             return run_id
         except Exception as exc:  # noqa: BLE001 - no deployment served: fall back to a local run
             log.warning("deployment %s unavailable (%s); running ingest locally", DEPLOYMENT, exc)
+    proc = start_local_ingest(video_id)
+    return local_run_id(proc.pid)
+
+
+def start_local_ingest(video_id: str, *, env: dict | None = None, **popen) -> subprocess.Popen:
+    """`python -m flows.ingest VIDEO_ID` in a process of its own, its run id recorded on the video."""
     before = _current_run(video_id)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.ingest", video_id],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
+        **popen,
     )
-    run_id = local_run_id(proc.pid)
-    _record_run(video_id, run_id, unless_changed_from=before)
+    _record_run(video_id, local_run_id(proc.pid), unless_changed_from=before)
     log.info("dispatched %s to local process %d", video_id, proc.pid)
-    return run_id
+    return proc

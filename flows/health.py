@@ -76,15 +76,100 @@ def check_dask(timeout: float = TIMEOUT, *, detail: bool = False) -> dict:
     return out
 
 
+def scheduled_deployments(settings) -> list[str]:
+    """The deployments that run on a schedule with these settings (serve.py registers them)."""
+    names = ["maintenance/hourly"]
+    if settings.bulk_ingest_url:
+        names.insert(0, "bulk-ingest/scheduled")
+    return names
+
+
+def _iso(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+def check_schedules(timeout: float = TIMEOUT) -> dict:
+    """Each scheduled deployment has an upcoming scheduled run, and no run of it is overdue by
+    more than VODFLOW_SCHEDULE_GRACE_SECONDS.
+
+    Seen in the field: a Prefect server whose scheduler service failed on every loop created no
+    runs at all (no upcoming run), and with the serve process gone runs pile up Late (overdue);
+    either way maintenance and bulk ingest silently stop, so health names the deployment."""
+    import requests
+
+    from config.settings import get_settings
+
+    url = prefect_api_url()
+    if not url:
+        return {"ok": True, "configured": False, "note": "no Prefect API: nothing runs on a schedule"}
+    settings = get_settings()
+    grace = settings.schedule_grace_seconds
+    base = url.rstrip("/")
+    now = time.time()
+    problems: list[str] = []
+    deployments: dict[str, dict] = {}
+    try:
+        for name in scheduled_deployments(settings):
+            r = requests.get(f"{base}/deployments/name/{name}", timeout=timeout)
+            if r.status_code == 404:
+                problems.append(f"{name} is not registered: start `vodflow serve-flows` (or `vodflow up`)")
+                deployments[name] = {"ok": False, "registered": False}
+                continue
+            r.raise_for_status()
+            dep = r.json()
+            info: dict = {"ok": True, "registered": True}
+            deployments[name] = info
+            if dep.get("paused") or not any(sch.get("active") for sch in dep.get("schedules", [])):
+                info["ok"] = False
+                problems.append(f"{name}: its schedule is paused; resume it in the Prefect UI or restart "
+                                "`vodflow serve-flows`")
+                continue
+
+            def runs(**expected) -> list[dict]:
+                body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]},
+                                      "state": {"type": {"any_": ["SCHEDULED"]}},
+                                      "expected_start_time": expected},
+                        "sort": "EXPECTED_START_TIME_ASC", "limit": 1}
+                f = requests.post(f"{base}/flow_runs/filter", json=body, timeout=timeout)
+                f.raise_for_status()
+                return f.json()
+
+            upcoming = runs(after_=_iso(now))
+            overdue = runs(before_=_iso(now - grace))
+            info["next_run"] = upcoming[0]["expected_start_time"] if upcoming else None
+            if overdue:
+                info["ok"] = False
+                info["overdue_since"] = overdue[0]["expected_start_time"]
+                problems.append(f"{name}: the run due at {overdue[0]['expected_start_time']} has not started "
+                                f"(more than {grace:.0f} s late): is `vodflow serve-flows` running?")
+            elif not upcoming:
+                info["ok"] = False
+                problems.append(f"{name}: no upcoming scheduled run; the Prefect server's scheduler is not "
+                                "creating runs (see its log)")
+    except Exception as exc:  # noqa: BLE001 - Prefect unreachable or answering errors
+        return {"ok": False, "configured": True, "error": f"could not read the schedules: {exc}",
+                "deployments": deployments}
+    out = {"ok": not problems, "configured": True, "deployments": deployments}
+    if problems:
+        out["error"] = "; ".join(problems)
+    return out
+
+
 def check_all(*, detail: bool = False) -> dict:
     from catalog.db import check as db_check
     from config import storage
 
+    prefect = check_prefect()
     return {
         "database": db_check(),
         "storage": storage.check(),
-        "prefect": check_prefect(),
+        "prefect": prefect,
         "dask": check_dask(detail=detail),
+        "schedules": check_schedules() if prefect["ok"] else
+        {"ok": False, "configured": True, "error": "Prefect API unreachable"} if prefect.get("configured") else
+        {"ok": True, "configured": False, "note": "no Prefect API: nothing runs on a schedule"},
     }
 
 

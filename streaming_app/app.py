@@ -45,6 +45,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from streaming_app.cors import init_cors
 
     init_cors(app, settings)
+    from streaming_app.security import init_security
+
+    init_security(app, settings)  # every answer carries them
     # Behind vodflow's nginx (a unix socket only it reaches) the client's address is the last
     # X-Forwarded-For entry, which that nginx appends; scheme and host are passed through
     # untouched (Host as the client sent it), so they count only the proxies in front of nginx.

@@ -133,11 +133,11 @@ def web_process(cmd: list[str], env: dict, log_path: Path, port: int):
 
 
 @contextmanager
-def prefect_server(home: Path, log_path: Path):
-    """A real Prefect server with its own home and SQLite. Yields its API URL."""
+def prefect_server(home: Path, log_path: Path, env: dict | None = None):
+    """A real Prefect server with its own home and SQLite (and `env` on top). Yields its API URL."""
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+           "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1", **(env or {})}
     env.pop("PREFECT_API_URL", None)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",

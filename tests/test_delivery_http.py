@@ -34,8 +34,15 @@ def _client():
     return create_app().test_client()
 
 
+ADMIN = {"Authorization": "Bearer delivery-test-admin"}
+
+
 @pytest.fixture
-def client(backend):
+def client(backend, monkeypatch):
+    from config.settings import reset_settings
+
+    monkeypatch.setenv("VODFLOW_ADMIN_TOKEN", "delivery-test-admin")  # deleting needs it
+    reset_settings()
     return _client()
 
 
@@ -303,7 +310,7 @@ def test_failed_video_is_404_without_retry_after(client, hls_ladder):
 def test_deleted_video_is_410_everywhere(client, video):
     r = client.get(video.path(*SEG))
     assert r.status_code == 200
-    d = client.delete(f"/api/videos/{video.video_id}")
+    d = client.delete(f"/api/videos/{video.video_id}", headers=ADMIN)
     assert d.status_code == 204
     from streaming_app.delivery import master
 
@@ -316,7 +323,7 @@ def test_deleted_video_is_410_everywhere(client, video):
 def test_file_removed_under_a_cached_view_is_rechecked(client, video):
     """The view says READY (cached); the files vanish with the deletion: 410, not a bare 404."""
     assert client.get(video.path(*SEG)).status_code == 200
-    assert client.delete(f"/api/videos/{video.video_id}").status_code == 204
+    assert client.delete(f"/api/videos/{video.video_id}", headers=ADMIN).status_code == 204
     r = client.get(video.path("360p", "seg_00001.ts"))
     assert r.status_code == 410
 
@@ -326,7 +333,7 @@ def test_a_file_removed_after_it_was_served_is_rechecked(client, video):
     file (its view, and on S3 its size and validators), the read finds it gone: 410."""
     first = client.get(video.path(*SEG))
     assert first.status_code == 200
-    assert client.delete(f"/api/videos/{video.video_id}").status_code == 204
+    assert client.delete(f"/api/videos/{video.video_id}", headers=ADMIN).status_code == 204
     r = client.get(video.path(*SEG))
     assert r.status_code == 410 and r.is_json
 

@@ -19,6 +19,8 @@ import requests
 from tests.hls_support import S3_BUCKET, hls_ladder, moto_s3, publish_video  # noqa: F401
 from tests.servers import share_settings, vodflow_web
 
+ADMIN_TOKEN = "delivery-test-admin"
+
 
 @dataclass
 class Server:
@@ -37,7 +39,7 @@ MASTER_GONE_CEILING = 15.0
 def server(request, tmp_path_factory):
     backend, kind = request.param.split("-")
     home = tmp_path_factory.mktemp(f"web-{request.param}")
-    env = {"VODFLOW_DATA_DIR": str(home / "var")}
+    env = {"VODFLOW_DATA_DIR": str(home / "var"), "VODFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
     if backend == "s3":
         endpoint = request.getfixturevalue("moto_s3")
         env.update(VODFLOW_STORAGE_URL=f"s3://{S3_BUCKET}/web-{os.getpid()}-{kind}", VODFLOW_S3_ENDPOINT_URL=endpoint)
@@ -112,7 +114,8 @@ def test_video_deleted_while_being_played(served):
     assert s.get(base + video.path("360p", "index.m3u8")).status_code == 200
     assert s.get(base + video.path("360p", "seg_00000.ts")).status_code == 200
 
-    assert s.delete(f"{base}/api/videos/{video.video_id}").status_code == 204
+    assert s.delete(f"{base}/api/videos/{video.video_id}",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 204
 
     # the next segment is gone: the server re-reads the catalog instead of trusting its cache
     r = s.get(base + video.path("360p", "seg_00001.ts"))

@@ -58,3 +58,34 @@ def test_status_exit_code_and_ingest_queue(prefect_api, monkeypatch):
     result = CliRunner().invoke(app, ["status"])
     assert result.exit_code == 1
     assert "DOWN" in result.output and "Dask" in result.output
+
+
+def test_status_surfaces_an_error_the_prefect_server_keeps_logging(vodflow_env, monkeypatch):
+    """The field failure: the scheduler service failing every loop while /health says ok. The
+    log lines are those the Prefect server wrote then (as `vodflow up` keeps them)."""
+    from deployments.cli import app
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("VODFLOW_DASK_ADDRESS", raising=False)
+    reset_settings()
+    logs = vodflow_env / "logs"
+    logs.mkdir(parents=True)
+    failure = ("sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement; please supply a "
+               "bulk_dml decorated function")
+    lines = []
+    for minute in range(5):
+        lines += [f"prefect  | 09:{10 + minute}:01.512 | ERROR   | prefect.server.services.scheduler - "
+                  "Unexpected error in: schedule_deployments",
+                  "prefect  | Traceback (most recent call last):",
+                  "prefect  |   File \"scheduler.py\", line 120, in run_once",
+                  f"prefect  | {failure}",
+                  f"prefect  | 09:{10 + minute}:30.001 | INFO    | uvicorn.access - GET /api/health 200"]
+    (logs / "prefect.log").write_text("\n".join(lines) + "\n")
+    (logs / "scheduler.log").write_text("distributed.scheduler - INFO - Receive client connection\n" * 20)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    repeated = json.loads(result.output)["repeated_errors"]
+    assert {(e["part"], e["count"]) for e in repeated} >= {("prefect", 5)}
+    assert any(e["line"] == failure for e in repeated)
+    assert all(e["part"] == "prefect" for e in repeated)  # INFO lines are not errors
+    table = CliRunner().invoke(app, ["status"], env={"COLUMNS": "250"})
+    assert "prefect log" in table.output and "Can't evaluate bulk DML" in table.output

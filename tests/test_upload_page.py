@@ -54,7 +54,7 @@ def test_upload_page_sends_a_clip_and_links_to_its_watch_page(server, page, clip
     assert link.get_attribute("href").endswith(f"/watch/{vid}")
     assert row.locator(".state").inner_text() == "Uploaded"
     assert page.locator("progress").first.evaluate("p => p.value") == 100
-    page.wait_for_function("document.querySelector('.processing').textContent.length > 0")
+    page.wait_for_function("() => document.querySelector('.processing').textContent.length > 0")
     assert "queued for processing" in row.locator(".processing").inner_text()
     video = server.video(vid)
     assert video["status"] == "UPLOADED" and video["original_filename"] == "clip.mp4"
@@ -88,7 +88,7 @@ def test_pause_resume_and_resume_after_reload(server, page, clip):
     page.goto(server.base + "/upload")
     page.set_input_files("#file-input", str(clip))
     bar = page.locator("#uploads progress").first
-    page.wait_for_function("document.querySelector('#uploads progress').value > 15", timeout=30_000)
+    page.wait_for_function("() => document.querySelector('#uploads progress').value > 15", timeout=30_000)
     assert "/s" in page.locator("#uploads .speed").first.inner_text()
     assert "left" in page.locator("#uploads .eta").first.inner_text()
     page.click("#uploads button.pause")
@@ -96,7 +96,7 @@ def test_pause_resume_and_resume_after_reload(server, page, clip):
     assert state.inner_text().startswith("Paused at")
     paused_at = bar.evaluate("p => p.value")
     page.click("#uploads button.pause")  # now "Resume"
-    page.wait_for_function(f"document.querySelector('#uploads progress').value > {paused_at + 10}",
+    page.wait_for_function(f"() => document.querySelector('#uploads progress').value > {paused_at + 10}",
                            timeout=30_000)
     page.reload()  # mid-upload: the tab is gone, the bytes on the server are not
     page.locator("#unfinished-list li").first.wait_for(timeout=15_000)

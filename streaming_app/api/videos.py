@@ -20,8 +20,6 @@ from streaming_app.errors import error_response
 
 def _admin_ok() -> bool:
     token = get_settings().admin_token
-    if not token:
-        return True
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     return hmac.compare_digest(given, token)
 
@@ -62,6 +60,11 @@ def get_video_route(video_id: str):
 
 @bp.delete("/api/videos/<video_id>")
 def delete_video(video_id: str):
+    if not get_settings().admin_token:
+        # safe by default: an open DELETE would let anyone who finds the server wipe the library
+        return error_response(403, "deleting videos is disabled on this server: no VODFLOW_ADMIN_TOKEN "
+                                   "is set; the operator sets one and sends it as 'Authorization: "
+                                   "Bearer <token>'")
     if not _admin_ok():
         resp = error_response(401, "deleting needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
         # RFC 9110 §11.6.1: a 401 names the scheme to use; RFC 6750 §3 says why a sent token failed

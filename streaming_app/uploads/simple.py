@@ -21,6 +21,7 @@ from flows.uploads import store
 from streaming_app.errors import error_response
 from streaming_app.uploads import bp
 from streaming_app.uploads import metadata as meta
+from streaming_app.uploads.space import space_problem
 from tasks.intake import (
     SNIFF_BYTES,
     UploadRejected,
@@ -123,6 +124,9 @@ def post_upload():
     if declared is not None and declared > limit + MULTIPART_OVERHEAD:
         return error_response(413, f"the upload is {declared} bytes, over this server's limit of {limit} bytes "
                                    "(VODFLOW_MAX_UPLOAD_BYTES); use the resumable /files/ endpoint or a smaller file")
+    short = space_problem(settings, declared or 0)
+    if short:
+        return error_response(507, short)
     if not (request.mimetype or "").startswith("multipart/form-data"):
         return error_response(415, "send the video as multipart/form-data in the field 'file' "
                                    "(curl -F file=@video.mp4 …)")

@@ -33,6 +33,7 @@ from streaming_app import cors
 from streaming_app.errors import error_response
 from streaming_app.uploads import bp
 from streaming_app.uploads import metadata as meta
+from streaming_app.uploads.space import space_problem
 from tasks.intake import SNIFF_BYTES, UploadRejected, check_declared, check_head
 
 log = logging.getLogger(__name__)
@@ -432,6 +433,9 @@ def _create() -> Response:
             check_declared(length, filename, mime)
     except UploadRejected as exc:
         return _error(exc.status, exc.message)
+    short = space_problem(settings, length or 0)
+    if short:
+        return _error(507, short)
     body = _has_body()
     if body and request.mimetype != OFFSET_TYPE:
         return _error(415, f"data sent with the creation request needs 'Content-Type: {OFFSET_TYPE}'")
