@@ -28,7 +28,7 @@ from catalog.models import VideoStatus
 from config import storage
 from config.settings import get_settings
 from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
-from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, cached_view, video_view
+from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, cached_view, stored_url, video_view
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
             return gone
         if not view.may_serve(run, parts):
             return _no_file()
-    url = storage.url_for("hls", video_id, run, *parts)
+    url = stored_url(video_id, run, parts)
     local = storage.is_local(url)
     if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
         return Outcome(302, [("Location", storage.presigned_url(url, expires=PRESIGN_SECONDS)),
@@ -311,7 +311,7 @@ def immediate(environ: dict) -> Outcome | None:
     view = cached_view(video_id)
     if view is None or _unavailable(view) is not None or not view.may_serve(run, rest):
         return None
-    url = storage.url_for("hls", video_id, run, *rest)
+    url = stored_url(video_id, run, rest)
     if not storage.is_local(url):
         return None
     try:
