@@ -50,6 +50,7 @@ from tasks.captions import (
     read_caption_file,
     segment_name,
     segment_vtt,
+    shift_cues,
     whole_vtt,
 )
 from tasks.probe import MediaInfo
@@ -319,7 +320,12 @@ def import_source_captions(video_id: str, source_url: str, info: MediaInfo | dic
             out = Path(tmp) / f"s{st['n']}.vtt"
             try:
                 extract_stream_vtt(str(path), st["n"], str(out), timeout=settings.ffmpeg_timeout)
-                cleaned = parse_captions(out.read_text(encoding="utf-8", errors="replace"), duration=duration)
+                cleaned = parse_captions(out.read_text(encoding="utf-8", errors="replace"))
+                cleaned.cues = shift_cues(cleaned.cues, tracks["video_start"])
+                if duration:
+                    cleaned.cues = [Cue(c.start, min(c.end, duration), c.text) for c in cleaned.cues if c.start < duration]
+                if not cleaned.cues:
+                    raise CaptionError("no cue inside the video")
             except (ffmpeg.MediaError, CaptionError) as exc:
                 skipped.append({**where, "reason": f"could not be read: {exc}"})
                 continue
@@ -332,8 +338,8 @@ def import_source_captions(video_id: str, source_url: str, info: MediaInfo | dic
                                         source=CaptionSource.SOURCE, default=st["default"] and not st["forced"],
                                         source_stream=st["index"], pts=pts))
         if not has_chapters and tracks["chapters"]:
-            items = [{"start": c["start"], "title": c["title"] or f"Chapter {i + 1}"}
-                     for i, c in enumerate(tracks["chapters"])]
+            items = [{"start": max(0.0, round(c["start"] - tracks["video_start"], 3)),
+                      "title": c["title"] or f"Chapter {i + 1}"} for i, c in enumerate(tracks["chapters"])]
             try:
                 chapters_count = len(_publish_chapters(video_id, check_chapters(items, duration))["chapters"])
             except CaptionError as exc:

@@ -367,6 +367,13 @@ def probe_text_tracks(path: str, *, timeout: float) -> dict:
         streams.append({"n": len(streams), "index": s.get("index"), "codec": s.get("codec_name") or "unknown",
                         "language": tags.get("language"), "title": tags.get("title") or tags.get("handler_name"),
                         "default": bool(disp.get("default")), "forced": bool(disp.get("forced"))})
+    # cue and chapter times count from the container's zero; the published timeline from the
+    # first video frame (what X-TIMESTAMP-MAP's LOCAL 0 stands for)
+    video = next((s for s in data.get("streams", []) if s.get("codec_type") == "video"), {})
+    try:
+        video_start = max(0.0, float(video.get("start_time") or 0.0))
+    except ValueError:
+        video_start = 0.0
     chapters = []
     for c in data.get("chapters", []):
         try:
@@ -375,7 +382,18 @@ def probe_text_tracks(path: str, *, timeout: float) -> dict:
             continue
         title = ((c.get("tags") or {}).get("title") or "").strip()
         chapters.append({"start": start, "end": float(c.get("end_time") or start), "title": title})
-    return {"streams": streams, "chapters": chapters}
+    return {"streams": streams, "chapters": chapters, "video_start": video_start}
+
+
+def shift_cues(cues: list[Cue], by: float) -> list[Cue]:
+    """Cues moved `by` seconds earlier; what would start before 0 starts at 0, what would end
+    by then is dropped."""
+    out = []
+    for c in cues:
+        end = c.end - by
+        if end > 0:
+            out.append(Cue(max(0.0, c.start - by), end, c.text))
+    return out
 
 
 def extract_stream_vtt(path: str, n: int, out_path: str, *, timeout: float) -> None:
