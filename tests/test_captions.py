@@ -5,6 +5,7 @@ menu, cue shown at its time, choice remembered, chapters, markup shown as text).
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,10 +252,17 @@ def test_the_master_lists_a_subtitles_group_that_ffprobe_reads(site, uploaded):
     assert all('SUBTITLES="subs"' in line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF"))
     bare = requests.get(f"{site.base}/v/{site.bare}/master.m3u8", timeout=10).text
     assert "CLOSED-CAPTIONS=NONE" in bare and "SUBTITLES" not in bare
-    probe = ffprobe_json(f"{site.base}/v/{site.vid}/master.m3u8", "-show_streams")
-    subs = [s for s in probe["streams"] if s["codec_type"] == "subtitle"]
-    assert {s["codec_name"] for s in subs} == {"webvtt"} and len(subs) == 2
-    assert {s.get("tags", {}).get("language") for s in subs} == {"en", "de"}
+    # ffprobe (ffmpeg 5.1) reads the master over HTTP: the variant's streams, and it names both
+    # caption renditions (its HLS demuxer lists subtitle groups but does not demux them)...
+    out = subprocess.run(["ffprobe", "-v", "verbose", "-show_streams", "-of", "json",
+                          f"{site.base}/v/{site.vid}/master.m3u8"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert {s["codec_type"] for s in json.loads(out.stdout)["streams"]} == {"video", "audio"}
+    for c in (en, uploaded["messy"]):
+        assert f"subtitle(uri: captions/{c['id']}/t{site.pts}/index.m3u8)" in out.stderr
+    # ...and reads a caption segment as WebVTT
+    seg = ffprobe_json(site.base + en["playlist"].replace("index.m3u8", "seg_00000.vtt"), "-show_streams")
+    assert [s["codec_name"] for s in seg["streams"]] == ["webvtt"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ The work is in flows/captions.py; this module turns requests and refusals into H
 from __future__ import annotations
 
 from flask import jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import parse_form_data
 
 from catalog.db import session_scope
 from catalog.models import VideoStatus
@@ -72,12 +74,20 @@ def post_caption(video_id: str):
     if not (request.mimetype or "").startswith("multipart/form-data"):
         return error_response(415, "send multipart/form-data with the fields 'file' (.srt or .vtt), "
                                    "'language' (BCP 47, e.g. 'en') and optionally 'label' and 'default'")
-    request.max_content_length = MAX_CAPTION_BYTES + MULTIPART_OVERHEAD
-    upload = request.files.get("file")
+    # the app's request class sends file parts through the video upload checks; a caption is
+    # parsed with werkzeug's own in-memory/spooled parts instead
+    try:
+        _, form, files = parse_form_data(request.environ, max_content_length=MAX_CAPTION_BYTES + MULTIPART_OVERHEAD,
+                                         silent=False)
+    except RequestEntityTooLarge:
+        return error_response(413, f"a caption file may have at most {MAX_CAPTION_BYTES} bytes")
+    except ValueError as exc:
+        return error_response(400, f"the multipart body cannot be read: {exc}")
+    upload = files.get("file")
     if upload is None:
         return error_response(400, "the form has no 'file' field: attach the .srt or .vtt file as 'file'")
     try:
-        language = normalize_language(request.form.get("language"))
+        language = normalize_language(form.get("language"))
     except CaptionError as exc:
         return error_response(400, str(exc))
     data = upload.stream.read(MAX_CAPTION_BYTES + 1)
@@ -86,8 +96,8 @@ def post_caption(video_id: str):
     if not data.strip():
         return error_response(422, "the file is empty")
     try:
-        caption = add_caption(video_id, data, language=language, label=request.form.get("label"),
-                              default=(request.form.get("default") or "").strip().lower() in TRUE,
+        caption = add_caption(video_id, data, language=language, label=form.get("label"),
+                              default=(form.get("default") or "").strip().lower() in TRUE,
                               filename=upload.filename or "")
     except CaptionRefused as exc:
         return error_response(exc.status, str(exc))
