@@ -112,6 +112,11 @@
     this.els = {};
     var roles = root.querySelectorAll("[data-role]");
     for (var i = 0; i < roles.length; i++) this.els[roles[i].getAttribute("data-role")] = roles[i];
+    // the chapter list sits beside the player, under the title
+    var outside = ["chapters", "chapter-list"];
+    for (var o = 0; o < outside.length; o++) {
+      if (!this.els[outside[o]]) this.els[outside[o]] = global.document.querySelector("[data-role=" + outside[o] + "]");
+    }
     this._abort = new AbortController();
     this._timers = new Map(); // id -> "timeout" | "interval"
     this.hls = null;
@@ -315,6 +320,10 @@
     // track "hidden", which still loads its cues and fires cuechange
     hls.subtitleDisplay = false;
     hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, function (_e, data) { self._onSubtitleTracks(data.subtitleTracks); });
+    // hls.js picks a track of its own as it attaches (DEFAULT/AUTOSELECT); the viewer's choice wins
+    hls.on(Hls.Events.SUBTITLE_TRACK_SWITCH, function (_e, data) {
+      if (self.captionTracks && data.id !== self.captionTrack) hls.subtitleTrack = self.captionTrack;
+    });
     hls.loadSource(this.config.masterUrl);
     hls.attachMedia(this.video);
   };
