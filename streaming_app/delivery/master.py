@@ -166,7 +166,8 @@ def _load(video_id: str) -> VideoView:
         # the latest change to the video row or to a listed rendition, so Last-Modified only
         # moves forward when the list changes (a new run, a rendition published)
         changed = max([epoch_seconds(video.updated_at)]
-                      + [epoch_seconds(r.published_at or r.created_at) for r in rends])
+                      + [epoch_seconds(r.published_at or r.created_at) for r in rends]
+                      + [epoch_seconds(c.created_at) for c in captions])
     rep = Representation(size=len(body), etag=hashlib.sha1(body).hexdigest()[:32], last_modified=changed)
     return VideoView(**base, master=body, master_rep=rep)
 
