@@ -124,6 +124,10 @@ class Video(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     poster_url: Mapped[str | None] = mapped_column(Text)
     thumbnails_url: Mapped[str | None] = mapped_column(Text)
+    # chapters belong to the video (not to a run): [{start, end, title}] and the published
+    # WebVTT chapters file, both replaced together by PUT /api/videos/{id}/chapters or ingest
+    chapters: Mapped[list | None] = mapped_column(JSON)
+    chapters_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     processing_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -157,6 +161,35 @@ class Rendition(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     video: Mapped[Video] = relationship(back_populates="renditions")
+
+
+class CaptionSource(str, enum.Enum):
+    UPLOAD = "upload"
+    SOURCE = "source"  # a text subtitle stream of the uploaded file
+
+
+class Caption(Base):
+    """A subtitle track of a video. Captions belong to the video, not to a transcode run: their
+    files live under `captions/{video_id}/{caption_id}/` and are never rewritten (a replaced
+    caption gets a new id). `vtt_url` is the cleaned cue file; `playlist_url` the segmented HLS
+    rendition whose X-TIMESTAMP-MAP uses `timing_pts`, the first video PTS of the run it was
+    aligned to (None until a run is published)."""
+
+    __tablename__ = "captions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    language: Mapped[str] = mapped_column(String(35))  # BCP 47
+    label: Mapped[str] = mapped_column(String(100))
+    source: Mapped[CaptionSource] = mapped_column(_enum(CaptionSource), default=CaptionSource.UPLOAD)
+    source_stream: Mapped[int | None] = mapped_column(Integer)  # ffprobe stream index in the source
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    cue_count: Mapped[int] = mapped_column(Integer, default=0)
+    vtt_url: Mapped[str] = mapped_column(Text)
+    playlist_url: Mapped[str | None] = mapped_column(Text)
+    timing_pts: Mapped[int | None] = mapped_column(BigInteger)
+    report: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class UploadSession(Base):

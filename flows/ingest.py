@@ -44,6 +44,7 @@ from catalog.runs import (  # noqa: F401 - IngestFailed and Superseded are this 
 from config import links, storage
 from config.settings import get_settings, prefect_api_url
 from flows import cluster
+from flows.captions import import_source_captions
 from flows.futures import Tracker, describe, outcome, wait_any
 from flows.intake import video_fields
 from tasks.audio import encode_audio
@@ -339,6 +340,15 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     tracker.owner = None  # done: a re-dispatch from here on must not fail this finished run
     if published and published != run:
         storage.delete(storage.url_for("hls", video_id, published))
+    try:
+        # captions and chapters of the source, and every caption aligned to this run's timing;
+        # never a reason to fail a published video
+        text_tracks = import_source_captions(video_id, source_url, info)
+        for skipped in text_tracks.get("skipped", []):
+            logger.warning("subtitle stream %s (%s) not imported: %s", skipped.get("stream"),
+                           skipped.get("codec"), skipped.get("reason"))
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("captions and chapters of video %s were not imported: %s", video_id, describe(exc))
     tracker.set(100.0)
     _ladder_artifact(video_id, run, rungs, packaged, results, status, settings,
                      timing=plan["timing"], chunk_modes=chunk_modes, fallbacks=fallbacks)

@@ -387,6 +387,11 @@ def remove_orphans(report: MaintenanceReport, *, dry_run: bool = False) -> None:
         status = videos.get(vid, (None, None))[0]
         if status is None or status == VideoStatus.DELETED:
             drop(entry["url"], "source without a video")
+    for entry in storage.list_dir(storage.url_for("captions")):
+        # captions/{video_id}/: captions and chapters belong to the video, kept across runs
+        status = videos.get(entry["name"], (None, None))[0]
+        if status is None or status == VideoStatus.DELETED:
+            drop(entry["url"], "captions without a video")
     for entry in storage.list_dir(storage.url_for("hls")):
         vid = entry["name"]
         status, current = videos.get(vid, (None, None))

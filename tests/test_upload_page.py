@@ -112,3 +112,27 @@ def test_pause_resume_and_resume_after_reload(server, page, clip):
     assert sha256(server.stored_source(vid)) == sha256(clip.read_bytes())
     after = {r["id"] for r in server.uploads()}
     assert len(after - before) == 1, "the upload restarted instead of resuming"
+
+
+def test_a_caption_attached_on_the_upload_page_is_sent_once_the_video_is_uploaded(server, page, clip, tmp_path):
+    import requests
+
+    srt = tmp_path / "talk.en.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:02,000\n<b onclick=\"x()\">Hello</b> there\n")
+    page.goto(server.base + "/upload")
+    page.locator("#attach-caption summary").click()
+    page.set_input_files("#attach-caption input[name=caption]", str(srt))
+    page.fill("#attach-caption input[name=language]", "en")
+    page.fill("#attach-caption input[name=label]", "English")
+    page.set_input_files("#file-input", str(clip))
+    row = page.locator("#uploads .upload").first
+    result = row.locator(".caption-result")
+    page.wait_for_function("document.querySelector('.caption-result') && "
+                           "document.querySelector('.caption-result').textContent.startsWith('Caption added')",
+                           timeout=60_000)
+    assert "1 cue(s) kept" in result.inner_text() and "markup" in result.inner_text()
+    vid = row.get_attribute("data-video-id")
+    listed = requests.get(f"{server.base}/api/videos/{vid}/captions", timeout=10).json()["captions"]
+    # stored with the video; published in the master once the first run is (nothing is yet)
+    assert [(c["language"], c["label"], c["cues"], c["published"]) for c in listed] == [("en", "English", 1, False)]
+    assert requests.get(server.base + listed[0]["vtt"], timeout=10).text == "WEBVTT\n\n00:00:01.000 --> 00:00:02.000\nHello there\n"

@@ -6,6 +6,7 @@ from flask import url_for
 
 from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
 from config import links, storage
+from flows.captions import caption_path_parts
 
 
 # a master playlist may list renditions (a processing video can be a reprocess of a published one)
@@ -70,7 +71,18 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
         "status_url": links.status_url(v.id),
         "poster_url": run_file_url(v.id, v.poster_url),
         "thumbnails_url": run_file_url(v.id, v.thumbnails_url),
+        # [{start, end, title}] and the WebVTT chapters track (kind=chapters) built from them
+        "chapters": v.chapters or [],
+        "chapters_url": caption_file_url(v.id, v.chapters_url),
     }
+
+
+def caption_file_url(video_id: str, stored_url: str | None) -> str | None:
+    """Delivery URL (/v/{id}/captions/…) of a caption or chapters file, from its storage URL."""
+    parts = caption_path_parts(stored_url) if stored_url else None
+    if not parts or parts[1] != video_id:
+        return None
+    return url_for("delivery.run_file", video_id=video_id, run=parts[0], path="/".join(parts[2:]))
 
 
 def run_file_url(video_id: str, stored_url: str | None) -> str | None:

@@ -12,6 +12,7 @@ from catalog.models import Video, VideoStatus
 from catalog.state import InvalidTransition, VideoNotFound, get_video, transition
 from config import storage
 from config.settings import get_settings
+from flows.captions import PREFIX as CAPTIONS_PREFIX
 from flows.health import CRITICAL, check_all
 from streaming_app.api import bp
 from streaming_app.api.serialize import video_dict
@@ -58,21 +59,29 @@ def get_video_route(video_id: str):
         return jsonify(video_dict(v))
 
 
+def admin_refusal(doing: str):
+    """None when the request carries the admin token; else the refusal: 403 when the server has
+    no token at all (safe by default: an open change would let anyone who finds the server alter
+    or wipe the library), 401 when the request's is missing or wrong."""
+    if not get_settings().admin_token:
+        return error_response(403, f"{doing} is disabled on this server: no VODFLOW_ADMIN_TOKEN is set; the "
+                                   "operator sets one and sends it as 'Authorization: Bearer <token>'")
+    if _admin_ok():
+        return None
+    resp = error_response(401, f"{doing} needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
+    # RFC 9110 §11.6.1: a 401 names the scheme to use; RFC 6750 §3 says why a sent token failed
+    challenge = 'Bearer realm="vodflow"'
+    if request.headers.get("Authorization"):
+        challenge += ', error="invalid_token"'
+    resp.headers["WWW-Authenticate"] = challenge
+    return resp
+
+
 @bp.delete("/api/videos/<video_id>")
 def delete_video(video_id: str):
-    if not get_settings().admin_token:
-        # safe by default: an open DELETE would let anyone who finds the server wipe the library
-        return error_response(403, "deleting videos is disabled on this server: no VODFLOW_ADMIN_TOKEN "
-                                   "is set; the operator sets one and sends it as 'Authorization: "
-                                   "Bearer <token>'")
-    if not _admin_ok():
-        resp = error_response(401, "deleting needs the admin token: send 'Authorization: Bearer <VODFLOW_ADMIN_TOKEN>'")
-        # RFC 9110 §11.6.1: a 401 names the scheme to use; RFC 6750 §3 says why a sent token failed
-        challenge = 'Bearer realm="vodflow"'
-        if request.headers.get("Authorization"):
-            challenge += ', error="invalid_token"'
-        resp.headers["WWW-Authenticate"] = challenge
-        return resp
+    refused = admin_refusal("deleting")
+    if refused is not None:
+        return refused
     with session_scope() as s:
         try:
             v = get_video(s, video_id, lock=True)
@@ -84,6 +93,7 @@ def delete_video(video_id: str):
     # the catalog no longer points at the files; remove them
     storage.delete(storage.url_for("hls", video_id))
     storage.delete(storage.url_for("sources", video_id))
+    storage.delete(storage.url_for(CAPTIONS_PREFIX, video_id))
     return "", 204
 
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from catalog.db import session_scope
 from sqlalchemy import select
 
-from catalog.models import Rendition, RenditionStatus, VideoStatus
+from catalog.models import Caption, Rendition, RenditionStatus, VideoStatus
 from catalog.state import VideoNotFound, get_video, published_renditions
+from config import storage
+from flows.captions import PREFIX as TEXT_TRACKS, caption_path_parts, published_captions
 from streaming_app.delivery.conditional import Representation, epoch_seconds
 
 VIEW_TTL = 1.0
@@ -41,10 +43,38 @@ _MAX_ENTRIES = 10_000
 log = logging.getLogger(__name__)
 
 
-def render_master(renditions: list[Rendition]) -> str:
+def _quoted(text: str) -> str:
+    """An RFC 8216 quoted-string value: no double quote, CR or LF."""
+    return " ".join(text.replace('"', "'").split())
+
+
+def subtitle_media(captions: list[Caption]) -> list[str]:
+    """One EXT-X-MEDIA:TYPE=SUBTITLES per caption in group "subs"; NAME is unique in the group
+    (RFC 8216 §4.3.4.1.1), DEFAULT=YES on at most one."""
+    lines, names = [], set()
+    default_seen = False
+    for c in captions:
+        name, n = _quoted(c.label) or c.language, 2
+        while name in names:
+            name, n = f"{_quoted(c.label) or c.language} ({n})", n + 1
+        names.add(name)
+        default = bool(c.is_default) and not default_seen
+        default_seen = default_seen or default
+        uri = storage.key_of(c.playlist_url).split("/", 2)[2]  # {caption_id}/t{pts}/index.m3u8
+        lines.append(f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="{name}",LANGUAGE="{_quoted(c.language)}",'
+                     f'DEFAULT={"YES" if default else "NO"},AUTOSELECT=YES,FORCED=NO,'
+                     f'URI="{TEXT_TRACKS}/{uri}"')
+    return lines
+
+
+def render_master(renditions: list[Rendition], captions: list[Caption] = ()) -> str:
     """RFC 8216 master playlist: one EXT-X-STREAM-INF per rendition, lowest bandwidth first
-    (players start with the first variant listed)."""
+    (players start with the first variant listed), and the captions as a SUBTITLES group that
+    every variant references; without captions, `CLOSED-CAPTIONS=NONE` (Apple's authoring
+    rule: say there are no CEA-608 captions in the video)."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    subs = subtitle_media(list(captions))
+    lines += subs
     for r in sorted(renditions, key=lambda r: (r.bandwidth or r.average_bandwidth or 0, r.height, r.name)):
         attrs = [f"BANDWIDTH={int(r.bandwidth or r.average_bandwidth or 0)}"]
         if r.average_bandwidth:
@@ -54,6 +84,7 @@ def render_master(renditions: list[Rendition]) -> str:
         attrs.append(f"RESOLUTION={r.width}x{r.height}")
         if r.frame_rate:
             attrs.append(f"FRAME-RATE={r.frame_rate:.3f}")
+        attrs.append('SUBTITLES="subs"' if subs else "CLOSED-CAPTIONS=NONE")
         # not in RFC 8216's list for STREAM-INF, but players (hls.js level.name) show it
         attrs.append(f'NAME="{r.name}"')
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
@@ -77,11 +108,16 @@ class VideoView:
     # so a player that loaded a playlist before a re-transcode can finish it
     published: frozenset = frozenset()
     current_run: str | None = None
+    # folders under captions/{video_id}/ the catalog lists: caption ids and the chapters folder
+    text_tracks: frozenset = frozenset()
 
     def may_serve(self, run: str, parts: list[str]) -> bool:
         """Output becomes visible only once the catalog points at it: the files of a published
         rung, and the side files (poster, timeline previews) of a run with a published rung.
-        A run still being encoded, a rung that failed validation: not found."""
+        A run still being encoded, a rung that failed validation: not found. `captions/…` is not
+        a run: the files of a caption or chapter list the catalog lists."""
+        if run == TEXT_TRACKS:
+            return len(parts) >= 2 and parts[0] in self.text_tracks
         rungs = {rung for r, rung in self.published if r == run}
         if not rungs:
             return False
@@ -111,21 +147,35 @@ def _load(video_id: str) -> VideoView:
         published = frozenset(s.execute(
             select(Rendition.run, Rendition.name).where(
                 Rendition.video_id == video_id, Rendition.status == RenditionStatus.READY)).all())
+        captions = published_captions(s, video_id) if status != VideoStatus.DELETED else []
+        texts = {c.id for c in s.scalars(select(Caption).where(Caption.video_id == video_id))}
+        chapters = caption_path_parts(video.chapters_url) if video.chapters_url else None
+        if chapters:
+            texts.add(chapters[2])
         base = dict(video_id=video_id, exists=True, status=status, progress=float(video.progress or 0),
                     error=video.error, loaded_at=now, published=frozenset(tuple(p) for p in published),
-                    current_run=video.current_run)
+                    current_run=video.current_run, text_tracks=frozenset(texts))
         if status == VideoStatus.DELETED:
             return VideoView(**base)
         rends = published_renditions(s, video)
         if not rends:
             return VideoView(**base)
-        body = render_master(rends).encode("utf-8")
+        body = render_master(rends, captions).encode("utf-8")
         # the latest change to the video row or to a listed rendition, so Last-Modified only
         # moves forward when the list changes (a new run, a rendition published)
         changed = max([epoch_seconds(video.updated_at)]
-                      + [epoch_seconds(r.published_at or r.created_at) for r in rends])
+                      + [epoch_seconds(r.published_at or r.created_at) for r in rends]
+                      + [epoch_seconds(c.created_at) for c in captions])
     rep = Representation(size=len(body), etag=hashlib.sha1(body).hexdigest()[:32], last_modified=changed)
     return VideoView(**base, master=body, master_rep=rep)
+
+
+def stored_url(video_id: str, run: str, parts: list[str]) -> str:
+    """Storage URL of a delivery path /v/{video_id}/{run}/{parts}: run files under
+    `hls/{video_id}/{run}/`, captions and chapters under `captions/{video_id}/`."""
+    if run == TEXT_TRACKS:
+        return storage.url_for(TEXT_TRACKS, video_id, *parts)
+    return storage.url_for("hls", video_id, run, *parts)
 
 
 def _store(video_id: str, view: VideoView) -> None:

@@ -32,7 +32,7 @@ from catalog.models import VideoStatus
 from config import storage
 from config.settings import get_settings
 from streaming_app.delivery.conditional import Representation, decide, epoch_seconds
-from streaming_app.delivery.master import MASTER_MAX_AGE, VideoView, video_view
+from streaming_app.delivery.master import MASTER_MAX_AGE, TEXT_TRACKS, VideoView, stored_url, video_view
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
             return gone
         if not view.may_serve(run, parts):
             return _no_file()
-    url = storage.url_for("hls", video_id, run, *parts)
+    url = stored_url(video_id, run, parts)
     local = storage.is_local(url)
     if not local and ext in REDIRECTABLE and get_settings().redirect_segments:
         return Outcome(302, [("Location", storage.presigned_url(url, expires=PRESIGN_SECONDS)),
@@ -284,7 +284,8 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
 
-    if local and environ["REQUEST_METHOD"] == "GET" and get_settings().web_socket is not None:
+    if local and environ["REQUEST_METHOD"] == "GET" and get_settings().web_socket is not None \
+            and run != TEXT_TRACKS:  # nginx's internal location maps hls/ only
         # (a HEAD sends no bytes: the app answers it itself, as alone, Range ignored)
         return _accel(environ, obj, ext, "/".join((video_id, run, *parts)), missing)
 

@@ -11,6 +11,7 @@
   var VOLUME_STEP = 0.1;
   var STORE_VOLUME = "vodflow.volume";
   var STORE_MUTED = "vodflow.muted";
+  var STORE_CAPTIONS = "vodflow.captions"; // "off", or "language|name" of the chosen track
   var MEDIA_RECOVERY_INTERVAL_MS = 5000; // hls.js docs: do not call recoverMediaError more often
   var NETWORK_RETRY_DELAYS_MS = [2000, 5000, 10000];
   var POLL_MS = 2000;
@@ -77,6 +78,25 @@
     return cues;
   }
 
+  // WebVTT chapters track: cues whose text is the chapter title (entities decoded, plain text).
+  function parseChaptersVtt(text) {
+    var out = [];
+    var blocks = text.replace(/\r/g, "").split(/\n\n+/);
+    for (var i = 0; i < blocks.length; i++) {
+      var lines = blocks[i].split("\n");
+      for (var j = 0; j < lines.length; j++) {
+        var m = /^\s*([\d:.]+)\s+-->\s+([\d:.]+)/.exec(lines[j]);
+        if (!m) continue;
+        // plain text, shown with textContent: tags dropped, WebVTT's escapes decoded
+        var title = lines.slice(j + 1).join(" ").replace(/<[^>]*>/g, "")
+          .replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&nbsp;/g, "\u00a0").replace(/&amp;/g, "&");
+        out.push({ start: parseTimestamp(m[1]), end: parseTimestamp(m[2]), title: title });
+        break;
+      }
+    }
+    return out;
+  }
+
   function storageGet(key) {
     try { return global.localStorage.getItem(key); } catch (e) { return null; }
   }
@@ -92,6 +112,11 @@
     this.els = {};
     var roles = root.querySelectorAll("[data-role]");
     for (var i = 0; i < roles.length; i++) this.els[roles[i].getAttribute("data-role")] = roles[i];
+    // the chapter list sits beside the player, under the title
+    var outside = ["chapters", "chapter-list"];
+    for (var o = 0; o < outside.length; o++) {
+      if (!this.els[outside[o]]) this.els[outside[o]] = global.document.querySelector("[data-role=" + outside[o] + "]");
+    }
     this._abort = new AbortController();
     this._timers = new Map(); // id -> "timeout" | "interval"
     this.hls = null;
@@ -113,6 +138,8 @@
     this.readyCount = 0;
     this.status = null;
     this.analytics = this.config.analytics || null;
+    this.chapters = [];
+    this.captionTrack = -1; // hls.js subtitle track shown, -1: off
     this._bindUi();
     this._restorePreferences();
     this._buildSpeedMenu();
@@ -187,6 +214,7 @@
       pill.className = "status-pill status-" + v.status.toLowerCase();
     }
     if (v.thumbnails_url && !this.cues.length) this._loadThumbnails(v.thumbnails_url);
+    if (v.chapters_url && v.chapters_url !== this._chaptersUrl) this._loadChapters(v.chapters_url);
     if (v.poster_url && !this.video.getAttribute("poster")) this.video.setAttribute("poster", v.poster_url);
     if (v.status === "FAILED" && !ready) {
       this._hide("processing");
@@ -288,6 +316,14 @@
     hls.on(Hls.Events.LEVEL_SWITCHED, function (_e, data) { self._onLevelSwitched(data.level); });
     hls.on(Hls.Events.FRAG_BUFFERED, function () { self.networkRetry = 0; self._renderBuffered(); });
     hls.on(Hls.Events.ERROR, function (_e, data) { self._onHlsError(data); });
+    // captions are drawn by the player (text only), not by the browser: hls.js keeps the chosen
+    // track "hidden", which still loads its cues and fires cuechange
+    hls.subtitleDisplay = false;
+    hls.on(Hls.Events.SUBTITLE_TRACKS_UPDATED, function (_e, data) { self._onSubtitleTracks(data.subtitleTracks); });
+    // hls.js picks a track of its own as it attaches (DEFAULT/AUTOSELECT); the viewer's choice wins
+    hls.on(Hls.Events.SUBTITLE_TRACK_SWITCH, function (_e, data) {
+      if (self.captionTracks && data.id !== self.captionTrack) hls.subtitleTrack = self.captionTrack;
+    });
     hls.loadSource(this.config.masterUrl);
     hls.attachMedia(this.video);
   };
@@ -521,6 +557,18 @@
     this._bindSeekBar();
     this._bindMenu(els["speed-button"], els["speed-menu"], this._chooseSpeed);
     this._bindMenu(els["quality-button"], els["quality-menu"], this._chooseQuality);
+    this._bindMenu(els["cc-button"], els["cc-menu"], this._chooseCaptions);
+    this._on(v.textTracks, "addtrack", function (e) {
+      this._on(e.track, "cuechange", this._renderCaptions);
+    });
+    this._on(v.textTracks, "change", this._renderCaptions);
+    if (els["chapter-list"]) {
+      this._on(els["chapter-list"], "click", function (e) {
+        var b = e.target.closest("button[data-start]");
+        if (b) { this.seek(parseFloat(b.getAttribute("data-start"))); this.play(); }
+      });
+    }
+    this._on(v, "durationchange", this._renderChapterMarks);
     this._on(d, "keydown", this._onKeyDown);
     this._on(d, "fullscreenchange", this._renderFullscreen);
     this._on(d, "visibilitychange", function () { this._sample(); });
@@ -709,6 +757,8 @@
       img.hidden = true;
     }
     this.els["preview-time"].textContent = formatTime(at.time);
+    var chapter = this._chapterAt(at.time), label = this.els["preview-chapter"];
+    if (label) { label.textContent = chapter ? chapter.title : ""; label.hidden = !chapter; }
     prev.hidden = false;
     var half = (cue ? cue.w : 60) / 2;
     var x = Math.max(half, Math.min(at.rect.width - half, at.frac * at.rect.width));
@@ -719,6 +769,123 @@
   P._hidePreview = function () {
     this.els.preview.hidden = true;
     this.els.hoverbar.style.width = "0";
+  };
+
+  // ---- captions ------------------------------------------------------------------------------
+  P._onSubtitleTracks = function (tracks) {
+    this.captionTracks = (tracks || []).map(function (t, i) {
+      return { index: i, name: t.name || t.lang || "Track " + (i + 1), lang: t.lang || "" };
+    });
+    var saved = storageGet(STORE_CAPTIONS), choice = -1;
+    if (saved && saved !== "off") {
+      var lang = saved.split("|")[0], name = saved.slice(lang.length + 1);
+      var same = this.captionTracks.filter(function (t) { return t.lang === lang; });
+      var exact = same.filter(function (t) { return t.name === name; })[0];
+      if (exact || same[0]) choice = (exact || same[0]).index;
+    }
+    // without a saved choice captions stay off: the viewer turns them on
+    this._setCaptionTrack(choice);
+    this._buildCaptionsMenu();
+  };
+
+  P._setCaptionTrack = function (index) {
+    this.captionTrack = index;
+    if (this.hls) this.hls.subtitleTrack = index;
+    this._renderCaptions();
+  };
+
+  P._buildCaptionsMenu = function () {
+    var menu = this.els["cc-menu"], tracks = this.captionTracks || [];
+    menu.textContent = "";
+    menu.appendChild(this._menuItem(-1, "Off", null, this.captionTrack < 0));
+    for (var i = 0; i < tracks.length; i++) {
+      menu.appendChild(this._menuItem(tracks[i].index, tracks[i].name, tracks[i].lang, this.captionTrack === tracks[i].index));
+    }
+    var btn = this.els["cc-button"];
+    btn.disabled = tracks.length === 0;
+    var on = this.captionTrack >= 0 ? tracks[this.captionTrack] : null;
+    btn.classList.toggle("on", !!on);
+    btn.setAttribute("aria-label", "Subtitles: " + (on ? on.name : "off"));
+  };
+
+  P._chooseCaptions = function (value) {
+    var index = parseInt(value, 10);
+    if (isNaN(index)) return;
+    var t = index >= 0 && this.captionTracks ? this.captionTracks[index] : null;
+    storageSet(STORE_CAPTIONS, t ? t.lang + "|" + t.name : "off");
+    this._setCaptionTrack(t ? index : -1);
+    this._buildCaptionsMenu();
+  };
+
+  // The active cues of the chosen track, as plain text: getCueAsHTML() parses the cue into a
+  // fragment that is never inserted; only its textContent reaches the page.
+  P._renderCaptions = function () {
+    var el = this.els.captions;
+    if (!el) return;
+    var text = [];
+    if (this.captionTrack >= 0) {
+      var tracks = this.video.textTracks;
+      for (var i = 0; i < tracks.length; i++) {
+        var t = tracks[i];
+        if (t.mode !== "hidden" || (t.kind !== "subtitles" && t.kind !== "captions") || !t.activeCues) continue;
+        for (var j = 0; j < t.activeCues.length; j++) {
+          var cue = t.activeCues[j];
+          text.push(cue.getCueAsHTML ? cue.getCueAsHTML().textContent : String(cue.text || "").replace(/<[^>]*>/g, ""));
+        }
+      }
+    }
+    el.textContent = text.join("\n");
+    el.hidden = text.length === 0;
+  };
+
+  // ---- chapters --------------------------------------------------------------------------------
+  P._loadChapters = function (url) {
+    this._chaptersUrl = url;
+    var self = this;
+    fetch(url).then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (text) {
+        if (self.destroyed) return;
+        self.chapters = parseChaptersVtt(text);
+        self._renderChapters();
+      })
+      .catch(function () { self._chaptersUrl = null; });
+  };
+
+  P._chapterAt = function (t) {
+    for (var i = this.chapters.length - 1; i >= 0; i--) if (t >= this.chapters[i].start) return this.chapters[i];
+    return null;
+  };
+
+  P._renderChapters = function () {
+    var list = this.els["chapter-list"], wrap = this.els.chapters;
+    if (!list) return;
+    list.textContent = "";
+    for (var i = 0; i < this.chapters.length; i++) {
+      var c = this.chapters[i];
+      var li = global.document.createElement("li");
+      var b = global.document.createElement("button");
+      b.type = "button";
+      b.setAttribute("data-start", String(c.start));
+      b.textContent = formatTime(c.start) + " " + c.title;
+      li.appendChild(b);
+      list.appendChild(li);
+    }
+    wrap.hidden = this.chapters.length === 0;
+    this._renderChapterMarks();
+  };
+
+  P._renderChapterMarks = function () {
+    var marks = this.els["chapter-marks"], d = this.video.duration;
+    if (!marks) return;
+    marks.textContent = "";
+    if (!isFinite(d) || !d) return;
+    for (var i = 0; i < this.chapters.length; i++) {
+      if (this.chapters[i].start <= 0) continue;
+      var m = global.document.createElement("span");
+      m.className = "player-chapter-mark";
+      m.style.left = (this.chapters[i].start / d * 100) + "%";
+      marks.appendChild(m);
+    }
   };
 
   // ---- menus (speed, quality) -------------------------------------------------------------
@@ -1044,5 +1211,6 @@
   VodPlayer.formatTime = formatTime;
   VodPlayer.rungLabel = rungLabel;
   VodPlayer.parseThumbnailVtt = parseThumbnailVtt;
+  VodPlayer.parseChaptersVtt = parseChaptersVtt;
   global.VodPlayer = VodPlayer;
 })(window);

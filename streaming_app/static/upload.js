@@ -230,6 +230,7 @@
       link.textContent = "Watch " + self.file.name;
       self.el.querySelector(".result").hidden = false;
       self.el.dataset.videoId = info.video.id;
+      self.sendCaption(new URL(info.video.status_url, window.location.href).pathname.replace(/\/$/, "") + "/captions");
       self.followProcessing(info.video.status_url);
     }).catch(function () {
       self.stateEl.textContent = "Uploaded; the video link will appear in the library.";
@@ -255,8 +256,43 @@
 
   // ------------------------------------------------------------ page
 
+  // ------------------------------------------------------------ an attached caption
+
+  // The caption chosen when the upload started, kept with its row and sent after it finishes.
+  function pendingCaption() {
+    const box = document.getElementById("attach-caption");
+    if (!box) return null;
+    const file = box.querySelector("input[name=caption]").files[0];
+    if (!file) return null;
+    return { file: file, language: box.querySelector("input[name=language]").value.trim(),
+             label: box.querySelector("input[name=label]").value.trim(),
+             token: box.querySelector("input[name=token]").value };
+  }
+
+  UploadRow.prototype.sendCaption = function (captionsUrl) {
+    const c = this.caption, out = this.el.querySelector(".caption-result");
+    if (!c) return;
+    const body = new FormData();
+    body.append("file", c.file, c.file.name);
+    body.append("language", c.language);
+    if (c.label) body.append("label", c.label);
+    out.textContent = "Sending the caption…";
+    fetch(captionsUrl, { method: "POST", body: body, headers: c.token ? { Authorization: "Bearer " + c.token } : {} })
+      .then(function (r) {
+        return r.json().catch(function () { return {}; }).then(function (j) {
+          // the server's words, shown as text
+          out.textContent = r.ok ? "Caption added: " + (j.message || "") : "Caption refused (" + r.status + "): " + (j.message || "");
+        });
+      }).catch(function () { out.textContent = "The caption could not be sent."; });
+  };
+
   function addFiles(files) {
-    Array.prototype.forEach.call(files, function (file) { new UploadRow(file).start(); });
+    const caption = pendingCaption();
+    Array.prototype.forEach.call(files, function (file) {
+      const row = new UploadRow(file);
+      row.caption = caption;
+      row.start();
+    });
   }
 
   input.addEventListener("change", function () { addFiles(input.files); input.value = ""; });
