@@ -191,6 +191,13 @@ def _start_batch(video_ids: list[str]) -> tuple[subprocess.Popen, str, Path]:
     if line.startswith(b"ready "):
         proc.stdout.close()
         return proc, line.split()[1].decode(), log_path
+    if line == b"":
+        # end of its output: the runner is exiting (its stdout closes a moment before it is
+        # reaped); let it finish writing the cause to its log rather than kill it mid-way
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
