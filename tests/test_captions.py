@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from tests.media import ffprobe_json
 from tests.player_support import TestRung as Rung, catalog_at, create_video, encode_ladder, launch_chromium, publish
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 TOKEN = "captions-admin-token"
 DURATION = 12.0
@@ -175,7 +175,7 @@ def site(tmp_path_factory):
         publish(vid, ladder, rungs=RUNGS)
         bare = create_video("No captions", duration=DURATION)
         publish(bare, ladder, rungs=RUNGS, thumbnails=False)
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data), "VODFLOW_ADMIN_TOKEN": TOKEN},
+    with vodflow_web({"VODFLOW_DATA_DIR": str(data), "VODFLOW_ADMIN_TOKEN": TOKEN},
                       root / "gunicorn.log", workers=1) as base:
         yield Site(base, vid, bare, ladder_pts(ladder / "240p" / "seg_00000.ts"))
 

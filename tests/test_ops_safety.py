@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.player_support import catalog_at, create_video, encode_ladder, launch_chromium, publish, server_env
-from tests.servers import gunicorn_app
+from tests.servers import vodflow_web
 
 SECURITY = ("X-Content-Type-Options", "Content-Security-Policy", "Referrer-Policy")
 
@@ -27,7 +27,7 @@ def site(tmp_path_factory):
         publish(vid, ladder, thumbnails=False)
     env = {**server_env(data), "VODFLOW_FRAME_ANCESTORS": "'self' https://blog.example"}
     env.pop("VODFLOW_ADMIN_TOKEN", None)
-    with gunicorn_app(env, root / "gunicorn.log") as base:
+    with vodflow_web(env, root / "gunicorn.log") as base:
         yield base, vid
 
 
@@ -127,7 +127,7 @@ def test_pages_work_under_the_policy_with_no_violation(site, clip):
 def crowded(tmp_path):
     """A web app whose disk reserve is larger than any free space there is."""
     data = tmp_path / "crowded"
-    with gunicorn_app({"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISK_RESERVE_BYTES": str(10**18)},
+    with vodflow_web({"VODFLOW_DATA_DIR": str(data), "VODFLOW_DISK_RESERVE_BYTES": str(10**18)},
                       tmp_path / "gunicorn.log") as base:
         yield base, data
 
