@@ -247,9 +247,10 @@ def test_cli_ingests_a_folder(tmp_path, clip, clip_b):
     assert len(ids) == 2
     assert all(f"/watch/{i}" in result.output for i in ids)
     assert "duplicate" in result.output
-    # nothing new the second time: exit code 1 and a message, not an error trace
+    # nothing new the second time: every file already known is success (exit 0), said per file
     result = CliRunner().invoke(app, ["ingest", str(watch), "--settle", "0"])
-    assert result.exit_code == 1 and "known" in result.output
+    assert result.exit_code == 0 and "known" in result.output
+    assert len(_videos()) == 2
 
 
 def test_summary_lists_every_file(tmp_path, clip):
