@@ -304,6 +304,7 @@ class Stack:
     def start_watchdog(self) -> None:
         read, write = os.pipe()  # not inherited: only this process holds the writing end
         env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
+        env["VODFLOW_FRONT_DIR"] = str(Front.of(self.settings).dir.resolve())  # nginx keeps no env
         self.watchdog = subprocess.Popen([sys.executable, "-m", "deployments.watchdog", self.token],
                                          stdin=read, env=env, start_new_session=True)
         os.close(read)

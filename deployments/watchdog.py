@@ -29,12 +29,17 @@ def stack_processes(token: str) -> list:
     import psutil
 
     me = os.getpid()
+    # nginx clears its environment and writes its process title over it, so the front server
+    # is known by its prefix (DATA_DIR/front) on its command line instead
+    front = os.environ.get("VODFLOW_FRONT_DIR")
     found = []
     for p in psutil.process_iter():
         if p.pid == me:
             continue
         try:
-            if p.environ().get(TOKEN_VAR) == token and p.status() != psutil.STATUS_ZOMBIE:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get(TOKEN_VAR) == token or (front and front in " ".join(p.cmdline())):
                 found.append(p)
         except psutil.Error:
             continue

@@ -127,7 +127,7 @@ def test_a_caption_attached_on_the_upload_page_is_sent_once_the_video_is_uploade
     page.set_input_files("#file-input", str(clip))
     row = page.locator("#uploads .upload").first
     result = row.locator(".caption-result")
-    page.wait_for_function("document.querySelector('.caption-result') && "
+    page.wait_for_function("() => document.querySelector('.caption-result') && "
                            "document.querySelector('.caption-result').textContent.startsWith('Caption added')",
                            timeout=60_000)
     assert "1 cue(s) kept" in result.inner_text() and "markup" in result.inner_text()
