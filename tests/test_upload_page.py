@@ -13,10 +13,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+ADMIN_TOKEN = "upload-page-admin"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("page")
-    with Server(d / "var", d / "gunicorn.log") as s:
+    with Server(d / "var", d / "gunicorn.log", VODFLOW_ADMIN_TOKEN=ADMIN_TOKEN) as s:
         yield s
 
 
@@ -124,6 +127,7 @@ def test_a_caption_attached_on_the_upload_page_is_sent_once_the_video_is_uploade
     page.set_input_files("#attach-caption input[name=caption]", str(srt))
     page.fill("#attach-caption input[name=language]", "en")
     page.fill("#attach-caption input[name=label]", "English")
+    page.fill("#attach-caption input[name=token]", ADMIN_TOKEN)  # captions change a video: owner only
     page.set_input_files("#file-input", str(clip))
     row = page.locator("#uploads .upload").first
     result = row.locator(".caption-result")
