@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench.published import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,16 +85,6 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"{url} did not answer within {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def prepare(data_dir: Path) -> dict:

@@ -198,18 +198,23 @@ def clean_label(label: str | None, language: str) -> str:
     return (text or language)[:MAX_LABEL]
 
 
+def _live_video(s, video_id: str):
+    """The video row, or CaptionRefused: 404 unknown, 410 deleted."""
+    try:
+        v = get_video(s, video_id)
+    except VideoNotFound:
+        raise CaptionRefused(404, f"no video with id '{video_id}'") from None
+    if v.status == VideoStatus.DELETED:
+        raise CaptionRefused(410, f"video '{video_id}' was deleted")
+    return v
+
+
 def add_caption(video_id: str, data: bytes, *, language: str, label: str | None = None, default: bool = False,
                 filename: str = "") -> dict:
     """Clean an uploaded SRT/WebVTT file and publish it as a caption of the video. Raises
     CaptionRefused (404/410/409) or CaptionError (the file or fields: 400/413/422)."""
     with session_scope() as s:
-        try:
-            v = get_video(s, video_id)
-        except VideoNotFound:
-            raise CaptionRefused(404, f"no video with id '{video_id}'") from None
-        if v.status == VideoStatus.DELETED:
-            raise CaptionRefused(410, f"video '{video_id}' was deleted")
-        duration = v.duration
+        duration = _live_video(s, video_id).duration
         count = len(s.scalars(select(Caption.id).where(Caption.video_id == video_id)).all())
     if count >= MAX_CAPTIONS:
         raise CaptionRefused(409, f"the video already has {count} captions, the most it may have; delete one first")
@@ -268,13 +273,7 @@ def set_chapters(video_id: str, items: object) -> dict:
     """Replace the video's chapters with a checked list (CaptionError says what is wrong); an
     empty list removes them."""
     with session_scope() as s:
-        try:
-            v = get_video(s, video_id)
-        except VideoNotFound:
-            raise CaptionRefused(404, f"no video with id '{video_id}'") from None
-        if v.status == VideoStatus.DELETED:
-            raise CaptionRefused(410, f"video '{video_id}' was deleted")
-        duration = v.duration
+        duration = _live_video(s, video_id).duration
     return _publish_chapters(video_id, check_chapters(items, duration))
 
 
