@@ -73,6 +73,7 @@ class VideoStatus(str, enum.Enum):
 
 class RenditionStatus(str, enum.Enum):
     PENDING = "PENDING"
+    GROWING = "GROWING"  # published chunk by chunk: an EVENT playlist of the segments so far
     READY = "READY"
     FAILED = "FAILED"
 
@@ -155,6 +156,8 @@ class Rendition(Base):
     frame_rate: Mapped[float | None] = mapped_column(Float)
     playlist_url: Mapped[str | None] = mapped_column(Text)  # storage URL of index.m3u8
     segment_count: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8), default="video", server_default="video")  # "video" | "audio"
+    available_seconds: Mapped[float | None] = mapped_column(Float)  # published so far (all, once READY)
     status: Mapped[RenditionStatus] = mapped_column(_enum(RenditionStatus), default=RenditionStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

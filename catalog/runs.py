@@ -122,27 +122,42 @@ def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str 
         set_progress(s, video_id, pct, stage)
 
 
-def publish_rendition(video_id: str, run: str, rung: dict, packaged: dict, frame_rate: float,
-                      *, make_current: bool, owner: str | None = None) -> None:
+def save_renditions(video_id: str, run: str, rows: list[dict], *, make_current: bool = False,
+                    owner: str | None = None) -> None:
+    """Create or update this run's rendition rows (matched by name) in one transaction: a rung
+    published chunk by chunk (GROWING, with `available_seconds`), finished (READY) or failed
+    (FAILED, with `error`). `make_current`: point the video at this run, so the master lists
+    what is published of it while it still encodes (a first transcode, not a reprocess)."""
+    now = datetime.now(timezone.utc)
     with session_scope() as s:
-        _owned(s, video_id, owner)
-        s.add(Rendition(
-            video_id=video_id, run=run, name=rung["name"], width=rung["width"], height=rung["height"],
-            bandwidth=packaged["bandwidth"], average_bandwidth=packaged["average_bandwidth"],
-            codecs=packaged["codecs"], frame_rate=frame_rate, playlist_url=packaged["playlist_url"],
-            segment_count=len(packaged["segment_urls"]), status=RenditionStatus.READY,
-            published_at=datetime.now(timezone.utc),
-        ))
-        if make_current:
-            v = get_video(s, video_id)
+        v = _owned(s, video_id, owner)
+        existing = {r.name: r for r in s.scalars(select(Rendition).where(
+            Rendition.video_id == video_id, Rendition.run == run))}
+        for row in rows:
+            r = existing.get(row["name"])
+            if r is None:
+                r = Rendition(video_id=video_id, run=run, name=row["name"], width=row.get("width", 0),
+                              height=row.get("height", 0))
+                s.add(r)
+            for key, value in row.items():
+                setattr(r, key, value)
+            if row.get("status") in (RenditionStatus.GROWING, RenditionStatus.READY) and r.published_at is None:
+                r.published_at = now
+        if make_current and VideoStatus(v.status) != VideoStatus.DELETED:
             v.current_run = run
 
 
-def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str, *, owner: str | None = None) -> None:
+def withdraw_run(video_id: str, run: str, *, owner: str | None = None) -> None:
+    """Remove every rendition row of `run` (its files go with it): what it published is no
+    longer valid (the run planned its chunks again)."""
     with session_scope() as s:
         _owned(s, video_id, owner)
-        s.add(Rendition(video_id=video_id, run=run, name=rung["name"], width=rung["width"],
-                        height=rung["height"], status=RenditionStatus.FAILED, error=reason[:2000]))
+        s.execute(sql_delete(Rendition).where(Rendition.video_id == video_id, Rendition.run == run))
+
+
+def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str, *, owner: str | None = None) -> None:
+    save_renditions(video_id, run, [{"name": rung["name"], "width": rung["width"], "height": rung["height"],
+                                     "status": RenditionStatus.FAILED, "error": reason[:2000]}], owner=owner)
 
 
 def save_thumbnails(video_id: str, thumbs: dict, *, owner: str | None = None) -> None:
@@ -187,7 +202,8 @@ def fail(video_id: str, message: str, *, published: str | None = None, owner: st
 
 
 def has_published(video_id: str, run: str) -> bool:
-    """Whether a rendition of `run` is READY (its files must then stay)."""
+    """Whether a rendition of `run` is READY or GROWING (players may be using its files)."""
     with session_scope() as s:
-        return s.scalars(select(Rendition.id).where(Rendition.video_id == video_id, Rendition.run == run,
-                                                    Rendition.status == RenditionStatus.READY)).first() is not None
+        return s.scalars(select(Rendition.id).where(
+            Rendition.video_id == video_id, Rendition.run == run,
+            Rendition.status.in_((RenditionStatus.READY, RenditionStatus.GROWING)))).first() is not None

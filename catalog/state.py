@@ -88,8 +88,12 @@ def set_progress(session: Session, video_id: str, progress: float, stage: str | 
     )
 
 
-def published_renditions(session: Session, video: Video) -> list[Rendition]:
-    """Renditions of the video's current run that are READY, by bandwidth."""
+PLAYABLE_RENDITIONS = (RenditionStatus.READY, RenditionStatus.GROWING)
+
+
+def published_renditions(session: Session, video: Video, kind: str = "video") -> list[Rendition]:
+    """Renditions of the video's current run that players may use (READY, or GROWING: published
+    chunk by chunk), by bandwidth. `kind="audio"`: the run's audio rendition, if any."""
     if not video.current_run:
         return []
     return list(
@@ -98,7 +102,8 @@ def published_renditions(session: Session, video: Video) -> list[Rendition]:
             .where(
                 Rendition.video_id == video.id,
                 Rendition.run == video.current_run,
-                Rendition.status == RenditionStatus.READY,
+                Rendition.status.in_(PLAYABLE_RENDITIONS),
+                Rendition.kind == kind,
             )
             .order_by(Rendition.bandwidth, Rendition.height)
         )

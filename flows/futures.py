@@ -62,11 +62,14 @@ class Tracker:
         done = sum(self.chunk_done.get(c["index"], 0.0) * c["frames"] for c in chunks)
         return done / max(1, self.total_frames)
 
-    def poll_events(self, client, run: str) -> None:
+    def poll_events(self, client, run: str) -> int | None:
+        """Read the tasks' progress reports: each chunk's fraction done, and the number of audio
+        segments published so far (returned; None when no news)."""
+        audio = None
         try:
             events = client.get_events(PROGRESS_TOPIC)
         except Exception:  # noqa: BLE001
-            return
+            return None
         for ts, msg in events:
             if ts <= self.events_since:
                 continue
@@ -75,6 +78,9 @@ class Tracker:
             if key.startswith(run + ":chunk:"):
                 idx = int(key.rsplit(":", 1)[1])
                 self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
+            elif key == run + ":audio" and msg.get("segments") is not None:
+                audio = max(audio or 0, int(msg["segments"]))
+        return audio
 
 
 def outcome(fut) -> tuple[bool, object]:
@@ -96,13 +102,14 @@ def outcome(fut) -> tuple[bool, object]:
     return True, state
 
 
-def wait_any(client, futures: list) -> None:
-    """Return as soon as one future finishes, or after the poll interval (progress updates)."""
+def wait_any(client, futures: list, timeout: float | None = POLL_SECONDS) -> None:
+    """Return as soon as one future finishes, or after `timeout` (the poll interval, for
+    progress updates; None: until one finishes)."""
     if not futures:
         return
     try:
         with client.as_current():
-            distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+            distributed.wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
     except (TimeoutError, distributed.TimeoutError):
         pass
 

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+import dask
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -35,8 +36,7 @@ from catalog.runs import (  # noqa: F401 - IngestFailed and Superseded are this 
     finish,
     has_published,
     new_run_id,
-    publish_rendition,
-    record_failed_rendition,
+    withdraw_run,
     remove_stale_runs,
     save_probe,
     save_thumbnails,
@@ -46,26 +46,26 @@ from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from flows.captions import import_source_captions
 from flows.futures import Tracker, describe, outcome, wait_any
+from flows.publish import Publisher
 from flows.intake import video_fields
 from tasks.audio import encode_audio
 from tasks.encode import encode_chunk
 from tasks.ffmpeg import MediaError
 from tasks.ladder import choose_ladder
-from tasks.package import package_rung
+from tasks.package import AUDIO_RENDITION
 from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
 from tasks.retry import RETRY_OPTIONS, is_permanent
 from tasks.split import split_source
 from tasks.thumbnails import preview_plan, thumbnails_task
-from tasks.validate import validate_rung
 
 log = logging.getLogger(__name__)
 
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
 # after Prefect's own retries (a worker that died takes the task run with it)
 FLOW_RESUBMITS = 2
-# progress bands (percent): probe+split, encode, package+validate
-P_SPLIT, P_ENCODED, P_PACKAGED = 5.0, 90.0, 99.0
+# progress bands (percent): probe+split, then encode and publish chunk by chunk
+P_SPLIT, P_ENCODED = 5.0, 98.0
 
 
 def _logger():
@@ -201,31 +201,46 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         return plan
 
     def submit_audio(plan: dict):
-        # audio first: it takes one slot for a short while and is ready long before the video
+        # audio first: it takes one slot for a short while, publishes its segments as it goes
+        # and is far ahead of the video
         if not info.has_audio:
             return None
-        return tracker.track(encode_audio.submit(source_url, storage.join(work_url, "audio.m4a"),
-                                                 info.audio_stream_index, plan["t0"], plan["duration"],
-                                                 info.audio_channels, label=video_id, lease_url=lease_url))
+        with dask.annotate(priority=len(plan["chunks"]) + 1):
+            return tracker.track(encode_audio.submit(
+                source_url, storage.join(hls_url, AUDIO_RENDITION), info.audio_stream_index, plan["t0"],
+                plan["duration"], info.audio_channels, plan["segment_times"], label=video_id,
+                progress_key=f"{run}:audio", lease_url=lease_url))
+
+    def publisher_for(plan: dict) -> Publisher:
+        return Publisher(video_id, run, hls_url, rungs, plan, info.has_audio, info.frame_rate,
+                         make_current=progressive, owner=tracker.owner, logger=logger)
 
     plan = split(None)
     tracker.set(P_SPLIT, "encode")
     audio_fut = submit_audio(plan)
-    # side tasks never decide the video's fate (poster and sprite sheets); each entry:
-    # (name, future). The chunk encodes take the preview frames from their own decode.
-    side_tasks: list[tuple[str, object]] = []
+    publisher = publisher_for(plan)
     previews = preview_plan(plan["duration"], info.display_width, info.display_height)
 
     t = time.monotonic()
-    rotation = info.rotation
     fallbacks: list[str] = []  # what the run had to fall back to, for the result and the artifact
+    closed_early: str | None = None
     while True:  # once more, from decoded frames, if the container's timing gave wrong chunks
         chunks = plan["chunks"]
         try:
-            encoded = _encode_chunks(plan, run, client, tracker, logger, dict(
-                source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
-                rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
+            encoded = _encode_chunks(plan, run, client, tracker, logger, publisher, dict(
+                source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"), hls_url=hls_url,
+                rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
                 keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url))
+            break
+        except ChunkFailed as exc:
+            if not publisher.segments:
+                raise
+            # the viewer keeps what was published: the playlists close at the published prefix
+            # (VOD + ENDLIST) and the video ends PARTIAL, saying which chunk failed and why
+            closed_early = (f"{exc}; published the first {publisher.available_seconds:.1f} s of "
+                            f"{plan['duration']:.1f} s")
+            logger.error(closed_early)
+            encoded = {i: r for i, r in exc.encoded.items() if i < publisher.prefix}
             break
         except _Replan as exc:
             note = (f"{exc}: the container's timestamps cannot be trusted for this source; "
@@ -233,11 +248,14 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             logger.warning(note)
             fallbacks.append(note)
             tracker.chunk_done.clear()
-            old = plan
-            plan = split("decoded")
-            if audio_fut is not None and (plan["t0"], plan["duration"]) != (old["t0"], old["duration"]):
+            # what was published on the old plan's frame numbers goes: the new plan renumbers them
+            if audio_fut is not None:
                 audio_fut.wrapped_future.cancel()
-                audio_fut = submit_audio(plan)
+            withdraw_run(video_id, run, owner=tracker.owner)
+            storage.delete(hls_url)
+            plan = split("decoded")
+            audio_fut = submit_audio(plan)
+            publisher = publisher_for(plan)
     timings["encode"] = time.monotonic() - t
     chunk_modes = {i: r["mode"] for i, r in sorted(encoded.items())}
     seek_chunks = sum(1 for m in chunk_modes.values() if m != "copy")
@@ -247,84 +265,29 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     fallbacks += [n for n in plan["notes"] if n not in fallbacks]
 
     intervals = [("encode", i, r["started_at"], r["ended_at"]) for i, r in sorted(encoded.items())]
-    audio_url = None
-    audio_note = None
-    if audio_fut is not None:
-        ok, value = outcome(audio_fut)
-        if ok:
-            audio_url = value["url"]
-            intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
-        else:
-            # a video whose sound cannot be decoded is still worth watching; say so
-            audio_note = f"the audio track could not be encoded ({describe(value)}); published without sound"
-            logger.warning(audio_note)
-    tracker.set(P_ENCODED, "package")
+    audio_note = _settle_audio(client, audio_fut, publisher, intervals, logger)
+    tracker.set(P_ENCODED, "publish")
 
     t = time.monotonic()
-    per_rung_chunks = {
-        r["name"]: [{"url": encoded[c["index"]]["outputs"][r["name"]], "start": c["start"], "end": c["end"]}
-                    for c in chunks] for r in rungs}
-    packaging = {}
-    for r in rungs:  # lowest first: Dask starts them in submission order
-        packaging[r["name"]] = tracker.track(package_rung.submit(
-            r, per_rung_chunks[r["name"]], audio_url, storage.join(hls_url, r["name"]), plan["segment_starts"],
-            plan["segment_times"], plan["duration"], rung_name=r["name"], lease_url=lease_url))
-    # sheets and poster from the previews the chunks stored; after the rungs, which players wait for
-    side_tasks.append(("thumbnails", tracker.track(thumbnails_task.submit(
+    # sheets and poster from the previews the chunks stored (side task: never decides the video's fate)
+    thumbs = tracker.track(thumbnails_task.submit(
         [p for _, r in sorted(encoded.items()) for p in r.get("previews", [])], hls_url, previews,
-        label=video_id, lease_url=lease_url))))
-    validating: dict[str, object] = {}
-    packaged: dict[str, dict] = {}
-    results: dict[str, dict] = {}  # name -> {"ok", "reason"}
+        label=video_id, lease_url=lease_url))
+    results = publisher.finish(closed_early=closed_early)
     order = [r["name"] for r in rungs]
-    by_name = {r["name"]: r for r in rungs}
-    next_to_publish = 0
-    while next_to_publish < len(order):
-        wait_any(client, [f.wrapped_future for f in [*packaging.values(), *validating.values()]])
-        for name, fut in list(packaging.items()):
-            if fut.wrapped_future.done():
-                del packaging[name]
-                ok, value = outcome(fut)
-                if not ok:
-                    results[name] = {"ok": False, "reason": f"packaging failed: {describe(value)}"}
-                    continue
-                packaged[name] = value
-                validating[name] = tracker.track(validate_rung.submit(
-                    value["playlist_url"], by_name[name], plan["frames"], plan["duration"], plan["frame_interval"],
-                    plan["segment_starts"], audio_url is not None, settings.segment_seconds, rung_name=name))
-        for name, fut in list(validating.items()):
-            if fut.wrapped_future.done():
-                del validating[name]
-                ok, value = outcome(fut)
-                if not ok:
-                    results[name] = {"ok": False, "reason": f"validation could not run: {describe(value)}"}
-                elif not value["ok"]:
-                    results[name] = {"ok": False, "reason": "; ".join(value["reasons"])}
-                else:
-                    results[name] = {"ok": True, "measured": value["measured"]}
-        # publish in ladder order: a rung waits for the ones below it to be decided
-        while next_to_publish < len(order) and order[next_to_publish] in results:
-            name = order[next_to_publish]
-            res = results[name]
-            if res["ok"]:
-                publish_rendition(video_id, run, by_name[name], packaged[name], info.frame_rate,
-                                  make_current=progressive, owner=tracker.owner)
-                logger.info("published %s", name)
-            else:
-                record_failed_rendition(video_id, run, by_name[name], res["reason"], owner=tracker.owner)
-                logger.error("rung %s failed: %s", name, res["reason"])
-                storage.delete(storage.join(hls_url, name))
-            next_to_publish += 1
-            tracker.set(P_ENCODED + (P_PACKAGED - P_ENCODED) * next_to_publish / len(order))
+    for name in order:
+        if results[name]["ok"]:
+            logger.info("published %s", name)
+        else:
+            logger.error("rung %s failed: %s", name, results[name]["reason"])
+            storage.delete(storage.join(hls_url, name))
     timings["package"] = time.monotonic() - t
-
-    for name, fut in side_tasks:
-        wait_any(client, [fut.wrapped_future])
-        ok, value = outcome(fut)
-        if not ok:
-            logger.warning("side task %s failed: %s", name, describe(value))
-        elif name == "thumbnails":
-            save_thumbnails(video_id, value, owner=tracker.owner)
+    wait_any(client, [thumbs.wrapped_future], timeout=None)
+    ok, value = outcome(thumbs)
+    if not ok:
+        logger.warning("side task thumbnails failed: %s", describe(value))
+    else:
+        save_thumbnails(video_id, value, owner=tracker.owner)
 
     good = [n for n in order if results[n]["ok"]]
     bad = [n for n in order if not results[n]["ok"]]
@@ -333,6 +296,8 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         raise IngestFailed(f"no rendition passed validation ({reasons}); the source may be damaged - "
                            "re-export it and upload again")
     messages = [f"{n} failed: {results[n]['reason']}" for n in bad]
+    if closed_early:
+        messages.insert(0, closed_early)
     if audio_note:
         messages.append(audio_note)
     status = VideoStatus.PARTIAL if messages else VideoStatus.READY
@@ -350,35 +315,58 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     except Exception as exc:  # noqa: BLE001
         logger.warning("captions and chapters of video %s were not imported: %s", video_id, describe(exc))
     tracker.set(100.0)
-    _ladder_artifact(video_id, run, rungs, packaged, results, status, settings,
+    _ladder_artifact(video_id, run, rungs, publisher.summary(), results, status,
                      timing=plan["timing"], chunk_modes=chunk_modes, fallbacks=fallbacks)
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
             "chunks": len(chunks), "seek_chunks": seek_chunks, "timing": plan["timing"],
             "chunk_modes": chunk_modes, "fallbacks": fallbacks,
             "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
             "encode_cpu_seconds": {i: r.get("cpu_seconds") for i, r in encoded.items()},
-            "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals,
-            "package_seconds": {n: round(p["seconds"], 3) for n, p in packaged.items()}}
+            "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals}
+
+
+def _settle_audio(client, audio_fut, publisher: Publisher, intervals: list, logger) -> str | None:
+    """Wait for the audio rendition (long done in most runs: audio encodes far faster than video);
+    a video whose sound cannot be encoded is still worth watching: say so and publish it silent."""
+    if audio_fut is None:
+        return None
+    wait_any(client, [audio_fut.wrapped_future], timeout=None)
+    ok, value = outcome(audio_fut)
+    if ok:
+        publisher.audio_done(value)
+        intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
+        return None
+    note = f"the audio track could not be encoded ({describe(value)}); published without sound"
+    logger.warning(note)
+    publisher.audio_done(None, failure=note)
+    return note
 
 
 class _Replan(Exception):
     """A chunk read by the container's timestamps came out wrong in every mode."""
 
 
-def _encode_chunks(plan, run, client, tracker, logger, encode_kwargs) -> dict[int, dict]:
-    """Encode every chunk of the plan on the cluster; resubmit transient failures."""
+def _encode_chunks(plan, run, client, tracker, logger, publisher: Publisher, encode_kwargs) -> dict[int, dict]:
+    """Encode every chunk of the plan on the cluster, earliest first, and publish each as it
+    lands (the publisher keeps the playlists a contiguous prefix); resubmit transient failures.
+    Audio segments the audio task reports are published along the way."""
     chunks = plan["chunks"]
 
     def submit_chunk(c: dict):
-        return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
-                                                 progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
+        # earlier chunks first: Dask runs higher priorities first, so the playable prefix grows
+        # steadily instead of in whatever order the workers pick
+        with dask.annotate(priority=len(chunks) - c["index"]):
+            return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
+                                                     progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
 
     pending = {c["index"]: submit_chunk(c) for c in chunks}
     resubmits = {c["index"]: 0 for c in chunks}
     encoded: dict[int, dict] = {}
     while pending:
         wait_any(client, [f.wrapped_future for f in pending.values()])
-        tracker.poll_events(client, run)
+        audio_segments = tracker.poll_events(client, run)
+        if audio_segments:
+            publisher.audio_progress(audio_segments)
         for idx, fut in list(pending.items()):
             if not fut.wrapped_future.done():
                 continue
@@ -387,19 +375,21 @@ def _encode_chunks(plan, run, client, tracker, logger, encode_kwargs) -> dict[in
             if ok:
                 encoded[idx] = value
                 tracker.chunk_done[idx] = 1.0
+                publisher.chunk_done(idx, value)
                 continue
             label = f"chunk {idx + 1}/{len(chunks)}"
+            where = f"{chunks[idx]['start']:.3f}-{chunks[idx]['end']:.3f} s"
             if is_permanent(value):
                 for other in pending.values():
                     other.wrapped_future.cancel()
                 if getattr(value, "replan", False) and plan.get("timing") != "decoded":
                     raise _Replan(str(value))
-                raise IngestFailed(f"{label} cannot be encoded: {describe(value)}")
+                raise ChunkFailed(f"{label} ({where}) cannot be encoded: {describe(value)}", encoded)
             if resubmits[idx] >= FLOW_RESUBMITS:
                 for other in pending.values():
                     other.wrapped_future.cancel()
-                raise IngestFailed(f"{label} failed {resubmits[idx] + 1} times, last: {describe(value)}; "
-                                   "check the workers (disk space, memory) and re-run the ingest")
+                raise ChunkFailed(f"{label} ({where}) failed {resubmits[idx] + 1} times, last: {describe(value)}; "
+                                  "check the workers (disk space, memory) and re-run the ingest", encoded)
             resubmits[idx] += 1
             logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
                            resubmits[idx], FLOW_RESUBMITS)
@@ -408,7 +398,15 @@ def _encode_chunks(plan, run, client, tracker, logger, encode_kwargs) -> dict[in
     return encoded
 
 
-def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings, *, timing="container",
+class ChunkFailed(IngestFailed):
+    """A chunk failed for good: the run ends with what was published before it."""
+
+    def __init__(self, message: str, encoded: dict | None = None):
+        super().__init__(message)
+        self.encoded = encoded or {}
+
+
+def _ladder_artifact(video_id, run, rungs, packaged, results, status, *, timing="container",
                      chunk_modes=None, fallbacks=()) -> None:
     watch = links.watch_url(video_id)
     modes = {}
@@ -426,7 +424,7 @@ def _ladder_artifact(video_id, run, rungs, packaged, results, status, settings, 
         state = "published" if res.get("ok") else f"failed: {res.get('reason', '')[:120]}"
         lines.append(f"| {r['name']} | {r['width']}x{r['height']} | {r['level']} | "
                      f"{p.get('bandwidth', 0) / 1000:.0f} | {p.get('average_bandwidth', 0) / 1000:.0f} | "
-                     f"{p.get('codecs', '')} | {len(p.get('segment_urls', []))} | {state} |")
+                     f"{p.get('codecs', '')} | {p.get('segments', 0)} | {state} |")
     try:
         create_markdown_artifact(markdown="\n".join(lines), key=f"ladder-{video_id}",
                                  description=f"ladder of video {video_id}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from fractions import Fraction
@@ -25,7 +26,9 @@ from config.settings import available_cores, get_settings
 from tasks import ffmpeg, thumbnails
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
+from tasks.package import SEGMENT_PATTERN, TS_OFFSET
 from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
+from tasks.validate import check_chunk_segments
 from tasks.split import _logger
 
 log = logging.getLogger(__name__)
@@ -159,8 +162,26 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
             x264[x264.index("-x264-params") + 1] += ":vbv-init=0.5"
         args += ["-map", f"[v{i}]", *x264,
                  "-force_key_frames", kf, "-fps_mode", "passthrough", "-an", "-sn", "-dn",
-                 "-f", "mpegts", out]
+                 *segment_output(chunk, out, keyframe_seconds)]
     return args + preview_outputs
+
+
+def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float) -> list[str]:
+    """The chunk's final HLS segments of one rung: cut by frame number at the planned segment
+    starts, numbered globally, placed on the video's timeline (`tasks.package`). Every segment
+    starts with PAT/PMT (a new muxer per segment); repeating them each keyframe interval, not
+    ffmpeg's default 0.1 s, was 6 % of a 360p rung's bytes."""
+    period = f"{keyframe_seconds:g}"
+    cuts, total = [], 0
+    for frames in chunk["segment_frames"][:-1]:
+        total += int(frames)
+        cuts.append(str(total))
+    args = ["-output_ts_offset", f"{TS_OFFSET + float(chunk['start']):.6f}",
+            "-f", "segment", "-segment_format", "mpegts",
+            "-segment_format_options", f"pat_period={period}:sdt_period={period}",
+            "-reset_timestamps", "0", "-segment_start_number", str(int(chunk["first_segment"]))]
+    args += ["-segment_frames", ",".join(cuts)] if cuts else ["-segment_time", str(10**9)]
+    return args + [out_pattern]
 
 
 def _first_packet_pts(path: str) -> float:
@@ -208,13 +229,16 @@ def worker_threads() -> int:
     return max(1, cores // max(1, slots))
 
 
-def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, rotation: int,
-                    cfr: bool, frame_rate: str, threads: int | None = None, progress_key: str | None = None,
-                    force_seek: bool = False, keyframe_seconds: float | None = None,
-                    previews: dict | None = None, lease_url: str | None = None) -> dict:
-    """Encode a chunk into every rung; returns {index, frames, mode, outputs: {rung: url}, seconds,
-    previews}. With `previews` (a `thumbnails.preview_plan`), the chunk's timeline previews and
-    poster candidates are stored under `out_url`/previews and described in `previews`."""
+def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url: str, hls_url: str,
+                    rotation: int, cfr: bool, frame_rate: str, threads: int | None = None,
+                    progress_key: str | None = None, force_seek: bool = False,
+                    keyframe_seconds: float | None = None, previews: dict | None = None,
+                    lease_url: str | None = None) -> dict:
+    """Encode a chunk into the final segments of every rung, check them, and store them under
+    `hls_url`/{rung}/ (not listed in any playlist yet: the flow publishes them). Returns {index,
+    frames, mode, rungs: {name: {ok, reasons, frames, sizes}}, seconds, previews}. With `previews`
+    (a `thumbnails.preview_plan`), the chunk's timeline previews and poster candidates are stored
+    under `out_url`/previews and described in `previews`."""
     settings = get_settings()
     keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
     logger = _logger()
@@ -233,7 +257,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     targets = (thumbnails.preview_targets(previews, chunk["start"], chunk["end"], float(chunk["half_frame"]))
                if previews else [])
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="encode-") as tmp:
-        outs = [str(Path(tmp) / f"{r['name']}.ts") for r in rungs]
+        rung_dirs = [Path(tmp) / "rungs" / r["name"] for r in rungs]
+        outs = [str(d / SEGMENT_PATTERN) for d in rung_dirs]
         frames_dir = Path(tmp) / "previews"
         frames_dir.mkdir()
         # the fallback chain: stream-copy slice, exact seek in the source, and - when the plan's
@@ -243,7 +268,11 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             attempts.append("frames")
         attempts = attempts or [mode]
         frames_seen: dict[str, int] = {}
+        checks: dict[str, dict] = {}
         for attempt in attempts:
+            for d in rung_dirs:
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir(parents=True)
             src_url = chunk["url"] if attempt == "copy" else source_url
             with storage.local_copy(src_url, settings.work_dir) as path:
                 offset = (_first_packet_pts(str(path)) - chunk["key_pts"]) if attempt == "copy" else 0.0
@@ -266,8 +295,16 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     # previews are a side product: never let them cost the video its renditions
                     logger.warning("%s: encode with previews failed (%s); encoding without them", label, exc)
                     targets = []
+                    for d in rung_dirs:
+                        shutil.rmtree(d, ignore_errors=True)
+                        d.mkdir(parents=True)
                     run_encode()
-            frames_seen = {r["name"]: count_video_packets(o) for r, o in zip(rungs, outs)}
+            # per-chunk validation: the segments the plan asked for, each with its frames
+            checks = {r["name"]: check_chunk_segments(
+                [str(p) for p in sorted(d.glob("seg_*.ts"))], r, chunk["segment_frames"],
+                first_segment=int(chunk["first_segment"]), timeout=settings.probe_timeout)
+                for r, d in zip(rungs, rung_dirs)}
+            frames_seen = {name: sum(c["frames"]) for name, c in checks.items()}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break
             following = attempts[attempts.index(attempt) + 1:]
@@ -299,15 +336,16 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     thumbnails.read_previews(frames_dir, targets, time_base), storage.join(out_url, "previews"))
             except (PermanentMediaError, OSError) as exc:
                 logger.warning("%s: no timeline previews from this chunk (%s)", label, exc)
-        outputs = {}
-        for r, o in zip(rungs, outs):
-            url = storage.join(out_url, r["name"], f"chunk_{chunk['index']:05d}.ts")
-            storage.move_local_file(o, url)
-            outputs[r["name"]] = url
+        for r, d in zip(rungs, rung_dirs):
+            check = checks[r["name"]]
+            if check["ok"]:
+                storage.publish_dir(d, storage.join(hls_url, r["name"]))
+            else:
+                logger.warning("%s: %s failed its checks: %s", label, r["name"], "; ".join(check["reasons"]))
     seconds = time.monotonic() - t_begin
     logger.info("%s: %d frames x %d rungs in %.2f s (%s, %d threads)", label, chunk["frames"], len(rungs),
                 seconds, mode, threads)
-    return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "outputs": outputs,
+    return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "rungs": checks,
             "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads,
             "started_at": started_at, "ended_at": time.time(), "previews": stored_previews,
             # CPU of this task's ffmpeg/ffprobe runs (exact with one task per worker process)
@@ -315,11 +353,13 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
 
 
 @task(name="encode", task_run_name="encode chunk {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
-def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, rotation: int, cfr: bool,
-                 frame_rate: str, label: str, threads: int | None = None, progress_key: str | None = None,
-                 force_seek: bool = False, keyframe_seconds: float | None = None,
-                 previews: dict | None = None, lease_url: str | None = None) -> dict:
-    return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, rotation=rotation,
+def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, hls_url: str, rotation: int,
+                 cfr: bool, frame_rate: str, label: str, threads: int | None = None,
+                 progress_key: str | None = None, force_seek: bool = False,
+                 keyframe_seconds: float | None = None, previews: dict | None = None,
+                 lease_url: str | None = None) -> dict:
+    return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, hls_url=hls_url,
+                           rotation=rotation,
                            cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
                            force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews,
                            lease_url=lease_url)

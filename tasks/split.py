@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 MIN_CHUNK_SECONDS = 4.0
 MAX_CHUNK_SECONDS = 30.0
 CHUNKS_PER_WORKER = 4
+# segments in the first chunk: a short first chunk publishes the first segments early
+FIRST_CHUNK_SEGMENTS = 1
 
 # ffprobe format names whose video timestamps are not presentation times of every frame:
 # AVI (decode order only), MPEG-PS (one timestamp per PES), FLV/ASF (milliseconds, and
@@ -84,6 +86,8 @@ class Chunk:
     url: str | None = None  # the copy slice, for mode "copy"
     reason: str = ""  # why seek mode, when it is
     timing: str = "container"  # the plan's timing: "decoded" means first_frame counts decoder output
+    first_segment: int = 0  # index of the chunk's first HLS segment (chunks start on segment starts)
+    segment_frames: list = field(default_factory=list)  # frames of each of the chunk's segments
 
     @property
     def duration(self) -> float:
@@ -345,82 +349,83 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
             seg_starts.append(idx)
         s += 1
 
-    # candidate boundaries: clean keyframes, as global times
-    clean = clean_keyframes(pk)
-    cand_times = [float((pk.pts[i] - t0_ticks) * tb) for i in clean]
-    cand_idx = clean
-    target = target_chunk_seconds(duration, workers, keyframe_seconds)
-    boundaries: list[tuple[float, int | None]] = [(0.0, 0)]  # (global start, decode index or None)
-    if chunk_mode is not None or (not clean and duration > 2 * target):
-        if chunk_mode is None:
-            notes.append("no keyframe starts a closed GOP (open GOP or leading pictures): "
-                         "chunks are read from the source with exact seeking instead of stream copy")
-        boundaries = [(0.0, None)]
-        # cuts on the keyframe grid, where every rung has a keyframe anyway
-        step = keyframe_seconds * max(1, round(target / keyframe_seconds))
-        t = step
-        while t < duration - target / 2:
-            idx = first_frame_at_or_after(t)
-            if idx >= n:
-                break
-            if times[idx] > boundaries[-1][0]:
-                boundaries.append((times[idx], None))
-            t += step
-        clean = []  # no stream-copy cuts
-    else:
+    # Chunk boundaries are segment starts, so that every chunk yields whole final segments of
+    # every rung: a chunk's segments are published the moment it is encoded, and nothing at the
+    # end re-reads a rung. A boundary where the source has a keyframe starting a closed GOP lets
+    # the chunks on both sides be stream-copy slices; elsewhere a chunk is read with exact seeking.
+    clean = clean_keyframes(pk) if chunk_mode is None else []
+    clean_frame: dict[int, int] = {}  # global frame index -> decode index of a clean keyframe there
+    for i in clean:
+        t = float((pk.pts[i] - t0_ticks) * tb)
+        idx = first_frame_at_or_after(t)
+        if idx < n and abs(times[idx] - t) < half:
+            clean_frame[idx] = i
+    if chunk_mode is None:
         unclean = sum(pk.key[1:]) - len(clean)
         if unclean > 0:
             notes.append(f"{unclean} keyframe(s) do not start a closed GOP and are not used as cut points")
-    if clean:
-        last = 0.0
-        while True:
-            want = last + target
-            if want > duration - target / 2:
-                break
-            # nearest clean keyframe to the wanted time, preferring one on the keyframe grid
-            j = _nearest(cand_times, want)
-            best = j
-            for jj in range(max(0, j - 3), min(len(cand_times), j + 4)):
-                t = cand_times[jj]
-                on_grid = abs(t / keyframe_seconds - round(t / keyframe_seconds)) * keyframe_seconds < half
-                if on_grid and abs(t - want) <= 0.25 * target:
-                    best = jj
-                    break
-            t = cand_times[best]
-            if t <= last + 0.5 * target or t >= duration - 0.25 * target:
-                # the nearest keyframe is too close to the previous cut or to the end: take the
-                # next one that is far enough, if any
-                later = bisect.bisect_right(cand_times, last + 0.5 * target)
-                if later >= len(cand_times) or cand_times[later] >= duration - 0.25 * target:
-                    break
-                best = later
-                t = cand_times[best]
-            boundaries.append((t, cand_idx[best]))
-            last = t
-    bounds = boundaries + [(duration, None)]
+    target = target_chunk_seconds(duration, workers, keyframe_seconds)
+    seg_t = [times[i] for i in seg_starts]
+    cut_segments: list[int] = []  # indices into seg_starts where a new chunk begins
+    last = 0.0
+    while True:
+        # the first chunk is short, so the first segments of every rung are out early
+        step = min(target, FIRST_CHUNK_SEGMENTS * segment_seconds) if not cut_segments else target
+        want = last + step
+        if want > duration - min(step, target) / 2:
+            break
+        lo = bisect.bisect_right(seg_t, last + half)
+        if lo >= len(seg_t):
+            break
+        near = min(range(lo, len(seg_t)), key=lambda k: abs(seg_t[k] - want))
+        best = near
+        if seg_starts[near] not in clean_frame:
+            # a clean keyframe on a nearby segment start keeps both chunks stream copies
+            window = [k for k in range(lo, len(seg_t)) if abs(seg_t[k] - want) <= 0.25 * target
+                      and seg_starts[k] in clean_frame]
+            if window:
+                best = min(window, key=lambda k: abs(seg_t[k] - want))
+        if seg_t[best] >= duration - 0.25 * step:
+            break
+        cut_segments.append(best)
+        last = seg_t[best]
+    bounds_f = [0] + [seg_starts[k] for k in cut_segments] + [n]
+    count = len(bounds_f) - 1
     chunks: list[Chunk] = []
     starts: list[int] = []
     t0_sec = float(t0_ticks * tb)
-    count = len(boundaries)
+    seek_cuts = 0
     for i in range(count):
-        start, dec_idx = bounds[i]
-        end = bounds[i + 1][0]
-        f0 = first_frame_at_or_after(start)
-        f1 = first_frame_at_or_after(end) if i + 1 < count else n
-        mode = "copy" if dec_idx is not None else (chunk_mode or "seek")
-        key_pts = pk.seconds(pk.pts[dec_idx]) if dec_idx is not None else t0_sec + start
-        if i == 0 and mode == "copy":
-            key_pts = pk.seconds(pk.pts[0])
+        f0, f1 = bounds_f[i], bounds_f[i + 1]
+        start_clean = i == 0 or f0 in clean_frame
+        end_clean = i + 1 == count or f1 in clean_frame
+        copy = chunk_mode is None and start_clean and end_clean and (count == 1 or clean_frame)
+        mode = "copy" if copy else (chunk_mode or "seek")
+        seek_cuts += 0 if copy or chunk_mode else 1
+        dec_idx = (0 if i == 0 else clean_frame[f0]) if (chunk_mode is None and start_clean) else None
+        key_pts = pk.seconds(pk.pts[clean_frame[f0]]) if copy and i > 0 else (
+            pk.seconds(pk.pts[0]) if copy else t0_sec + times[f0])
         chunks.append(Chunk(
-            index=i, count=count, mode=mode, start=times[f0] if f0 < n else start,
+            index=i, count=count, mode=mode, start=times[f0],
             end=times[f1] if f1 < n else duration, frames=f1 - f0, first_frame=f0,
             key_pts=key_pts, source_start=t0_sec + times[f0],
             source_end=(t0_sec + times[f1]) if f1 < n else t0_sec + duration + 3600.0,
             half_frame=half, timing=timing,
-            reason="" if mode == "copy" else "no closed-GOP keyframe at this cut" if chunk_mode is None
-            else "timing from decoded frames",
+            reason="" if mode == "copy" else "no closed-GOP keyframe at this chunk's start or end"
+            if chunk_mode is None else "timing from decoded frames",
         ))
         starts.append(dec_idx if dec_idx is not None else -1)
+    seg_bounds = seg_starts + [n]
+    for c in chunks:
+        k0 = seg_starts.index(c.first_frame)
+        k1 = k0
+        while k1 < len(seg_starts) and seg_starts[k1] < c.first_frame + c.frames:
+            k1 += 1
+        c.first_segment = k0
+        c.segment_frames = [seg_bounds[k + 1] - seg_bounds[k] for k in range(k0, k1)]
+    if seek_cuts:
+        notes.append(f"{seek_cuts} of {count} chunks start or end on a segment boundary without a closed-GOP "
+                     "keyframe in the source: they are read from the source with exact seeking")
     # chunk 0 in seek mode when the whole source is a single copy chunk is pointless: copy
     # mode for one chunk is still exact (its frames are selected by timestamp)
     plan = SplitPlan(
@@ -506,12 +511,14 @@ class ChunkCountMismatch(ffmpeg.TransientMediaError):
 
 def _copy_split(src, plan: SplitPlan, starts: list[int], copy_chunks: list[dict], work_url: str,
                 video_stream_index: int | None) -> None:
+    """One stream-copy pass cut at every chunk start that is a clean keyframe (`starts`: its
+    decode index, -1 where the chunk starts elsewhere). The slice that begins at a copy chunk's
+    start ends at its end (copy chunks end on a clean keyframe too); the others are not needed."""
     settings = get_settings()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    sliced = [c["index"] for c in plan.chunks if starts[c["index"]] >= 0]  # chunks a slice starts at
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="split-") as tmp:
-        cuts = [starts[c["index"]] for c in plan.chunks if c["index"] > 0]
-        # contiguous copy chunks from the first; a seek chunk never follows a copy
-        # chunk in one plan, so one segment run covers them all
+        cuts = [starts[i] for i in sliced if i > 0]
         args = [*ffmpeg.SAFE_INPUT, "-i", str(src), "-map", f"0:{video_stream_index}"
                 if video_stream_index is not None else "0:v:0",
                 "-c", "copy", "-an", "-sn", "-dn", "-f", "segment", "-segment_format", "matroska",
@@ -523,12 +530,16 @@ def _copy_split(src, plan: SplitPlan, starts: list[int], copy_chunks: list[dict]
         args += ["-segment_start_number", "0", str(Path(tmp) / "chunk_%05d.mkv")]
         ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)")
         made = sorted(Path(tmp).glob("chunk_*.mkv"))
-        if len(made) != len(copy_chunks):
-            raise ChunkCountMismatch(f"split made {len(made)} chunks, expected {len(copy_chunks)}")
-        for c, path in zip(copy_chunks, made):
-            url = storage.join(work_url, "chunks", path.name)
+        if len(made) != len(sliced):
+            raise ChunkCountMismatch(f"split made {len(made)} chunks, expected {len(sliced)}")
+        copy_indices = {c["index"] for c in copy_chunks}
+        by_index = {c["index"]: c for c in copy_chunks}
+        for index, path in zip(sliced, made):
+            if index not in copy_indices:
+                continue
+            url = storage.join(work_url, "chunks", f"chunk_{index:05d}.mkv")
             storage.move_local_file(path, url)
-            c["url"] = url
+            by_index[index]["url"] = url
 
 
 @task(name="split", task_run_name="split {source_url}", cache_policy=NO_CACHE, **RETRY_OPTIONS)

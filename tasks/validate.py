@@ -47,6 +47,72 @@ def _local_segments(playlist_url: str, names: list[str], workdir: Path):
         yield paths
 
 
+def picture_reasons(meta: dict, rung: dict) -> tuple[list[str], dict]:
+    """What is wrong with the picture of a segment (ffprobe's streams), and its level."""
+    reasons: list[str] = []
+    measured: dict = {}
+    v = next((st for st in meta.get("streams", []) if st.get("codec_type") == "video"), None)
+    if v is None:
+        return ["the segment has no video"], measured
+    if v.get("codec_name") != "h264" or (v.get("profile") or "").lower() != "high":
+        reasons.append(f"video is {v.get('codec_name')} {v.get('profile')}, not H.264 High")
+    if v.get("pix_fmt") != "yuv420p":
+        reasons.append(f"pixel format {v.get('pix_fmt')}, not yuv420p")
+    if (int(v.get("width", 0)), int(v.get("height", 0))) != (rung["width"], rung["height"]):
+        reasons.append(f"picture {v.get('width')}x{v.get('height')}, expected {rung['width']}x{rung['height']}")
+    sar = v.get("sample_aspect_ratio") or "1:1"
+    if sar not in ("1:1", "0:1", "N/A"):
+        reasons.append(f"sample aspect ratio {sar}, not square pixels")
+    level = int(v.get("level") or 0)
+    if level > 42:
+        reasons.append(f"H.264 level {level / 10:.1f} is above 4.2")
+    measured["level"] = level
+    return reasons, measured
+
+
+def check_chunk_segments(paths: list[str], rung: dict, segment_frames: list[int], *, first_segment: int,
+                         timeout: float) -> dict:
+    """Per-chunk validation of one rung's segments, before they are published: the segments
+    the plan asked for, each with exactly its frames and opening with a keyframe (so segment N
+    has the same frames in every rung), the picture the rung promises, no audio (audio is its
+    own rendition). Reads packet headers only, no decode. Returns {ok, reasons, frames: [per
+    segment], sizes: [bytes per segment]}."""
+    reasons: list[str] = []
+    if len(paths) != len(segment_frames):
+        reasons.append(f"{len(paths)} segments, expected {len(segment_frames)}")
+    meta = ffmpeg.probe_json(paths[0], timeout=timeout) if paths else {}
+    pic, measured = picture_reasons(meta, rung) if paths else (["no segments"], {})
+    reasons += pic
+    if any(st.get("codec_type") == "audio" for st in meta.get("streams", [])):
+        reasons.append("a video segment carries audio")
+    # every packet of the chunk's segments in one ffprobe (concat over our own files), each
+    # placed in its segment by byte position
+    sizes = [Path(p).stat().st_size for p in paths]
+    bounds, total = [], 0
+    for sz in sizes:
+        bounds.append(total)
+        total += sz
+    counts, first_key = [0] * len(paths), [None] * len(paths)
+    seg = 0
+    if paths:
+        for row in ffmpeg.iter_probe_rows("concat:" + "|".join(paths), timeout=timeout, entries="pos,flags",
+                                          protocols="concat,file,pipe"):
+            if len(row) < 2 or row[0] in ("N/A", ""):
+                continue
+            pos = int(row[0])
+            while seg + 1 < len(bounds) and pos >= bounds[seg + 1]:
+                seg += 1
+            if first_key[seg] is None:
+                first_key[seg] = "K" in row[1]
+            counts[seg] += 1
+    for k, (got, want, key) in enumerate(zip(counts, segment_frames, first_key)):
+        if got != want:
+            reasons.append(f"segment {first_segment + k} has {got} frames, expected {want}")
+        if not key:
+            reasons.append(f"segment {first_segment + k} does not start with a keyframe")
+    return {"ok": not reasons, "reasons": reasons[:10], "frames": counts, "sizes": sizes, **measured}
+
+
 def validate_rung_fn(playlist_url: str, *, rung: dict, frames: int, duration: float, frame_interval: float,
                      segment_starts: list[int], has_audio: bool, segment_seconds: float | None = None) -> dict:
     """Returns {"ok": bool, "reasons": [...], "measured": {...}}; never raises for a bad rung."""

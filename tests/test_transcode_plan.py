@@ -93,10 +93,12 @@ def test_split_writes_exact_chunks_from_a_real_file(tmp_path, monkeypatch):
 
     monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "var"))
     reset_settings()
-    src = make_clip(tmp_path / "s.mp4", duration=6, size="320x240", gop=30, bframes=3, audio=False)
+    src = make_clip(tmp_path / "s.mp4", duration=14, size="320x240", gop=30, bframes=3, audio=False)
     plan = split_source_fn("file://" + str(src), storage.url_for("scratch", "v", "r"), workers=2,
                            avg_frame_rate="30/1")
-    assert plan["frames"] == 180 and len(plan["chunks"]) >= 2 and chunk_math_ok(plan)
+    assert plan["frames"] == 420 and len(plan["chunks"]) >= 2 and chunk_math_ok(plan)
+    # every chunk starts on a segment boundary: its segments are whole
+    assert {c["first_frame"] for c in plan["chunks"]} <= set(plan["segment_starts"])
     for c in plan["chunks"]:
         path = storage.local_path_of(c["url"])
         n = len(read_packets(path).pts)

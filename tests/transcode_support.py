@@ -133,9 +133,31 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
     assert row["progress"] == 100.0 or expect_status != "READY"
     with session_scope() as s:
         v = get_video(s, video_id)
-        master_text = render_master(published_renditions(s, v))
+        audio_rows = published_renditions(s, v, kind="audio")
+        master_text = render_master(published_renditions(s, v), audio=audio_rows[0] if audio_rows else None)
+        audio_playlist = local(audio_rows[0].playlist_url) if audio_rows else None
     master = m3u8.loads(master_text)
     assert master.playlists, master_text
+    # audio is its own rendition, stored once: an AUDIO group every variant references
+    assert (audio_playlist is not None) == expect_audio, master_text
+    audio_first_pts = None
+    if expect_audio:
+        assert [m.type for m in master.media] .count("AUDIO") == 1, master_text
+        assert all(p.stream_info.audio == "aud" for p in master.playlists), master_text
+        atext = audio_playlist.read_text()
+        apl = m3u8.loads(atext)
+        assert "#EXT-X-PLAYLIST-TYPE:VOD" in atext and apl.is_endlist
+        a_paths = [audio_playlist.parent / seg.uri for seg in apl.segments]
+        a = ffprobe(str(a_paths[0]), "-show_streams")["streams"]
+        assert [st["codec_type"] for st in a] == ["audio"], a
+        assert a[0]["codec_name"] == "aac" and a[0]["profile"] == "LC"
+        assert int(a[0]["sample_rate"]) == 48000 and int(a[0]["channels"]) == 2
+        apk = ffprobe(str(a_paths[0]), "-select_streams", "a:0", "-show_entries", "packet=pts_time",
+                      "-read_intervals", "%+#1", "-show_packets")["packets"]
+        audio_first_pts = float(apk[0]["pts_time"])
+        # the audio lasts as long as the video, on the same segment grid
+        a_total = sum(seg.duration for seg in apl.segments)
+        facts_audio = {"segments": len(apl.segments), "duration": a_total}
     frames = source_frames(source)
     n_src = len(frames)
     src_interval = (frames[-1] - frames[0]) / max(1, n_src - 1) if n_src > 1 else 1 / 30
@@ -166,12 +188,8 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
         assert int(v["level"]) <= 42
         assert (v["width"], v["height"]) == tuple(si.resolution)
         assert v.get("sample_aspect_ratio", "1:1") in ("1:1", "N/A")
-        a = [s for s in streams if s["codec_type"] == "audio"]
-        if expect_audio:
-            assert a and a[0]["codec_name"] == "aac" and a[0]["profile"] == "LC"
-            assert int(a[0]["sample_rate"]) == 48000 and int(a[0]["channels"]) == 2
-        else:
-            assert not a
+        # video segments carry no audio: the audio rendition is shared by every rung
+        assert not [s for s in streams if s["codec_type"] == "audio"]
         # every frame, per segment: count, keyframe at each segment start, same cut in every rung
         starts, seg_first_key, vpts = [], [], []
         for p in seg_paths:
@@ -207,10 +225,10 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
             end = seg_starts_t[i + 1] if i + 1 < len(seg_starts_t) else ordered[-1] + src_interval
             assert end - t <= SEGMENT_SECONDS + src_interval / 2 + 1e-3, f"segment {i} lasts {end - t:.3f} s"
         if expect_audio:
-            apk = ffprobe(str(seg_paths[0]), "-select_streams", "a:0", "-show_entries", "packet=pts_time",
-                          "-read_intervals", "%+#1", "-show_packets")["packets"]
-            skew = float(apk[0]["pts_time"]) + 1024 / 48000 - min(vpts)
+            skew = audio_first_pts + 1024 / 48000 - min(vpts)
             assert abs(skew) <= src_interval + 1e-3, f"audio starts {skew * 1000:.1f} ms off the video"
+            assert len(pl.segments) == facts_audio["segments"], "audio and video segment grids differ"
+            assert abs(facts_audio["duration"] - sum(seg.duration for seg in pl.segments)) < 1e-3
         facts["renditions"][rend["name"]] = {"width": v["width"], "height": v["height"], "segments": len(seg_paths),
                                              "frames": len(vpts), "bandwidth": si.bandwidth}
     facts["source_frames"] = n_src

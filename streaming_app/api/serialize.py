@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import url_for
 
 from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
+from catalog.state import PLAYABLE_RENDITIONS
 from config import links, storage
 from flows.captions import caption_path_parts
 
@@ -23,10 +24,12 @@ def rendition_dict(r: Rendition) -> dict:
         "codecs": r.codecs,
         "frame_rate": r.frame_rate,
         "segment_count": r.segment_count,
+        # how much of it players can reach: grows chunk by chunk while GROWING, all once READY
+        "available_seconds": r.available_seconds,
         "status": RenditionStatus(r.status).value,
         "error": r.error,
         "playlist": url_for("delivery.run_file", video_id=r.video_id, run=r.run, path=f"{r.name}/index.m3u8")
-        if RenditionStatus(r.status) == RenditionStatus.READY else None,
+        if RenditionStatus(r.status) in PLAYABLE_RENDITIONS else None,
     }
 
 
@@ -35,6 +38,8 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
     rends = renditions if renditions is not None else [
         r for r in v.renditions if r.run == v.current_run
     ]
+    audio = next((r for r in rends if (r.kind or "video") == "audio"), None)
+    rends = [r for r in rends if (r.kind or "video") != "audio"]
     return {
         "id": v.id,
         "title": v.title,
@@ -66,6 +71,8 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
             "size": v.source_size,
         },
         "renditions": [rendition_dict(r) for r in rends],
+        # the audio rendition every variant shares (None for a silent video)
+        "audio": rendition_dict(audio) if audio is not None else None,
         "master_url": links.master_url(v.id) if status in PLAYABLE else None,
         "watch_url": links.watch_url(v.id),
         "status_url": links.status_url(v.id),

@@ -23,7 +23,7 @@ from catalog.db import session_scope
 from sqlalchemy import select
 
 from catalog.models import Caption, Rendition, RenditionStatus, VideoStatus
-from catalog.state import VideoNotFound, get_video, published_renditions
+from catalog.state import PLAYABLE_RENDITIONS, VideoNotFound, get_video, published_renditions
 from config import storage
 from flows.captions import PREFIX as TEXT_TRACKS, caption_path_parts, published_captions
 from streaming_app.delivery.conditional import Representation, epoch_seconds
@@ -67,12 +67,26 @@ def subtitle_media(captions: list[Caption]) -> list[str]:
     return lines
 
 
-def render_master(renditions: list[Rendition], captions: list[Caption] = ()) -> str:
+AUDIO_GROUP = "aud"
+
+
+def audio_media(audio: Rendition | None) -> list[str]:
+    """The audio rendition as an EXT-X-MEDIA:TYPE=AUDIO group every video variant references:
+    encoded once, stored once, whatever the rung."""
+    if audio is None:
+        return []
+    return [f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="Main",DEFAULT=YES,AUTOSELECT=YES,'
+            f'CHANNELS="2",URI="{audio.run}/{audio.name}/index.m3u8"']
+
+
+def render_master(renditions: list[Rendition], captions: list[Caption] = (), audio: Rendition | None = None) -> str:
     """RFC 8216 master playlist: one EXT-X-STREAM-INF per rendition, lowest bandwidth first
-    (players start with the first variant listed), and the captions as a SUBTITLES group that
-    every variant references; without captions, `CLOSED-CAPTIONS=NONE` (Apple's authoring
-    rule: say there are no CEA-608 captions in the video)."""
+    (players start with the first variant listed), the audio rendition as an AUDIO group and
+    the captions as a SUBTITLES group that every variant references; without captions,
+    `CLOSED-CAPTIONS=NONE` (Apple's authoring rule: say there are no CEA-608 captions in the
+    video)."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    lines += audio_media(audio)
     subs = subtitle_media(list(captions))
     lines += subs
     for r in sorted(renditions, key=lambda r: (r.bandwidth or r.average_bandwidth or 0, r.height, r.name)):
@@ -84,6 +98,8 @@ def render_master(renditions: list[Rendition], captions: list[Caption] = ()) -> 
         attrs.append(f"RESOLUTION={r.width}x{r.height}")
         if r.frame_rate:
             attrs.append(f"FRAME-RATE={r.frame_rate:.3f}")
+        if audio is not None:
+            attrs.append(f'AUDIO="{AUDIO_GROUP}"')
         attrs.append('SUBTITLES="subs"' if subs else "CLOSED-CAPTIONS=NONE")
         # not in RFC 8216's list for STREAM-INF, but players (hls.js level.name) show it
         attrs.append(f'NAME="{r.name}"')
@@ -107,6 +123,8 @@ class VideoView:
     # (run, rung) pairs that passed validation and were published, in any run still on record,
     # so a player that loaded a playlist before a re-transcode can finish it
     published: frozenset = frozenset()
+    # (run, rendition) pairs still growing: their playlists change, so they are cached briefly
+    growing: frozenset = frozenset()
     current_run: str | None = None
     # folders under captions/{video_id}/ the catalog lists: caption ids and the chapters folder
     text_tracks: frozenset = frozenset()
@@ -124,6 +142,10 @@ class VideoView:
         if len(parts) >= 2 and parts[0] in rungs:
             return True
         return parts[0] in SIDE_FILES
+
+    def growing_run(self, run: str | None) -> bool:
+        """Whether a rendition of `run` is still being published chunk by chunk."""
+        return run is not None and any(r == run for r, _ in self.growing)
 
     @property
     def deleted(self) -> bool:
@@ -144,27 +166,30 @@ def _load(video_id: str) -> VideoView:
         except VideoNotFound:
             return VideoView(video_id, exists=False, loaded_at=now)
         status = VideoStatus(video.status)
-        published = frozenset(s.execute(
-            select(Rendition.run, Rendition.name).where(
-                Rendition.video_id == video_id, Rendition.status == RenditionStatus.READY)).all())
+        rows = s.execute(select(Rendition.run, Rendition.name, Rendition.status).where(
+            Rendition.video_id == video_id, Rendition.status.in_(PLAYABLE_RENDITIONS))).all()
+        published = frozenset((r, n) for r, n, _ in rows)
+        growing = frozenset((r, n) for r, n, st in rows if RenditionStatus(st) == RenditionStatus.GROWING)
         captions = published_captions(s, video_id) if status != VideoStatus.DELETED else []
         texts = {c.id for c in s.scalars(select(Caption).where(Caption.video_id == video_id))}
         chapters = caption_path_parts(video.chapters_url) if video.chapters_url else None
         if chapters:
             texts.add(chapters[2])
         base = dict(video_id=video_id, exists=True, status=status, progress=float(video.progress or 0),
-                    error=video.error, loaded_at=now, published=frozenset(tuple(p) for p in published),
+                    error=video.error, loaded_at=now, published=published, growing=growing,
                     current_run=video.current_run, text_tracks=frozenset(texts))
         if status == VideoStatus.DELETED:
             return VideoView(**base)
         rends = published_renditions(s, video)
         if not rends:
             return VideoView(**base)
-        body = render_master(rends, captions).encode("utf-8")
+        audio = next(iter(published_renditions(s, video, kind="audio")), None)
+        body = render_master(rends, captions, audio).encode("utf-8")
         # the latest change to the video row or to a listed rendition, so Last-Modified only
         # moves forward when the list changes (a new run, a rendition published)
         changed = max([epoch_seconds(video.updated_at)]
                       + [epoch_seconds(r.published_at or r.created_at) for r in rends]
+                      + [epoch_seconds(r.published_at or r.created_at) for r in ([audio] if audio else [])]
                       + [epoch_seconds(c.created_at) for c in captions])
     rep = Representation(size=len(body), etag=hashlib.sha1(body).hexdigest()[:32], last_modified=changed)
     return VideoView(**base, master=body, master_rep=rep)

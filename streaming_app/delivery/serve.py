@@ -59,6 +59,10 @@ REDIRECTABLE = {".ts", ".m4s", ".mp4", ".aac", ".jpg", ".jpeg", ".png", ".webp"}
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 MASTER_CACHE = f"public, max-age={MASTER_MAX_AGE}, must-revalidate"
+# A playlist that still grows (a rendition published chunk by chunk), and the master while the
+# video is processing (rungs appear, BANDWIDTH is re-measured): a CDN may keep them one second,
+# well under half the shortest target duration, so no viewer waits a segment for news.
+GROWING_CACHE = "public, max-age=1, must-revalidate"
 PRESIGN_SECONDS = 3600
 BLOCK_SIZE = 256 * 1024
 # nginx's `internal` location for local run files: ACCEL_PREFIX + "{id}/{run}/{rung}/{file}" is
@@ -220,7 +224,8 @@ def _master_of(environ: dict, view: VideoView) -> Outcome:
         return _refuse(404, f"video '{video_id}' has no playable rendition "
                             f"(status {view.status.value if view.status else 'unknown'}){reason}")
     data = view.master
-    return respond(environ, view.master_rep, CONTENT_TYPES[".m3u8"], MASTER_CACHE,
+    cache = GROWING_CACHE if view.growing_run(view.current_run) else MASTER_CACHE
+    return respond(environ, view.master_rep, CONTENT_TYPES[".m3u8"], cache,
                    lambda start, length: [data[start:start + length]])
 
 
@@ -284,10 +289,13 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
     except storage.StorageError as exc:
         return _storage_unavailable(exc)
 
+    # a growing rendition's playlist changes with every chunk; everything else in a run folder
+    # never changes once listed
+    cache = GROWING_CACHE if ext == ".m3u8" and (run, parts[0]) in view.growing else IMMUTABLE
     if local and environ["REQUEST_METHOD"] == "GET" and get_settings().web_socket is not None \
             and run != TEXT_TRACKS:  # nginx's internal location maps hls/ only
         # (a HEAD sends no bytes: the app answers it itself, as alone, Range ignored)
-        return _accel(environ, obj, ext, "/".join((video_id, run, *parts)), missing)
+        return _accel(environ, obj, ext, "/".join((video_id, run, *parts)), missing, cache)
 
     def body(start: int, length: int):
         if local:
@@ -297,11 +305,12 @@ def run_file(environ: dict, video_id: str, run: str, parts: list[str]) -> Outcom
         first = next(chunks)
         return itertools.chain([first], chunks)
 
-    return respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE, body, close=obj.close,
+    return respond(environ, _representation(obj), CONTENT_TYPES[ext], cache, body, close=obj.close,
                    missing=missing)
 
 
-def _accel(environ: dict, obj: storage.StoredObject, ext: str, path: str, missing) -> Outcome:
+def _accel(environ: dict, obj: storage.StoredObject, ext: str, path: str, missing,
+           cache: str = IMMUTABLE) -> Outcome:
     """The answer behind vodflow's nginx: the app's decision and headers, and `X-Accel-Redirect`
     for nginx to send the file itself. Refusals (304, 412, 416, a file gone) are the app's own
     answers; a 200 or 206 becomes a redirect to the whole file, and nginx cuts the same range
@@ -311,9 +320,9 @@ def _accel(environ: dict, obj: storage.StoredObject, ext: str, path: str, missin
     including the app's own if the file turns out to be gone. nginx copies the other headers the
     app adds (CORS, Vary) as deployments/nginx.conf lists them."""
     obj.close()  # opened for its size and validators only; nginx opens it again to send it
-    out = respond(environ, _representation(obj), CONTENT_TYPES[ext], IMMUTABLE, lambda start, length: (),
+    out = respond(environ, _representation(obj), CONTENT_TYPES[ext], cache, lambda start, length: (),
                   missing=missing)
     if out.status not in (200, 206):
         return out
-    return Outcome(200, [("Content-Type", CONTENT_TYPES[ext]), ("X-Accel-Cache-Control", IMMUTABLE),
+    return Outcome(200, [("Content-Type", CONTENT_TYPES[ext]), ("X-Accel-Cache-Control", cache),
                          ("Content-Length", "0"), ("X-Accel-Redirect", ACCEL_PREFIX + path)])

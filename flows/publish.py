@@ -1,0 +1,213 @@
+"""Publishing a run chunk by chunk: growing playlists, the catalog rows behind the master, and
+the whole-rung arithmetic that finishes a rung without reading it again.
+
+Chunk encodes store their checked segments under the run's folder; nothing lists them until
+this publisher does. Each rung's playlist lists the longest contiguous prefix of finished
+chunks (`EXT-X-PLAYLIST-TYPE:EVENT`, no `EXT-X-ENDLIST`); the audio rendition lists the segments
+its task has closed. The catalog rows (status GROWING, `available_seconds`) tell the master
+which rungs to list and the API how far each one goes. When every chunk is in, each rung is
+checked by arithmetic over what the chunks measured (frame totals, segment counts, durations)
+and its playlist is rewritten as a finished VOD playlist.
+
+Order of writes, so a reader never sees a reference to something missing: segments (written by
+the tasks) before the playlist that lists them, the playlist before the catalog row that makes
+the master list the rung.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from catalog.models import RenditionStatus
+from catalog.runs import save_renditions
+from config import storage
+from tasks.package import (
+    AUDIO_CODECS,
+    AUDIO_RENDITION,
+    PLAYLIST,
+    audio_peak,
+    bit_rates,
+    check_rung_totals,
+    media_playlist,
+    rung_codecs,
+    segment_durations,
+    target_duration,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RungState:
+    rung: dict
+    frames: list = field(default_factory=list)  # per published segment
+    sizes: list = field(default_factory=list)
+    failed: str | None = None
+    level: int | None = None
+
+
+@dataclass
+class Publisher:
+    video_id: str
+    run: str
+    hls_url: str
+    rungs: list[dict]
+    plan: dict
+    has_audio: bool
+    frame_rate: float
+    make_current: bool  # a first transcode: the master lists this run while it grows
+    owner: str | None = None
+    logger: logging.Logger = log
+
+    def __post_init__(self):
+        self.durations = segment_durations(self.plan["segment_times"], self.plan["duration"])
+        self.target = target_duration(self.durations)
+        self.state = {r["name"]: RungState(r) for r in self.rungs}
+        self.results: dict[int, dict] = {}  # chunk index -> encode result
+        self.prefix = 0  # chunks published, from the first
+        self.segments = 0  # segments published per rung
+        self.audio_segments = 0
+        self.audio_sizes: list[int] = []
+        self.audio_failed: str | None = None
+
+    # -- what arrives -----------------------------------------------------------------------
+
+    def chunk_done(self, index: int, result: dict) -> None:
+        self.results[index] = result
+        advanced = False
+        chunks = self.plan["chunks"]
+        while self.prefix < len(chunks) and self.prefix in self.results:
+            res = self.results[self.prefix]
+            for name, st in self.state.items():
+                check = res["rungs"].get(name) or {"ok": False, "reasons": ["no output"]}
+                if st.failed:
+                    continue
+                if not check["ok"]:
+                    c = chunks[self.prefix]
+                    st.failed = (f"chunk {self.prefix + 1}/{len(chunks)} ({c['start']:.3f}-{c['end']:.3f} s): "
+                                 + "; ".join(check["reasons"]))
+                    continue
+                st.frames += check["frames"]
+                st.sizes += check["sizes"]
+                st.level = check.get("level", st.level)
+            self.segments += len(chunks[self.prefix]["segment_frames"])
+            self.prefix += 1
+            advanced = True
+        if advanced:
+            self._publish_video(final=False)
+
+    def audio_progress(self, segments: int) -> None:
+        if not self.has_audio or self.audio_failed or segments <= self.audio_segments:
+            return
+        self.audio_segments = min(segments, len(self.durations))
+        self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
+        save_renditions(self.video_id, self.run, [self._audio_row(RenditionStatus.GROWING)], owner=self.owner)
+
+    def audio_done(self, result: dict | None, failure: str | None = None) -> None:
+        if failure is not None or result is None:
+            self.audio_failed = failure or "no audio"
+            return
+        self.audio_sizes = list(result["segment_sizes"])
+        self.audio_segments = len(self.audio_sizes)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    @property
+    def available_seconds(self) -> float:
+        return float(sum(self.durations[:self.segments]))
+
+    def _write_playlist(self, name: str, count: int, *, final: bool) -> str:
+        url = storage.join(self.hls_url, name, PLAYLIST)
+        storage.write_text(url, media_playlist(self.durations, count, final=final, target=self.target))
+        return url
+
+    def _audio_row(self, status: RenditionStatus) -> dict:
+        count = self.audio_segments
+        peak, average = bit_rates(self.audio_sizes, self.durations[:len(self.audio_sizes)])
+        return {"name": AUDIO_RENDITION, "kind": "audio", "width": 0, "height": 0, "codecs": AUDIO_CODECS,
+                "bandwidth": peak or None, "average_bandwidth": average or None, "segment_count": count,
+                "available_seconds": round(float(sum(self.durations[:count])), 6),
+                "playlist_url": storage.join(self.hls_url, AUDIO_RENDITION, PLAYLIST), "status": status}
+
+    def _video_row(self, st: RungState, status: RenditionStatus, count: int) -> dict:
+        r = st.rung
+        peak, average = bit_rates(st.sizes, self.durations[:len(st.sizes)])
+        with_audio = self.has_audio and not self.audio_failed
+        if with_audio:
+            # BANDWIDTH covers the whole variant: this rung and the audio it references
+            peak += audio_peak(self.audio_sizes, self.durations[:len(self.audio_sizes)])
+            a_avg = bit_rates(self.audio_sizes, self.durations[:len(self.audio_sizes)])[1]
+            average += a_avg or 0
+        return {"name": r["name"], "kind": "video", "width": r["width"], "height": r["height"],
+                "bandwidth": peak, "average_bandwidth": average, "codecs": rung_codecs(r, with_audio),
+                "frame_rate": self.frame_rate, "segment_count": count,
+                "available_seconds": round(float(sum(self.durations[:count])), 6),
+                "playlist_url": storage.join(self.hls_url, r["name"], PLAYLIST), "status": status, "error": None}
+
+    def _publish_video(self, *, final: bool) -> None:
+        rows = []
+        if self.has_audio and not self.audio_failed:
+            # the audio group is in the master from the first variant on (a player that loaded
+            # the master without it would play silent); its playlist may still be empty
+            self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
+            rows.append(self._audio_row(RenditionStatus.GROWING))
+        for st in self.state.values():
+            if st.failed or not st.frames:
+                continue
+            self._write_playlist(st.rung["name"], len(st.frames), final=final)
+            rows.append(self._video_row(st, RenditionStatus.READY if final else RenditionStatus.GROWING,
+                                        len(st.frames)))
+        if rows:
+            save_renditions(self.video_id, self.run, rows, make_current=self.make_current, owner=self.owner)
+            self.logger.info("published %.1f s of %.1f s (%d/%d chunks) in %s", self.available_seconds,
+                             self.plan["duration"], self.prefix, len(self.plan["chunks"]),
+                             ", ".join(r["name"] for r in rows))
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def finish(self, *, closed_early: str | None = None) -> dict[str, dict]:
+        """Every chunk is in (or, with `closed_early`, the run stops at the published prefix):
+        check each rung by arithmetic, rewrite the playlists as finished VOD playlists, mark the
+        rows READY or FAILED. Returns {rung: {"ok", "reason"}}."""
+        plan = self.plan
+        results: dict[str, dict] = {}
+        rows = []
+        for name, st in self.state.items():
+            if st.failed is None and closed_early is None:
+                reasons = check_rung_totals(name, st.frames, plan["frames"], len(plan["segment_starts"]),
+                                            self.durations[:len(st.frames)], plan["duration"])
+                if reasons:
+                    st.failed = "; ".join(reasons)
+            if st.failed is not None or not st.frames:
+                reason = st.failed or closed_early or "nothing was published"
+                results[name] = {"ok": False, "reason": reason}
+                rows.append({"name": name, "width": st.rung["width"], "height": st.rung["height"],
+                             "status": RenditionStatus.FAILED, "error": reason[:2000], "available_seconds": None})
+                continue
+            results[name] = {"ok": True, "measured": {"frames": sum(st.frames), "segments": len(st.frames),
+                                                      "level": st.level}}
+        if self.has_audio and not self.audio_failed and self.audio_segments:
+            count = self.audio_segments if closed_early is None else min(self.audio_segments, self.segments)
+            self.audio_segments = count
+            self._write_playlist(AUDIO_RENDITION, count, final=True)
+            rows.append(self._audio_row(RenditionStatus.READY))
+        elif self.has_audio:
+            rows.append({"name": AUDIO_RENDITION, "kind": "audio", "status": RenditionStatus.FAILED,
+                         "error": (self.audio_failed or "no audio segments")[:2000], "available_seconds": None})
+        for name, st in self.state.items():
+            if results[name]["ok"]:
+                count = len(st.frames)
+                self._write_playlist(name, count, final=True)
+                rows.append(self._video_row(st, RenditionStatus.READY, count))
+        save_renditions(self.video_id, self.run, rows, owner=self.owner)
+        return results
+
+    def summary(self) -> dict[str, dict]:
+        """Per rung: segments, bit rates and codecs, for the ladder artifact."""
+        out = {}
+        for name, st in self.state.items():
+            row = self._video_row(st, RenditionStatus.READY, len(st.frames))
+            out[name] = {"bandwidth": row["bandwidth"], "average_bandwidth": row["average_bandwidth"],
+                         "codecs": row["codecs"], "segments": len(st.frames)}
+        return out
