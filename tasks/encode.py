@@ -151,7 +151,13 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
     else:
         graph += "," + ",".join(scale_filters(rungs[0])) + "[v0]"
     args += ["-filter_complex", graph, "-filter_complex_threads", str(threads)]
-    kf = forced_keyframes(chunk["start"], chunk["end"], keyframe_seconds, half, rate if cfr else None)
+    if cfr or not chunk.get("keyframes"):
+        kf = forced_keyframes(chunk["start"], chunk["end"], keyframe_seconds, half, rate if cfr else None)
+    else:
+        # variable frame rate: the planned keyframes' own times. ffmpeg rounds a forced time to
+        # the nearest tick of a 1/rate clock, so a time half a frame early can land on the frame
+        # before; a frame's own time lands on that frame.
+        kf = ",".join(f"{t:.6f}" for t in [0.0, *chunk["keyframes"]])
     for i, (r, out) in enumerate(zip(rungs, out_paths)):
         x264 = x264_args(r, threads=threads, frame_rate=float(rate), keyframe_seconds=keyframe_seconds)
         if chunk["index"] > 0:

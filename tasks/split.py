@@ -88,6 +88,8 @@ class Chunk:
     timing: str = "container"  # the plan's timing: "decoded" means first_frame counts decoder output
     first_segment: int = 0  # index of the chunk's first HLS segment (chunks start on segment starts)
     segment_frames: list = field(default_factory=list)  # frames of each of the chunk's segments
+    # chunk-relative times of the frames inside the chunk (after its first) that must be keyframes
+    keyframes: list = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -423,6 +425,7 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
             k1 += 1
         c.first_segment = k0
         c.segment_frames = [seg_bounds[k + 1] - seg_bounds[k] for k in range(k0, k1)]
+        c.keyframes = [t - c.start for t in kf_times if c.start + half < t < c.end - half]
     if seek_cuts:
         notes.append(f"{seek_cuts} of {count} chunks start or end on a segment boundary without a closed-GOP "
                      "keyframe in the source: they are read from the source with exact seeking")

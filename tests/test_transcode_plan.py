@@ -125,13 +125,17 @@ def test_a_chunk_keeps_its_renditions_when_its_previews_fail(tmp_path, monkeypat
     good = preview_plan(plan["duration"], 320, 240)
     broken = {**good, "poster_width": "width_of_nothing", "poster_height": 2}
     chunk = plan["chunks"][0]
-    kwargs = dict(source_url="file://" + str(src), rungs=rungs, out_url=storage.join(work, "enc"), rotation=0,
-                  cfr=plan["cfr"], frame_rate=plan["frame_rate"], threads=1)
+    hls = storage.url_for("hls", "v", "r")
+    kwargs = dict(source_url="file://" + str(src), rungs=rungs, out_url=storage.join(work, "enc"), hls_url=hls,
+                  rotation=0, cfr=plan["cfr"], frame_rate=plan["frame_rate"], threads=1)
     ok = encode_chunk_fn(chunk, previews=good, **kwargs)
     assert [p["index"] for p in ok["previews"]] == list(range(len(ok["previews"]))) and ok["previews"]
     for p in ok["previews"]:
         assert storage.read_bytes(p["preview_url"])[:4] == b"\x89PNG"
     out = encode_chunk_fn(chunk, previews=broken, **kwargs)
     assert out["previews"] == []
-    for url in out["outputs"].values():
-        assert count_video_packets(str(storage.local_path_of(url))) == chunk["frames"]
+    for r in rungs:
+        check = out["rungs"][r["name"]]
+        assert check["ok"] and sum(check["frames"]) == chunk["frames"], check
+        segs = sorted(storage.local_path_of(storage.join(hls, r["name"])).glob("seg_*.ts"))
+        assert sum(count_video_packets(str(p)) for p in segs) == chunk["frames"]

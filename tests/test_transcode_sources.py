@@ -43,7 +43,9 @@ def _make(media_dir, kind):
     if kind == "fps60":
         return make_clip(p.with_suffix(".mp4"), duration=20, size="320x240", rate="60", gop=60)
     if kind == "vfr":
-        return make_clip(p.with_suffix(".mp4"), duration=20, size="320x240", gop=30,
+        # 3 of every 4 frames kept (22.5 fps on average, uneven gaps); a keyframe every 45 coded
+        # frames is every 2 s, so the segment starts are clean cuts and the chunks stream copies
+        return make_clip(p.with_suffix(".mp4"), duration=20, size="320x240", gop=45,
                          extra_video=["-vf", "select='not(eq(mod(n\\,4)\\,1))'", "-fps_mode", "vfr"])
     if kind == "longgop":
         return make_clip(p.with_suffix(".mp4"), duration=13, size="320x240", rate="15", gop=150, bframes=2)
@@ -87,8 +89,10 @@ CASES = {
 
 
 # sources long enough (20 s, 1-2 s GOPs) to split into several chunks, and the mode every chunk
-# must use: x265 makes open GOPs (CRA pictures), where a stream-copy cut would lose frames
-LONG = {"vfr": "copy", "editlist": "copy", "hevc": "seek", "fps60": "copy", "rotated": "copy",
+# must use: x265 makes open GOPs (CRA pictures), where a stream-copy cut would lose frames; the
+# edit-list source's keyframes sit at 1 s + 1.5 s multiples, never on a segment start (chunks
+# start on segment starts), so its chunks are read with exact seeking
+LONG = {"vfr": "copy", "editlist": "seek", "hevc": "seek", "fps60": "copy", "rotated": "copy",
         "nonsquare": "copy", "surround": "copy"}
 
 
@@ -119,13 +123,14 @@ def test_rotated_video_is_turned_like_a_player_does(ingest_env, media_dir):
     _, exc = run_ingest(vid)
     assert exc is None, exc
     row = video_row(vid)
-    rend = next(r for r in row["renditions"] if r["status"] == "READY")
+    rend = next(r for r in row["renditions"] if r["status"] == "READY" and r["name"] != "audio")
     from tests.transcode_support import local
 
     seg = local(rend["playlist_url"]).parent / "seg_00000.ts"
     out = subprocess.run(
         ["ffmpeg", "-hide_banner", "-i", str(seg), "-i", str(src), "-filter_complex",
-         f"[1:v]scale={rend['width']}:{rend['height']},setsar=1[ref];[0:v]setsar=1[out];[out][ref]psnr",
+         f"[1:v]setpts=PTS-STARTPTS,scale={rend['width']}:{rend['height']},setsar=1[ref];"
+         "[0:v]setpts=PTS-STARTPTS,setsar=1[out];[out][ref]psnr",
          "-frames:v", "30", "-f", "null", "-"], capture_output=True, text=True)
     text = out.stderr
     avg = float(text.split("average:")[1].split()[0])

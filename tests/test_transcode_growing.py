@@ -1,0 +1,263 @@
+"""Watch while it transcodes: chunks are published as they land, the playlists grow as a
+contiguous prefix, delivery caches them accordingly, and a chunk that fails for good closes the
+video at what was published.
+
+Later chunks are held back for real: the cluster has one worker, which runs tasks one at a time
+in priority order (split, audio, chunk 1, chunk 2, ...), and the test pauses it (as Dask's own
+memory monitor does) the moment the first chunk is published. Nothing is slept on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import m3u8
+import pytest
+import requests
+
+from tests.servers import vodflow_web
+from tests.transcode_support import add_video, check_published, clip, local, run_ingest, video_row
+
+DURATION = 26  # segments at 0, 6, 12, 18, 24 s: several chunks on one worker slot
+
+
+def _plan(src) -> dict:
+    """The chunks the flow will plan for this source on one worker slot (the same function)."""
+    from tasks.split import plan_split, read_packets
+
+    plan, _ = plan_split(read_packets(src), workers=1, keyframe_seconds=2, segment_seconds=6,
+                         avg_frame_rate="30/1")
+    return plan.to_dict()
+
+
+@pytest.fixture(scope="module")
+def one_worker(prefect_api, tmp_path_factory):
+    from distributed import Client, LocalCluster
+
+    data = tmp_path_factory.mktemp("dask-one")
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           memory_limit=0, env={"VODFLOW_DATA_DIR": str(data), "PREFECT_API_URL": prefect_api})
+    client = Client(cluster)
+    yield cluster, client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture
+def env(one_worker, monkeypatch):
+    from config.settings import reset_settings
+
+    cluster, client = one_worker
+    monkeypatch.setenv("VODFLOW_DASK_ADDRESS", cluster.scheduler_address)
+    reset_settings()
+    _set_paused(client, False)
+    yield client
+    _set_paused(client, False)
+
+
+def _set_paused(client, paused: bool) -> None:
+    """Pause the workers: they finish the task at hand and start no other until resumed."""
+    from distributed.core import Status
+
+    def flip(dask_worker, paused=paused):
+        dask_worker.status = Status.paused if paused else Status.running
+
+    client.run(flip)
+
+
+def _wait(what: str, predicate, timeout: float = 180.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _growing(vid: str):
+    """The video's row once a video rung is published as a growing playlist (the audio
+    rendition grows from its first segments on, ahead of any chunk)."""
+    row = video_row(vid)
+    return row if any(r["status"] == "GROWING" and r["name"] != "audio" for r in row["renditions"]) else None
+
+
+def _encoded_chunks(client) -> int:
+    """Chunk encodes finished on the cluster (their results held by the scheduler)."""
+    return client.run_on_scheduler(lambda dask_scheduler: sum(
+        1 for ts in dask_scheduler.tasks.values()
+        if str(ts.key).startswith("encode_chunk") and ts.state == "memory"))
+
+
+def _idle(client) -> bool:
+    """No task executing on any worker (a paused worker keeps its queued tasks, unstarted)."""
+    return not any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+
+class PlaylistWatcher:
+    """Reads every playlist of the run many times a second while it grows and checks, every
+    time, what a player relies on: the listed segments are seg_00000 .. seg_k-1 with no gap,
+    every listed file exists, and a playlist only ever appends."""
+
+    def __init__(self, vid: str):
+        self.vid, self.stop, self.seen, self.errors = vid, threading.Event(), {}, []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stop.is_set():
+            row = video_row(self.vid)
+            for r in row["renditions"]:
+                if r["playlist_url"] and r["status"] in ("GROWING", "READY"):
+                    self.check(r["name"], local(r["playlist_url"]))
+            time.sleep(0.02)
+
+    def check(self, name: str, path: Path):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return
+        pl = m3u8.loads(text)
+        uris = [s.uri for s in pl.segments]
+        if uris != [f"seg_{i:05d}.ts" for i in range(len(uris))]:
+            self.errors.append(f"{name}: not a prefix: {uris}")
+        for u in uris:
+            if not (path.parent / u).exists():
+                self.errors.append(f"{name}: lists {u}, which is not stored")
+        before = self.seen.get(name, [])
+        if uris[:len(before)] != before:
+            self.errors.append(f"{name}: went from {before} to {uris}")
+        self.seen[name] = uris
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path):
+    client = env
+    src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
+    chunks = _plan(src)["chunks"]
+    assert len(chunks) >= 3
+    vid = add_video(src)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    with PlaylistWatcher(vid) as watcher:
+        runner.start()
+        _wait("the first chunk to be published", lambda: _growing(vid))
+        _set_paused(client, True)
+        _wait("the worker to finish the task at hand", lambda: _idle(client))
+        # the flow lists the segments of every finished chunk (they finish in order on one slot)
+        done = _encoded_chunks(client)
+        assert 1 <= done < len(chunks)
+        want = sum(len(c["segment_frames"]) for c in chunks[:done])
+        _wait(f"{done} finished chunks to be listed", lambda: len(m3u8.loads(local(next(
+            r["playlist_url"] for r in video_row(vid)["renditions"] if r["name"] == "180p")).read_text()).segments)
+            == want)
+        # the later chunks cannot start: what holds below holds at every moment while paused
+        row = video_row(vid)
+        assert row["status"] == "PROCESSING", row
+        grow = [r for r in row["renditions"] if r["status"] == "GROWING"]
+        assert {r["name"] for r in grow} == {"180p", "audio"}, row
+        video_pl = local(next(r["playlist_url"] for r in grow if r["name"] == "180p"))
+        text = video_pl.read_text()
+        pl = m3u8.loads(text)
+        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and not pl.is_endlist
+        listed = len(pl.segments)
+        assert listed == want < 5, text  # a prefix, while the later chunks are held back
+        assert pl.target_duration == 6
+        # through the production web server: the master lists the rung and the audio group, the
+        # growing playlist may be cached at most one second (under half the target duration)
+        with vodflow_web({"VODFLOW_DATA_DIR": os.environ["VODFLOW_DATA_DIR"]}, tmp_path / "web.log",
+                         workers=1) as base:
+            master = requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10)
+            assert master.status_code == 200, master.text
+            assert 'TYPE=AUDIO' in master.text and 'AUDIO="aud"' in master.text
+            assert _max_age(master) <= 3
+            variant = m3u8.loads(master.text).playlists[0].uri
+            growing = requests.get(f"{base}/v/{vid}/{variant}", timeout=10)
+            assert growing.status_code == 200 and growing.text == text
+            assert _max_age(growing) <= 3 and "immutable" not in growing.headers["Cache-Control"]
+            seg = requests.get(f"{base}/v/{vid}/{variant.rsplit('/', 1)[0]}/seg_00000.ts", timeout=10)
+            assert seg.status_code == 200 and "immutable" in seg.headers["Cache-Control"]
+            api = requests.get(f"{base}/api/videos/{vid}", timeout=10).json()
+            rung = api["renditions"][0]
+            assert rung["status"] == "GROWING"
+            assert rung["available_seconds"] == pytest.approx(sum(s.duration for s in pl.segments), abs=1e-3)
+            assert rung["available_seconds"] < DURATION
+            etag_growing = master.headers["ETag"]
+            _set_paused(client, False)
+            runner.join(timeout=300)
+            result, exc = outcome["result"]
+            assert exc is None, exc
+            finished = requests.get(f"{base}/v/{vid}/{variant}", timeout=10)
+            assert "#EXT-X-ENDLIST" in finished.text and "#EXT-X-PLAYLIST-TYPE:VOD" in finished.text
+            # the finished playlist continues the growing one: same segments, same durations
+            done = m3u8.loads(finished.text).segments
+            assert [(s.uri, s.duration) for s in done[:listed]] == [(s.uri, s.duration) for s in pl.segments]
+            assert "immutable" in finished.headers["Cache-Control"]
+            master_done = _wait("the master to show the finished ladder", lambda: (
+                lambda r: r if r.headers["ETag"] != etag_growing else None)(
+                requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10)))
+            assert _max_age(master_done) == 5
+    assert not watcher.errors, watcher.errors[:5]
+    assert len(watcher.seen["180p"]) == 5
+    check_published(vid, src, expect_audio=True)
+    assert result["chunks"] == len(chunks)
+
+
+def _max_age(resp) -> int:
+    for part in resp.headers["Cache-Control"].split(","):
+        part = part.strip()
+        if part.startswith("max-age="):
+            return int(part.split("=", 1)[1])
+    raise AssertionError(resp.headers["Cache-Control"])
+
+
+def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env, media_dir):
+    """A damaged intermediate file (the stream-copy slice of the last chunk on the worker's disk, garbled
+    while the worker is paused) makes that chunk fail permanently: the viewer keeps the
+    published prefix, every playlist is closed there (VOD + ENDLIST), and the video is PARTIAL
+    with a message naming the chunk and its time range."""
+    from config import storage
+
+    client = env
+    src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
+    chunks = _plan(src)["chunks"]
+    last = chunks[-1]
+    assert len(chunks) >= 3 and last["mode"] == "copy"
+    vid = add_video(src)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    runner.start()
+    row = _wait("the first chunk to be published", lambda: _growing(vid))
+    _set_paused(client, True)
+    _wait("the worker to finish the task at hand", lambda: _idle(client))
+    slice_path = local(storage.url_for("scratch", vid, row["current_run"], "chunks",
+                                       f"chunk_{last['index']:05d}.mkv"))
+    assert slice_path.exists(), "the last chunk is a stream-copy slice that has not run yet"
+    slice_path.write_bytes(os.urandom(slice_path.stat().st_size))
+    _set_paused(client, False)
+    runner.join(timeout=300)
+    result, exc = outcome["result"]
+    assert exc is None, exc
+    row = video_row(vid)
+    assert row["status"] == "PARTIAL", row
+    n = len(chunks)
+    label = f"chunk {n}/{n} ({last['start']:.3f}-{last['end']:.3f} s)"
+    assert label in row["error"] and f"published the first {last['start']:.1f} s" in row["error"], row
+    ready = {r["name"]: r for r in row["renditions"] if r["status"] == "READY"}
+    assert set(ready) == {"180p", "audio"}, row
+    for r in ready.values():
+        text = local(r["playlist_url"]).read_text()
+        pl = m3u8.loads(text)
+        assert pl.is_endlist and "#EXT-X-PLAYLIST-TYPE:VOD" in text
+        assert [s.uri for s in pl.segments] == [f"seg_{i:05d}.ts" for i in range(last["first_segment"])], text
+        for s in pl.segments:
+            assert (local(r["playlist_url"]).parent / s.uri).exists()
