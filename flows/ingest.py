@@ -225,7 +225,8 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             encoded = _encode_chunks(plan, run, client, tracker, logger, dict(
                 source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"),
                 rotation=rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
-                keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url))
+                keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url,
+                deinterlace=info.field_order))
             break
         except _Replan as exc:
             note = (f"{exc}: the container's timestamps cannot be trusted for this source; "
