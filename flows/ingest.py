@@ -230,7 +230,8 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             encoded = _encode_chunks(plan, run, client, tracker, logger, publisher, dict(
                 source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"), hls_url=hls_url,
                 rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
-                keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url))
+                keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url,
+                deinterlace=info.field_order))
             break
         except ChunkFailed as exc:
             if not publisher.segments:

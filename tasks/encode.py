@@ -57,6 +57,23 @@ def rotation_filters(rotation: int) -> list[str]:
     return []
 
 
+def deinterlace_filters(field_order: str | None) -> list[str]:
+    """Deinterlace a source whose field order (as the probe gives it) says interlaced, before
+    anything turns or scales the picture (both would mix lines of the two fields).
+
+    bwdif in mode send_frame makes one frame of each frame, not one of each field, on purpose:
+    the frame rate stays the source's, so the chunk's frame count, its forced keyframes and
+    segment cuts stay the ones the split planned and the encode and validation check, frame for
+    frame, in every rung. Field rate (50i to 50p) would double every count of the plan, the
+    ladder's levels and the encode time. `deint=all`: a source that says it is interlaced is
+    deinterlaced whole, also frames whose decoder flag says otherwise (a container's word is
+    sometimes the only one, and combing costs more than a slightly softer progressive frame)."""
+    if field_order not in ("tt", "bb", "tb", "bt"):
+        return []
+    parity = "tff" if field_order[0] == "t" else "bff"
+    return [f"bwdif=mode=send_frame:parity={parity}:deint=all"]
+
+
 def scale_filters(rung: Rung | dict) -> list[str]:
     r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
     # explicit size from the display aspect, then square pixels: plain scale=-2:480 keeps the
@@ -107,13 +124,15 @@ def _rate_expr(frame_rate: str) -> Fraction:
 def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_paths: list[str], *,
                          rotation: int, cfr: bool, frame_rate: str, keyframe_seconds: float,
                          threads: int, offset: float, seek: bool, by_frame: bool = False,
-                         previews: tuple[list[tuple[int, float]], dict] | None = None) -> list[str]:
+                         previews: tuple[list[tuple[int, float]], dict] | None = None,
+                         deinterlace: str | None = None) -> list[str]:
     """ffmpeg arguments for one chunk. `offset` maps source pts to the input's pts (copy
     chunks carry the source's timestamps shifted by the muxer; seek mode reads the source).
     `by_frame` reads the source from its start and keeps the chunk's frames by their position
     in the decoded sequence, whatever their timestamps (mode "frames").
     `previews` (targets, plan) adds the timeline-preview branch, whose files are written
-    relative to ffmpeg's working directory."""
+    relative to ffmpeg's working directory. `deinterlace` is the source's field order (see
+    `deinterlace_filters`); None or "progressive" leaves the frames as they are."""
     half = float(chunk["half_frame"])
     t_start = chunk["source_start"] + offset - half
     t_end = chunk["source_end"] + offset - half
@@ -135,6 +154,7 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
         chain += [f"settb={rate.denominator}/{rate.numerator}", "setpts=N"]
     else:
         chain += ["settb=1/90000", "setpts=PTS-STARTPTS"]
+    chain += deinterlace_filters(deinterlace)
     chain += rotation_filters(rotation)
     n = len(rungs)
     graph = "[0:v:0]" + ",".join(chain)
@@ -239,7 +259,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     rotation: int, cfr: bool, frame_rate: str, threads: int | None = None,
                     progress_key: str | None = None, force_seek: bool = False,
                     keyframe_seconds: float | None = None, previews: dict | None = None,
-                    lease_url: str | None = None) -> dict:
+                    lease_url: str | None = None, deinterlace: str | None = None) -> dict:
     """Encode a chunk into the final segments of every rung, check them, and store them under
     `hls_url`/{rung}/ (not listed in any playlist yet: the flow publishes them). Returns {index,
     frames, mode, rungs: {name: {ok, reasons, frames, sizes}}, seconds, previews}. With `previews`
@@ -288,7 +308,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                         chunk, str(path), rungs, outs, rotation=rotation, cfr=cfr, frame_rate=frame_rate,
                         keyframe_seconds=keyframe_seconds, threads=threads, offset=offset,
                         seek=attempt == "seek", by_frame=attempt == "frames",
-                        previews=(targets, previews) if targets else None)
+                        previews=(targets, previews) if targets else None, deinterlace=deinterlace)
                     ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what=f"encode {label}",
                                on_progress=progress, duration=max(chunk["end"] - chunk["start"], 0.001),
                                cwd=frames_dir)
@@ -363,9 +383,9 @@ def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, 
                  cfr: bool, frame_rate: str, label: str, threads: int | None = None,
                  progress_key: str | None = None, force_seek: bool = False,
                  keyframe_seconds: float | None = None, previews: dict | None = None,
-                 lease_url: str | None = None) -> dict:
+                 lease_url: str | None = None, deinterlace: str | None = None) -> dict:
     return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, hls_url=hls_url,
                            rotation=rotation,
                            cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
                            force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews,
-                           lease_url=lease_url)
+                           lease_url=lease_url, deinterlace=deinterlace)

@@ -10,7 +10,15 @@ from pathlib import Path
 from config import storage
 from config.settings import get_settings
 from tasks import ffmpeg
-from tasks.ffmpeg import PermanentMediaError
+from tasks.ffmpeg import MediaError, PermanentMediaError
+
+# ffprobe's field orders of an interlaced stream. "tt" and "bb" are unambiguous; "tb" and "bt"
+# are not: ffmpeg documents "tb" as top stored first, bottom shown first (QuickTime's meaning),
+# yet top-field-first H.264 that ffmpeg writes to Matroska reads back as "tb". For those the
+# decoded frames decide; without them the first letter is taken as the field shown first.
+INTERLACED_FIELD_ORDERS = ("tt", "bb", "tb", "bt")
+# decoded frames read when the stream does not say how it is scanned (DV, AVI, MPEG-4 Part 2…)
+FIELD_PROBE_PACKETS = 8
 
 
 @dataclass
@@ -38,10 +46,18 @@ class MediaInfo:
     audio_stream_index: int | None = None
     size_bytes: int | None = None
     extra: dict = field(default_factory=dict)
+    # as ffprobe names it: progressive, tt, bb, tb, bt or unknown; resolved from the first decoded
+    # frames where the stream says unknown, tb or bt (see `field_order_from`). Probes stored
+    # before it was read load as "unknown": encoded as progressive, as they were.
+    field_order: str = "unknown"
 
     @property
     def has_audio(self) -> bool:
         return self.audio_codec is not None
+
+    @property
+    def interlaced(self) -> bool:
+        return self.field_order in INTERLACED_FIELD_ORDERS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +88,22 @@ def _rotation(stream: dict) -> int:
         return 0
     # display matrix rotation is counter-clockwise; players rotate clockwise by -rot
     return int(round(-rot)) % 360
+
+
+def field_order_from(stream_order: str | None, frames: list[dict] | None = None) -> str:
+    """The scan of a video from its stream's `field_order` and, where given, its first decoded
+    frames (`interlaced_frame`, `top_field_first`). Frames overrule an unknown, "tb" or "bt"
+    stream: DV says nothing at stream level yet every frame is bottom field first, and "tb"/"bt"
+    are read differently by different muxers; the decoder's flags are what a player acts on."""
+    order = stream_order if stream_order in (*INTERLACED_FIELD_ORDERS, "progressive") else "unknown"
+    if not frames:
+        return order
+    flagged = [f for f in frames if str(f.get("interlaced_frame")) == "1"]
+    if 2 * len(flagged) > len(frames):
+        top_first = sum(str(f.get("top_field_first")) == "1" for f in flagged)
+        return "tt" if 2 * top_first >= len(flagged) else "bb"
+    # frames not flagged: a stream flagged interlaced only by its container stays so
+    return "progressive" if order == "unknown" else order
 
 
 def _ratio_text(w: int, h: int) -> str:
@@ -142,12 +174,28 @@ def parse(data: dict, size_bytes: int | None = None) -> MediaInfo:
         video_stream_index=int(video.get("index", 0)),
         audio_stream_index=int(audio["index"]) if audio else None,
         size_bytes=size_bytes or (int(fmt["size"]) if str(fmt.get("size", "")).isdigit() else None),
+        field_order=field_order_from(video.get("field_order")),
     )
+
+
+def first_frames(path: str | Path, stream_index: int, packets: int = FIELD_PROBE_PACKETS) -> list[dict]:
+    """How the first decoded frames of a stream are scanned: a decode of a few packets only."""
+    rows = ffmpeg.iter_probe_rows(path, timeout=get_settings().probe_timeout, section="frame",
+                                  entries="interlaced_frame,top_field_first", stream=str(stream_index),
+                                  extra=["-read_intervals", f"%+#{packets}"])
+    return [dict(zip(("interlaced_frame", "top_field_first"), row)) for row in rows]
 
 
 def probe_path(path: str | Path) -> MediaInfo:
     data = ffmpeg.probe_json(path, timeout=get_settings().probe_timeout)
-    return parse(data, size_bytes=Path(path).stat().st_size)
+    info = parse(data, size_bytes=Path(path).stat().st_size)
+    if info.field_order not in ("progressive", "tt", "bb"):
+        # the stream does not say (or says ambiguously) how it is scanned: ask the decoder
+        try:
+            info.field_order = field_order_from(info.field_order, first_frames(path, info.video_stream_index))
+        except MediaError:
+            pass  # frames that cannot be decoded are for the split and the encodes to report
+    return info
 
 
 def probe(source_url: str) -> MediaInfo:
