@@ -51,8 +51,10 @@ def new_run_id() -> str:
     return "r" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
-def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | None]:
-    """Move the video to PROCESSING for this run. Returns (source_url, published_run)."""
+def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | None, bool]:
+    """Move the video to PROCESSING for this run. Returns (source_url, published_run,
+    recovering): `recovering` when the video was already PROCESSING, i.e. an earlier run of it
+    never finished (a crash, a stopped process) and this is its re-dispatch."""
     with session_scope() as s:
         v = get_video(s, video_id, lock=True)
         status = VideoStatus(v.status)
@@ -72,7 +74,7 @@ def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | 
         v.stage = "probe"
         v.flow_run_id = flow_run_id
         source_url = v.source_url
-    return source_url, published
+    return source_url, published, status == VideoStatus.PROCESSING
 
 
 _RUN_ID = re.compile(r"r\d{14}[0-9a-f]{4}")

@@ -46,7 +46,7 @@ from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from flows.captions import import_source_captions
 from flows.futures import Tracker, describe, outcome, wait_any
-from flows.publish import Publisher
+from flows.publish import Publisher, drop_resume_files, resumable_run, resume_state, save_plan
 from flows.intake import video_fields
 from tasks.audio import encode_audio
 from tasks.encode import encode_chunk
@@ -102,7 +102,13 @@ def ingest(video_id: str) -> dict:
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     run = new_run_id()
     t_start = time.monotonic()
-    source_url, published = begin(video_id, run, flow_run_id)
+    source_url, published, recovering = begin(video_id, run, flow_run_id)
+    # a re-dispatch after a crash carries on the run that never finished, keeping every chunk
+    # it stored; a deliberate reprocess (a READY, PARTIAL or FAILED video) starts clean
+    resumed = resumable_run(video_id, published) if recovering else None
+    if resumed:
+        run = resumed
+        logger.info("video %s: carrying on run %s, which never finished", video_id, run)
     keep = {run} | ({published} if published else set())
     removed = remove_stale_runs(video_id, run, keep, owner=flow_run_id)
     if removed:
@@ -124,14 +130,20 @@ def ingest(video_id: str) -> dict:
     timings: dict[str, float] = {}
     try:
         result = _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive,
-                            published, logger, lease_url)
+                            published, logger, lease_url, resume=bool(resumed))
     except (ExternalSignal, KeyboardInterrupt, SystemExit):
         # the process is being stopped (Ctrl-C, a deploy, SIGTERM), not the video failing:
         # it stays PROCESSING, Prefect records the run as crashed, and maintenance dispatches
         # it again. This run's unpublished output goes now; maintenance would remove it later.
         tracker.cancel_all()
         try:
-            _drop_unpublished(video_id, run, work_url, hls_url)
+            if has_published(video_id, run):
+                # what it published stays, and so does its scratch space (stream-copy slices,
+                # previews): the re-dispatch carries this run on. Only the lease goes, so no
+                # task of this attempt stores anything more.
+                storage.delete(lease_url)
+            else:
+                _drop_unpublished(video_id, run, work_url, hls_url)
         finally:
             logger.warning("video %s: this run was stopped from outside; maintenance will run it again",
                            video_id)
@@ -174,7 +186,7 @@ def _drop_unpublished(video_id: str, run: str, work_url: str, hls_url: str) -> N
 
 
 def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, progressive, published,
-               logger, lease_url) -> dict:
+               logger, lease_url, resume: bool = False) -> dict:
     settings = get_settings()
     t = time.monotonic()
     info = MediaInfo.from_dict(probe_task(source_url, video_id))
@@ -215,7 +227,20 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         return Publisher(video_id, run, hls_url, rungs, plan, info.has_audio, info.frame_rate,
                          make_current=progressive, owner=tracker.owner, logger=logger)
 
-    plan = split(None)
+    carried = resume_state(hls_url, rungs, settings) if resume else None
+    done: dict[int, dict] = {}
+    if carried is not None:
+        plan, done = carried
+        tracker.total_frames = plan["frames"]
+        logger.info("resuming: %d of %d chunks were stored by the earlier attempt; encoding the other %d",
+                    len(done), len(plan["chunks"]), len(plan["chunks"]) - len(done))
+    else:
+        if resume:
+            # made for another ladder or other settings: start the run over
+            withdraw_run(video_id, run, owner=tracker.owner)
+            storage.delete(hls_url)
+        plan = split(None)
+        save_plan(hls_url, plan, rungs, settings)
     tracker.set(P_SPLIT, "encode")
     audio_fut = submit_audio(plan)
     publisher = publisher_for(plan)
@@ -227,7 +252,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     while True:  # once more, from decoded frames, if the container's timing gave wrong chunks
         chunks = plan["chunks"]
         try:
-            encoded = _encode_chunks(plan, run, client, tracker, logger, publisher, dict(
+            encoded = _encode_chunks(plan, run, client, tracker, logger, publisher, done, dict(
                 source_url=source_url, rungs=rungs, out_url=storage.join(work_url, "enc"), hls_url=hls_url,
                 rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
                 keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=lease_url,
@@ -255,6 +280,8 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
             withdraw_run(video_id, run, owner=tracker.owner)
             storage.delete(hls_url)
             plan = split("decoded")
+            save_plan(hls_url, plan, rungs, settings)
+            done = {}
             audio_fut = submit_audio(plan)
             publisher = publisher_for(plan)
     timings["encode"] = time.monotonic() - t
@@ -303,6 +330,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         messages.append(audio_note)
     status = VideoStatus.PARTIAL if messages else VideoStatus.READY
     finish(video_id, run, status, "; ".join(messages) or None, switch_from=published, owner=tracker.owner)
+    drop_resume_files(hls_url)
     tracker.owner = None  # done: a re-dispatch from here on must not fail this finished run
     if published and published != run:
         storage.delete(storage.url_for("hls", video_id, published))
@@ -319,7 +347,9 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
     _ladder_artifact(video_id, run, rungs, publisher.summary(), results, status,
                      timing=plan["timing"], chunk_modes=chunk_modes, fallbacks=fallbacks)
     return {"video_id": video_id, "run": run, "status": status.value, "renditions": good, "failed": bad,
-            "chunks": len(chunks), "seek_chunks": seek_chunks, "timing": plan["timing"],
+            "chunks": len(chunks), "seek_chunks": seek_chunks,
+            "resumed_chunks": sum(1 for r in encoded.values() if r.get("resumed")),
+            "encoded_chunks": sum(1 for r in encoded.values() if not r.get("resumed")), "timing": plan["timing"],
             "chunk_modes": chunk_modes, "fallbacks": fallbacks,
             "encode_seconds": {i: round(r["seconds"], 3) for i, r in encoded.items()},
             "encode_cpu_seconds": {i: r.get("cpu_seconds") for i, r in encoded.items()},
@@ -347,10 +377,12 @@ class _Replan(Exception):
     """A chunk read by the container's timestamps came out wrong in every mode."""
 
 
-def _encode_chunks(plan, run, client, tracker, logger, publisher: Publisher, encode_kwargs) -> dict[int, dict]:
+def _encode_chunks(plan, run, client, tracker, logger, publisher: Publisher, done: dict[int, dict],
+                   encode_kwargs) -> dict[int, dict]:
     """Encode every chunk of the plan on the cluster, earliest first, and publish each as it
     lands (the publisher keeps the playlists a contiguous prefix); resubmit transient failures.
-    Audio segments the audio task reports are published along the way."""
+    Audio segments the audio task reports are published along the way. `done`: chunks an
+    earlier attempt of this run stored, published again from their results, not encoded."""
     chunks = plan["chunks"]
 
     def submit_chunk(c: dict):
@@ -360,9 +392,13 @@ def _encode_chunks(plan, run, client, tracker, logger, publisher: Publisher, enc
             return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
                                                      progress_key=f"{run}:chunk:{c['index']}", **encode_kwargs))
 
-    pending = {c["index"]: submit_chunk(c) for c in chunks}
-    resubmits = {c["index"]: 0 for c in chunks}
     encoded: dict[int, dict] = {}
+    for idx, value in sorted(done.items()):
+        encoded[idx] = {**value, "resumed": True}
+        tracker.chunk_done[idx] = 1.0
+        publisher.chunk_done(idx, value)
+    pending = {c["index"]: submit_chunk(c) for c in chunks if c["index"] not in done}
+    resubmits = {c["index"]: 0 for c in chunks}
     while pending:
         wait_any(client, [f.wrapped_future for f in pending.values()])
         audio_segments = tracker.poll_events(client, run)

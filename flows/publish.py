@@ -16,6 +16,7 @@ the master list the rung.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from catalog.runs import save_renditions
 from config import storage
 from tasks.package import (
     AUDIO_CODECS,
+    MARKERS,
+    marker_url,
     AUDIO_RENDITION,
     PLAYLIST,
     audio_peak,
@@ -211,3 +214,62 @@ class Publisher:
             out[name] = {"bandwidth": row["bandwidth"], "average_bandwidth": row["average_bandwidth"],
                          "codecs": row["codecs"], "segments": len(st.frames)}
         return out
+
+
+# -- resuming a run that never finished -------------------------------------------------------
+#
+# A run keeps, in its own folder, what a later run needs to carry on where it stopped: the plan
+# it encodes (`plan.json`, with the ladder and the settings it was made for) and, per chunk whose
+# segments are stored and checked, the chunk's result (`chunks/NNNNN.json`, written by the chunk
+# task itself after its segments). A re-dispatch after a crash reuses the run, publishes those
+# chunks again from their results, and encodes only the others. Neither file is ever served.
+
+PLAN_FILE = "plan.json"
+
+
+def plan_settings(settings) -> dict:
+    return {"keyframe_seconds": settings.keyframe_seconds, "segment_seconds": settings.segment_seconds}
+
+
+def save_plan(hls_url: str, plan: dict, rungs: list[dict], settings) -> None:
+    storage.write_text(storage.join(hls_url, PLAN_FILE),
+                       json.dumps({"plan": plan, "rungs": rungs, "settings": plan_settings(settings)}))
+
+
+def resumable_run(video_id: str, published: str | None) -> str | None:
+    """The newest unfinished run of the video that saved a plan, if any (not the published one)."""
+    runs = [e["name"] for e in storage.list_dir(storage.url_for("hls", video_id))
+            if e["type"] == "directory" and e["name"] != published]
+    for run in sorted(runs, reverse=True):
+        if storage.exists(storage.url_for("hls", video_id, run, PLAN_FILE)):
+            return run
+    return None
+
+
+def resume_state(hls_url: str, rungs: list[dict], settings) -> tuple[dict, dict[int, dict]] | None:
+    """(plan, {chunk index: result}) of the run at `hls_url` when it can be carried on: its plan
+    was made for this ladder and these settings. Chunks planned as stream-copy slices whose
+    slice is gone (the scratch space went with a stopped process) are read from the source."""
+    try:
+        saved = json.loads(storage.read_text(storage.join(hls_url, PLAN_FILE)))
+    except (FileNotFoundError, ValueError):
+        return None
+    if saved.get("rungs") != rungs or saved.get("settings") != plan_settings(settings):
+        return None
+    plan = saved["plan"]
+    for c in plan["chunks"]:
+        if c["mode"] == "copy" and not (c.get("url") and storage.exists(c["url"])):
+            c.update(mode="seek", url=None, reason="its stream-copy slice went with the stopped run")
+    done: dict[int, dict] = {}
+    for c in plan["chunks"]:
+        try:
+            done[c["index"]] = json.loads(storage.read_text(marker_url(hls_url, c["index"])))
+        except (FileNotFoundError, ValueError):
+            continue
+    return plan, done
+
+
+def drop_resume_files(hls_url: str) -> None:
+    """A finished run is never resumed: its plan and chunk results go."""
+    storage.delete(storage.join(hls_url, MARKERS))
+    storage.delete(storage.join(hls_url, PLAN_FILE))

@@ -9,6 +9,7 @@ frames); x264's own keyframe placement and scene-cut detection are off.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from config.settings import available_cores, get_settings
 from tasks import ffmpeg, thumbnails
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
 from tasks.ladder import Rung
-from tasks.package import SEGMENT_PATTERN, TS_OFFSET
+from tasks.package import SEGMENT_PATTERN, TS_OFFSET, marker_url
 from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
 from tasks.validate import check_chunk_segments
 from tasks.split import _logger
@@ -371,11 +372,15 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
     seconds = time.monotonic() - t_begin
     logger.info("%s: %d frames x %d rungs in %.2f s (%s, %d threads)", label, chunk["frames"], len(rungs),
                 seconds, mode, threads)
-    return {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "rungs": checks,
+    result = {"index": chunk["index"], "frames": chunk["frames"], "mode": mode, "rungs": checks,
             "start": chunk["start"], "end": chunk["end"], "seconds": seconds, "threads": threads,
             "started_at": started_at, "ended_at": time.time(), "previews": stored_previews,
             # CPU of this task's ffmpeg/ffprobe runs (exact with one task per worker process)
             "cpu_seconds": round(_children_cpu() - cpu_before, 3)}
+    # the chunk is stored and checked: a re-run of this run after a crash skips it
+    check_lease(lease_url)
+    storage.write_text(marker_url(hls_url, chunk["index"]), json.dumps(result))
+    return result
 
 
 @task(name="encode", task_run_name="encode chunk {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)

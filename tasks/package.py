@@ -28,6 +28,15 @@ TS_OFFSET = 10.0
 AUDIO_CODECS = "mp4a.40.2"  # AAC-LC
 
 
+# per chunk whose segments are stored and checked, its result (never served): what a re-run
+# after a crash needs to skip it
+MARKERS = "chunks"
+
+
+def marker_url(hls_url: str, index: int) -> str:
+    return f"{hls_url.rstrip('/')}/{MARKERS}/{index:05d}.json"
+
+
 def segment_name(index: int) -> str:
     return SEGMENT_PATTERN % index
 

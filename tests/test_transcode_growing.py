@@ -82,7 +82,9 @@ def _growing(vid: str):
     """The video's row once a video rung is published as a growing playlist (the audio
     rendition grows from its first segments on, ahead of any chunk)."""
     row = video_row(vid)
-    return row if any(r["status"] == "GROWING" and r["name"] != "audio" for r in row["renditions"]) else None
+    # (the row and its renditions are two reads: wait for both to show the publication)
+    return row if row["current_run"] and any(
+        r["status"] == "GROWING" and r["name"] != "audio" for r in row["renditions"]) else None
 
 
 def _encoded_chunks(client) -> int:
@@ -241,7 +243,7 @@ def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env,
     _wait("the worker to finish the task at hand", lambda: _idle(client))
     slice_path = local(storage.url_for("scratch", vid, row["current_run"], "chunks",
                                        f"chunk_{last['index']:05d}.mkv"))
-    assert slice_path.exists(), "the last chunk is a stream-copy slice that has not run yet"
+    assert slice_path.exists(), ("the last chunk is a stream-copy slice that has not run yet", row)
     slice_path.write_bytes(os.urandom(slice_path.stat().st_size))
     _set_paused(client, False)
     runner.join(timeout=300)
@@ -261,3 +263,95 @@ def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env,
         assert [s.uri for s in pl.segments] == [f"seg_{i:05d}.ts" for i in range(last["first_segment"])], text
         for s in pl.segments:
             assert (local(r["playlist_url"]).parent / s.uri).exists()
+
+
+def test_a_killed_ingest_resumes_and_encodes_only_the_missing_chunks(env, media_dir, tmp_path):
+    """kill -9 of the process running the flow, mid-ingest: the re-dispatch carries the same run
+    on, publishes again the chunks the first attempt stored, and encodes only the others."""
+    import signal
+    import subprocess
+    import sys
+
+    client = env
+    src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
+    chunks = _plan(src)["chunks"]
+    vid = add_video(src)
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen([sys.executable, "-m", "flows.ingest", vid], stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
+    try:
+        row = _wait("the first chunk to be published", lambda: _growing(vid))
+        _set_paused(client, True)
+        _wait("the worker to finish the task at hand", lambda: _idle(client))
+        done = _encoded_chunks(client)
+        assert 1 <= done < len(chunks)
+        _wait("the finished chunks to be stored", lambda: len(list(
+            local(row["renditions"][0]["playlist_url"]).parent.parent.glob("chunks/*.json"))) == done)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the cluster drops the dead client's tasks; then the worker may run again
+    _wait("the scheduler to drop the killed run's tasks",
+          lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)
+    _set_paused(client, False)
+    assert video_row(vid)["status"] == "PROCESSING"  # left as a crash leaves it: maintenance re-dispatches
+
+    result, exc = run_ingest(vid)
+    assert exc is None, exc
+    assert result["run"] == row["current_run"]  # the same run, carried on
+    assert result["resumed_chunks"] == done
+    assert result["encoded_chunks"] == len(chunks) - done
+    check_published(vid, src, expect_audio=True)
+    # nothing of the resume machinery is left in the finished run
+    run_dir = local(row["renditions"][0]["playlist_url"]).parent.parent
+    assert not (run_dir / "plan.json").exists() and not (run_dir / "chunks").exists()
+
+
+def test_a_viewer_starts_before_ready_and_plays_to_the_end_without_a_reload(env, media_dir, tmp_path):
+    """Headless Chromium on /watch/{id}: playback starts at the first published segments while
+    later chunks are held back, the seek bar shows how much is published, a seek past it waits
+    at its edge, and once the rest is published the same page plays on to the end."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.player_support import launch_chromium
+
+    client = env
+    src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
+    vid = add_video(src)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    runner.start()
+    _wait("the first chunk to be published", lambda: _growing(vid))
+    _set_paused(client, True)
+    with vodflow_web({"VODFLOW_DATA_DIR": os.environ["VODFLOW_DATA_DIR"]}, tmp_path / "web.log", workers=1) as base, \
+            sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base}/watch/{vid}")
+        page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
+        page.evaluate("() => { window.__samePage = true; }")
+        assert video_row(vid)["status"] == "PROCESSING"  # playing before READY
+        avail = page.evaluate("() => window.vodflowPlayer.availableSeconds")
+        assert 0 < avail < DURATION
+        width = page.evaluate("""() => { const a = document.querySelector('[data-role=available]');
+            return a.hidden ? -1 : parseFloat(a.style.width); }""")
+        assert 0 < width < 100, width
+        # a seek past the published part waits at its edge instead of failing
+        page.evaluate(f"() => window.vodflowPlayer.seek({DURATION - 2})")
+        at = page.evaluate("() => document.getElementById('video').currentTime")
+        assert at <= avail, (at, avail)
+        _set_paused(client, False)
+        page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
+        page.wait_for_function("() => document.getElementById('video').ended", timeout=180_000)
+        state = page.evaluate("""() => ({same: window.__samePage === true,
+            t: document.getElementById('video').currentTime,
+            hidden: document.querySelector('[data-role=available]').hidden})""")
+        browser.close()
+    runner.join(timeout=300)
+    assert outcome["result"][1] is None, outcome["result"]
+    assert state["same"], "the page was reloaded"
+    assert state["t"] == pytest.approx(DURATION, abs=0.5)
+    assert state["hidden"], "the seek bar still shows a published part once the video is READY"
+    assert not errors, errors

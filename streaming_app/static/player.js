@@ -136,6 +136,7 @@
     this.startupMs = null;
     this.dragging = false;
     this.readyCount = 0;
+    this.availableSeconds = null; // seconds published so far while the video encodes
     this.status = null;
     this.analytics = this.config.analytics || null;
     this.chapters = [];
@@ -201,13 +202,34 @@
   };
 
   // ---- processing state ------------------------------------------------------------------
+  // playable: finished (READY) or published chunk by chunk while the rest encodes (GROWING)
   P._readyRenditions = function (v) {
-    return (v.renditions || []).filter(function (r) { return r.status === "READY"; }).length;
+    return (v.renditions || []).filter(function (r) { return r.status === "READY" || r.status === "GROWING"; }).length;
+  };
+
+  // How far a viewer can play while the video is still being published: the shortest of the
+  // growing renditions (audio included); null once every rendition is finished.
+  P._availableSeconds = function (v) {
+    var rends = (v.renditions || []).concat(v.audio ? [v.audio] : []);
+    var growing = rends.filter(function (r) { return r.status === "GROWING"; });
+    if (!growing.length) return null;
+    return Math.min.apply(null, growing.map(function (r) { return r.available_seconds || 0; }));
+  };
+
+  // The seek bar's scale: the whole video, also while only its start is published
+  P._duration = function () {
+    var d = this.video.duration;
+    var whole = this.availableSeconds !== null && this.config.video && this.config.video.metadata
+      ? this.config.video.metadata.duration : null;
+    if (whole && (!isFinite(d) || whole > d)) return whole;
+    return d;
   };
 
   P._applyStatus = function (v, initial) {
     this.status = v.status;
     var ready = this._readyRenditions(v);
+    this.availableSeconds = this._availableSeconds(v);
+    this._renderAvailable();
     var pill = global.document.querySelector("[data-role=status-pill]");
     if (pill && v.status) {
       pill.textContent = v.status.charAt(0) + v.status.slice(1).toLowerCase();
@@ -270,7 +292,8 @@
     this.root.setAttribute("data-state", "loading");
     this._show("spinner");
     if (global.Hls && global.Hls.isSupported()) {
-      this._createHls(-1);
+      // a growing (EVENT) playlist is live to hls.js, which would start at its end: start at 0
+      this._createHls(this.availableSeconds !== null ? 0 : -1);
     } else if (this.video.canPlayType("application/vnd.apple.mpegurl")) {
       // no MSE (older iOS): the platform's own HLS, quality chosen by the browser
       this._nativeSource = true;
@@ -547,6 +570,7 @@
     this._on(v, "timeupdate", this._onTimeUpdate);
     this._on(v, "progress", this._renderBuffered);
     this._on(v, "durationchange", this._renderTime);
+    this._on(v, "durationchange", this._renderAvailable);
     this._on(v, "loadedmetadata", this._renderTime);
     this._on(v, "volumechange", this._onVolumeChange);
     this._on(v, "ratechange", this._renderSpeed);
@@ -613,9 +637,11 @@
   };
 
   P.seek = function (t) {
-    var d = this.video.duration;
+    var d = this._duration();
     if (!isFinite(d)) return;
     t = Math.max(0, Math.min(d - 0.05, t));
+    // past what is published: wait at its edge (playback goes on from there as it grows)
+    if (this.availableSeconds !== null) t = Math.max(0, Math.min(t, this.availableSeconds - 1));
     this.video.currentTime = t;
     this._renderTime(t);
   };
@@ -679,13 +705,13 @@
   P._timeAt = function (clientX) {
     var rect = this.els.seek.getBoundingClientRect();
     var frac = Math.max(0, Math.min(1, (clientX - rect.left) / Math.max(1, rect.width)));
-    return { frac: frac, time: frac * (this.video.duration || 0), rect: rect };
+    return { frac: frac, time: frac * (this._duration() || 0), rect: rect };
   };
 
   P._bindSeekBar = function () {
     var bar = this.els.seek;
     this._on(bar, "pointerdown", function (e) {
-      if (e.button !== 0 || !isFinite(this.video.duration)) return;
+      if (e.button !== 0 || !isFinite(this._duration())) return;
       this.dragging = true;
       bar.setPointerCapture(e.pointerId);
       var at = this._timeAt(e.clientX);
@@ -694,7 +720,7 @@
       e.preventDefault();
     });
     this._on(bar, "pointermove", function (e) {
-      if (!isFinite(this.video.duration)) return;
+      if (!isFinite(this._duration())) return;
       var at = this._timeAt(e.clientX);
       this._showPreview(at);
       if (this.dragging) this._renderPlayed(at.frac);
@@ -708,7 +734,7 @@
     this._on(bar, "pointercancel", function () { this.dragging = false; this._hidePreview(); });
     this._on(bar, "pointerleave", function () { if (!this.dragging) this._hidePreview(); });
     this._on(bar, "keydown", function (e) {
-      var d = this.video.duration;
+      var d = this._duration();
       if (!isFinite(d)) return;
       var t = null;
       if (e.key === "Home") t = 0;
@@ -1050,7 +1076,7 @@
 
   P._renderTime = function (forced) {
     var v = this.video;
-    var d = isFinite(v.duration) ? v.duration : 0;
+    var d = isFinite(this._duration()) ? this._duration() : 0;
     var t = typeof forced === "number" ? forced : v.currentTime;
     if (!this.dragging) this._renderPlayed(d ? t / d : 0);
     this.els.current.textContent = formatTime(t);
@@ -1061,8 +1087,17 @@
     seek.setAttribute("aria-valuetext", spokenTime(t) + " of " + spokenTime(d));
   };
 
+  P._renderAvailable = function () {
+    var el = this.els.available;
+    if (!el) return;
+    var d = this._duration();
+    if (this.availableSeconds === null || !isFinite(d) || !d) { el.hidden = true; return; }
+    el.hidden = false;
+    el.style.width = (Math.min(1, this.availableSeconds / d) * 100) + "%";
+  };
+
   P._renderBuffered = function () {
-    var v = this.video, d = v.duration;
+    var v = this.video, d = this._duration();
     if (!isFinite(d) || !d) return;
     var b = v.buffered, end = 0, start = 0;
     // the buffered range around the playhead is what matters to the viewer
