@@ -253,13 +253,25 @@ def test_curl_upload_plays_end_to_end(stack, media_dir):
                 ["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(tmp)],
                 capture_output=True, text=True, check=True).stdout)
             v = next(s for s in probe["streams"] if s["codec_type"] == "video")
-            a = next(s for s in probe["streams"] if s["codec_type"] == "audio")
+            assert not [s for s in probe["streams"] if s["codec_type"] == "audio"]  # audio: its own rendition
             assert (v["codec_name"], v["profile"], v["pix_fmt"]) == ("h264", "High", "yuv420p")
             assert [v["width"], v["height"]] == list(info.resolution)
-            assert (a["codec_name"], a["channels"], a["sample_rate"]) == ("aac", 2, "48000")
             assert abs(float(probe["format"]["duration"]) - seg.duration) < 0.1
             total += seg.duration
         assert abs(total - 5.0) < 0.1
+    # the audio rendition every variant references, encoded and stored once
+    audio = [m for m in master.media if m.type == "AUDIO"]
+    assert len(audio) == 1 and all(p.stream_info.audio == audio[0].group_id for p in master.playlists)
+    apl = m3u8.load(audio[0].absolute_uri)
+    assert apl.playlist_type == "vod" and apl.is_endlist and abs(sum(s.duration for s in apl.segments) - 5.0) < 0.1
+    data = requests.get(apl.segments[0].absolute_uri, timeout=10)
+    assert data.status_code == 200 and data.headers["Content-Type"] == "video/mp2t"
+    tmp = stack.data.parent / "aseg.ts"
+    tmp.write_bytes(data.content)
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", str(tmp)],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert [(a["codec_type"], a["codec_name"], a["channels"], a["sample_rate"]) for a in probe["streams"]] == \
+        [("audio", "aac", 2, "48000")]
     # ffprobe reads every rendition through the master playlist, over HTTP
     probe = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_programs", master_url],
                            capture_output=True, text=True, check=True)
