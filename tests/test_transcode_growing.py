@@ -329,6 +329,10 @@ def test_a_viewer_starts_before_ready_and_plays_to_the_end_without_a_reload(env,
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # the library says how much of each rung can be watched already
+        page.goto(f"{base}/")
+        page.wait_for_function(f"""() => {{ const c = document.querySelector('.card[data-id="{vid}"]');
+            return c && /playable: 180p [1-9][0-9]* s of 26 s/.test(c.textContent); }}""", timeout=30_000)
         page.goto(f"{base}/watch/{vid}")
         page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
         page.evaluate("() => { window.__samePage = true; }")

@@ -6,6 +6,14 @@
   var url = list.getAttribute("data-poll-url");
   function busy() { return list.querySelectorAll('.card[data-status="UPLOADED"], .card[data-status="PROCESSING"]').length > 0; }
   function title(s) { return s.charAt(0) + s.slice(1).toLowerCase(); }
+  // while a video is published chunk by chunk: how much of each rung can be watched already
+  function playable(v) {
+    var growing = (v.renditions || []).filter(function (r) { return r.status === "GROWING"; });
+    if (!growing.length) return "";
+    return " · playable: " + growing.map(function (r) {
+      return r.name + " " + Math.floor(r.available_seconds || 0) + " s";
+    }).join(", ") + (v.metadata && v.metadata.duration ? " of " + Math.round(v.metadata.duration) + " s" : "");
+  }
   function update(videos) {
     var byId = {};
     videos.forEach(function (v) { byId[v.id] = v; });
@@ -21,7 +29,7 @@
       if (bar) {
         bar.value = v.progress;
         card.querySelector("[data-role=progress-text]").textContent =
-          Math.round(v.progress) + "%" + (v.stage ? " · " + v.stage.replace(/_/g, " ") : "");
+          Math.round(v.progress) + "%" + (v.stage ? " · " + v.stage.replace(/_/g, " ") : "") + playable(v);
         if (v.status !== "UPLOADED" && v.status !== "PROCESSING") card.querySelector("[data-role=progress-wrap]").remove();
       }
       if (v.poster_url && before !== v.status) {
