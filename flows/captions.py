@@ -106,14 +106,15 @@ def first_video_pts(segment_url: str) -> int:
 
 def run_timing(video_id: str) -> int | None:
     """The first video PTS of the run the catalog points at (None while nothing is published).
-    Renditions of one run share it: they come from the same encodes and packaging."""
+    Renditions of one run share it: every chunk writes its segments on the run's one timeline
+    (the audio rendition's first packet is the AAC priming, before it)."""
     with session_scope() as s:
         v = s.get(Video, video_id)
         if v is None or not v.current_run:
             return None
         rend = s.scalars(select(Rendition).where(
             Rendition.video_id == video_id, Rendition.run == v.current_run,
-            Rendition.status == RenditionStatus.READY).order_by(Rendition.height)).first()
+            Rendition.status == RenditionStatus.READY, Rendition.kind == "video").order_by(Rendition.height)).first()
         playlist = rend.playlist_url if rend else None
     if not playlist:
         return None
