@@ -17,7 +17,9 @@ from pathlib import Path
 import m3u8
 import pytest
 import requests
+from playwright.sync_api import sync_playwright
 
+from tests.player_support import launch_chromium
 from tests.servers import vodflow_web
 from tests.transcode_support import add_video, check_published, clip, local, run_ingest, video_row
 
@@ -143,6 +145,9 @@ class PlaylistWatcher:
 
 
 def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path):
+    """Held back after its first chunk, the video is published as growing playlists (a prefix
+    at every read), served with short cache lifetimes, listed with what is playable, and played
+    in Chromium before READY; released, it finishes and the same page plays on to the end."""
     client = env
     src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
     chunks = _plan(src)["chunks"]
@@ -194,7 +199,31 @@ def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path)
             assert rung["available_seconds"] == pytest.approx(sum(s.duration for s in pl.segments), abs=1e-3)
             assert rung["available_seconds"] < DURATION
             etag_growing = master.headers["ETag"]
+            # a viewer: headless Chromium starts playing before READY, on the same page to the end
+            pw = sync_playwright().start()
+            browser = launch_chromium(pw)
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            # the library says how much of each rung can be watched already
+            page.goto(f"{base}/")
+            page.wait_for_function(f"""() => {{ const c = document.querySelector('.card[data-id="{vid}"]');
+                return c && /playable: 180p [1-9][0-9]* s of 26 s/.test(c.textContent); }}""", timeout=30_000)
+            page.goto(f"{base}/watch/{vid}")
+            page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
+            page.evaluate("() => { window.__samePage = true; }")
+            assert video_row(vid)["status"] == "PROCESSING"  # playing before READY
+            avail = page.evaluate("() => window.vodflowPlayer.availableSeconds")
+            assert avail == pytest.approx(rung["available_seconds"], abs=1e-3)
+            width = page.evaluate("""() => { const a = document.querySelector('[data-role=available]');
+                return a.hidden ? -1 : parseFloat(a.style.width); }""")
+            assert 0 < width < 100, width
+            # a seek past the published part waits at its edge instead of failing
+            page.evaluate(f"() => window.vodflowPlayer.seek({DURATION - 2})")
+            at = page.evaluate("() => document.getElementById('video').currentTime")
+            assert at <= avail, (at, avail)
             _set_paused(client, False)
+            page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
             runner.join(timeout=300)
             result, exc = outcome["result"]
             assert exc is None, exc
@@ -208,6 +237,16 @@ def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path)
                 lambda r: r if r.headers["ETag"] != etag_growing else None)(
                 requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10)))
             assert _max_age(master_done) == 5
+            page.wait_for_function("() => document.getElementById('video').ended", timeout=180_000)
+            state = page.evaluate("""() => ({same: window.__samePage === true,
+                t: document.getElementById('video').currentTime,
+                hidden: document.querySelector('[data-role=available]').hidden})""")
+            browser.close()
+            pw.stop()
+    assert state["same"], "the page was reloaded"
+    assert state["t"] == pytest.approx(DURATION, abs=0.5)
+    assert state["hidden"], "the seek bar still shows a published part once the video is READY"
+    assert not errors, errors
     assert not watcher.errors, watcher.errors[:5]
     assert len(watcher.seen["180p"]) == 5
     check_published(vid, src, expect_audio=True)
@@ -306,56 +345,3 @@ def test_a_killed_ingest_resumes_and_encodes_only_the_missing_chunks(env, media_
     run_dir = local(row["renditions"][0]["playlist_url"]).parent.parent
     assert not (run_dir / "plan.json").exists() and not (run_dir / "chunks").exists()
 
-
-def test_a_viewer_starts_before_ready_and_plays_to_the_end_without_a_reload(env, media_dir, tmp_path):
-    """Headless Chromium on /watch/{id}: playback starts at the first published segments while
-    later chunks are held back, the seek bar shows how much is published, a seek past it waits
-    at its edge, and once the rest is published the same page plays on to the end."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.player_support import launch_chromium
-
-    client = env
-    src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
-    vid = add_video(src)
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
-    runner.start()
-    _wait("the first chunk to be published", lambda: _growing(vid))
-    _set_paused(client, True)
-    with vodflow_web({"VODFLOW_DATA_DIR": os.environ["VODFLOW_DATA_DIR"]}, tmp_path / "web.log", workers=1) as base, \
-            sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        # the library says how much of each rung can be watched already
-        page.goto(f"{base}/")
-        page.wait_for_function(f"""() => {{ const c = document.querySelector('.card[data-id="{vid}"]');
-            return c && /playable: 180p [1-9][0-9]* s of 26 s/.test(c.textContent); }}""", timeout=30_000)
-        page.goto(f"{base}/watch/{vid}")
-        page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
-        page.evaluate("() => { window.__samePage = true; }")
-        assert video_row(vid)["status"] == "PROCESSING"  # playing before READY
-        avail = page.evaluate("() => window.vodflowPlayer.availableSeconds")
-        assert 0 < avail < DURATION
-        width = page.evaluate("""() => { const a = document.querySelector('[data-role=available]');
-            return a.hidden ? -1 : parseFloat(a.style.width); }""")
-        assert 0 < width < 100, width
-        # a seek past the published part waits at its edge instead of failing
-        page.evaluate(f"() => window.vodflowPlayer.seek({DURATION - 2})")
-        at = page.evaluate("() => document.getElementById('video').currentTime")
-        assert at <= avail, (at, avail)
-        _set_paused(client, False)
-        page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
-        page.wait_for_function("() => document.getElementById('video').ended", timeout=180_000)
-        state = page.evaluate("""() => ({same: window.__samePage === true,
-            t: document.getElementById('video').currentTime,
-            hidden: document.querySelector('[data-role=available]').hidden})""")
-        browser.close()
-    runner.join(timeout=300)
-    assert outcome["result"][1] is None, outcome["result"]
-    assert state["same"], "the page was reloaded"
-    assert state["t"] == pytest.approx(DURATION, abs=0.5)
-    assert state["hidden"], "the seek bar still shows a published part once the video is READY"
-    assert not errors, errors
