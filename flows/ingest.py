@@ -309,7 +309,7 @@ def _transcode(video_id, run, source_url, work_url, hls_url, tracker, timings, p
         else:
             logger.error("rung %s failed: %s", name, results[name]["reason"])
             storage.delete(storage.join(hls_url, name))
-    timings["package"] = time.monotonic() - t
+    timings["publish"] = time.monotonic() - t
     wait_any(client, [thumbs.wrapped_future], timeout=None)
     ok, value = outcome(thumbs)
     if not ok:
