@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,18 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+import requests
+from rich.console import Console
+from rich.table import Table
+
 from bench.published import stop
+from catalog.db import session_scope
+from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
+from catalog.state import now
+from config import storage
+from config.settings import load_settings, reset_settings
+from deployments.web import Front, nginx_binary, web_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,16 +76,12 @@ end
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    import requests
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -92,12 +100,6 @@ def prepare(data_dir: Path) -> dict:
     os.environ["VODFLOW_DATA_DIR"] = str(data_dir)
     os.environ.pop("VODFLOW_STORAGE_URL", None)
     os.environ.pop("VODFLOW_DATABASE_URL", None)
-    from catalog.db import session_scope
-    from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
-    from catalog.state import now
-    from config import storage
-    from config.settings import reset_settings
-
     reset_settings()
     video_id, run = secrets.token_hex(6), "r" + secrets.token_hex(4)
     ladder = [("234p", 416, 234, 145), ("360p", 640, 360, 730), ("540p", 960, 540, 2000), ("720p", 1280, 720, 3000)]
@@ -132,9 +134,6 @@ def app_server(run_dir: Path, workers: int, front: bool = False):
     logs = []
     try:
         if front:
-            from config.settings import load_settings
-            from deployments.web import Front, nginx_binary, web_environment
-
             old = dict(os.environ)
             os.environ.update(env)
             try:
@@ -218,8 +217,6 @@ def wrk(base: str, paths: list[str], seconds: float, connections: int, run_dir: 
 
 
 def _tree(pid: int):
-    import psutil
-
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -228,8 +225,6 @@ def _tree(pid: int):
 
 
 def tree_rss_mb(pid: int) -> float:
-    import psutil
-
     total = 0
     for p in _tree(pid):
         try:
@@ -242,8 +237,6 @@ def tree_rss_mb(pid: int) -> float:
 def tree_cpu_seconds(pid: int) -> float:
     """user + system CPU time of a server and its workers: what a request costs, whatever the
     other tenants of the machine are doing to the latencies."""
-    import psutil
-
     total = 0.0
     for p in _tree(pid):
         try:
@@ -255,8 +248,6 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def check_same_files(servers: dict, case: dict) -> None:
-    import requests
-
     for path in (case["segments"][0], case["master"]):
         answers = {name: requests.get(base + path, timeout=10) for name, (base, _) in servers.items()}
         bodies = {r.content for r in answers.values()}
@@ -307,9 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
     args = ap.parse_args(argv)
 
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=max(120, shutil.get_terminal_size().columns))
     run_dir = Path(tempfile.mkdtemp(prefix="vodflow-bench-delivery-"))
     soak = None
@@ -320,10 +308,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"load average before: {os.getloadavg()[0]:.1f}")
         with app_server(run_dir, args.workers, front=True) as front, app_server(run_dir, args.workers) as app:
             # nginx serves the master the app renders, as a static file at the same URL
-            import requests
-
-            from config import storage
-
             master = requests.get(app[0] + case["master"], timeout=10).content
             storage.write_bytes(storage.url_for("hls", case["video_id"], "master.m3u8"), master)
             with nginx_server(run_dir, case["storage"]) as ngx:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds")
     args = ap.parse_args(argv)
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # optional: the test extra only
 
     with tempfile.TemporaryDirectory(prefix="vodflow-bench-player-") as tmp:
         data = Path(tmp) / "var"

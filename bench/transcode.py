@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     # a Prefect server and a warm LocalCluster, as `vodflow up` keeps them
     server = None
     if not os.environ.get("PREFECT_API_URL"):
+        # imported here: Prefect's server application takes seconds to import, needed only without one
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()

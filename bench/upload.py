@@ -36,6 +36,8 @@ from pathlib import Path
 
 import requests
 
+from tasks import ffmpeg
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
@@ -50,8 +52,6 @@ def parse_size(text: str) -> int:
 
 def make_source(path: Path, size: int) -> None:
     """A 4 s real clip, then a `free` box of random bytes up to `size` (readers skip it)."""
-    from tasks import ffmpeg
-
     clip = path.with_suffix(".clip.mp4")
     ffmpeg.run(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=4",
                 "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(clip)], timeout=120)
@@ -177,7 +177,7 @@ class PeakRss:
 
 
 def tus_upload(base: str, path: Path, chunk: int) -> str:
-    from tusclient.client import TusClient
+    from tusclient.client import TusClient  # optional: tuspy comes with the test extra only
 
     up = TusClient(base + "/files/").uploader(str(path), chunk_size=chunk, metadata={"filename": "bench.mp4"})
     up.upload()

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+
+import psutil
+
+from config.settings import get_settings, reset_settings
 
 FILE = "stack.json"
 
@@ -22,8 +27,6 @@ def stack_file(data_dir: Path) -> Path:
 
 
 def _started_at(pid: int) -> float | None:
-    import psutil
-
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
@@ -67,8 +70,6 @@ def running_stack(data_dir: Path) -> dict | None:
 def join_running_stack() -> dict | None:
     """Point this process at the running stack's Prefect API and Dask scheduler, unless
     settings name others; returns the stack's record (None: no stack running)."""
-    from config.settings import get_settings, reset_settings
-
     settings = get_settings()
     record = running_stack(settings.data_dir)
     if record is None:
@@ -82,8 +83,6 @@ def join_running_stack() -> dict | None:
         changed = True
     if changed:
         reset_settings()
-        import sys
-
         prefect_context = sys.modules.get("prefect.context")
         if prefect_context is not None and hasattr(prefect_context, "refresh_global_settings_context"):
             prefect_context.refresh_global_settings_context()

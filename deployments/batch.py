@@ -20,12 +20,18 @@ DATA_DIR/logs/ingest-<pid>.log.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+
+from config.settings import get_settings
+from flows.cluster import start_local_cluster
+from flows.dispatch import start_local_ingest
 
 PREFECT_START_TIMEOUT = 60.0
 EXIT_START_FAILED = 3
@@ -36,8 +42,6 @@ class StartFailed(RuntimeError):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -90,8 +94,6 @@ def start_prefect_server(data_dir: Path, log_path: Path, timeout: float = PREFEC
 
 
 def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
-    import signal
-
     if proc.poll() is not None:
         return
     try:
@@ -106,10 +108,6 @@ def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
 
 def run_batch(video_ids: list[str], announce=print) -> int:
     """Run the ingests; exit code 0 when every one ended READY or PARTIAL, else 1."""
-    from config.settings import get_settings
-    from flows.cluster import start_local_cluster
-    from flows.dispatch import start_local_ingest
-
     settings = get_settings()
     logs = settings.data_dir / "logs"
     server, api = start_prefect_server(settings.data_dir, logs / f"ingest-prefect-{os.getpid()}.log")

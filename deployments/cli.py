@@ -1,13 +1,22 @@
-"""The `vodflow` command line."""
+"""The `vodflow` command line.
+
+Commands import the catalog, Prefect, Dask and the stack inside their functions: `vodflow --help`
+and every command pay only for what they use (SQLAlchemy and the catalog take about a second,
+Prefect and the flows several), and a Prefect import must come after the environment the command
+prepares for it (the joined stack's PREFECT_API_URL, serve-flows' settings), because Prefect
+reads its settings once, when it is imported.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import select
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +26,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from config import links
-from config.settings import SettingsError, get_settings
+from config.settings import SettingsError, get_settings, prefect_api_url, reset_settings
+from deployments.logscan import repeated_errors
+from deployments.serve import serve_environment, serve_flows
 from deployments.web import gunicorn_command
 
 app = typer.Typer(help="vodflow: resumable uploads in, adaptive HLS out.", no_args_is_help=True,
@@ -39,7 +50,7 @@ def web() -> None:
     """Run the web app under gunicorn on VODFLOW_WEB_PORT (or the unix socket VODFLOW_WEB_SOCKET,
     behind the nginx `vodflow up` starts)."""
     settings = _settings()
-    from catalog.db import get_engine
+    from catalog.db import get_engine  # deferred: the catalog (SQLAlchemy, alembic), see above
 
     get_engine()  # migrate once before workers fork
     if settings.web_socket is not None:
@@ -50,7 +61,7 @@ def web() -> None:
 @app.command()
 def up() -> None:
     """Start the whole stack on this machine and print its URLs."""
-    from deployments.up import run_stack
+    from deployments.up import run_stack  # deferred: the catalog, Dask's client, requests
 
     raise typer.Exit(run_stack(_settings()))
 
@@ -58,7 +69,7 @@ def up() -> None:
 def _joined_settings():
     """Settings of a command that uses the pipeline: a stack running with this data dir
     (DATA_DIR/stack.json) lends its Prefect API and Dask scheduler, unless settings name others."""
-    from config.stack import join_running_stack
+    from config.stack import join_running_stack  # deferred: psutil, for the commands that join
 
     _settings()
     join_running_stack()
@@ -72,16 +83,14 @@ LIVENESS_EVERY = 5.0
 
 def _run_died(run_id: str | None, api: str | None) -> str | None:
     """Why the run holding a video is dead, or None while it may still be working."""
-    import socket
-
-    from flows.dispatch import LOCAL_PREFIX
+    from flows.dispatch import LOCAL_PREFIX  # deferred: the catalog, see above
 
     if not run_id:
         return None
     if run_id.startswith(LOCAL_PREFIX):
         host, _, pid = run_id[len(LOCAL_PREFIX):].rpartition(":")
         if host == socket.gethostname() and pid.isdigit():
-            import psutil
+            import psutil  # deferred: only `ingest --wait` asks after a process
 
             try:
                 if psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE:
@@ -92,7 +101,7 @@ def _run_died(run_id: str | None, api: str | None) -> str | None:
         return None
     if not api:
         return None
-    import requests
+    import requests  # deferred: about 0.1 s, only `ingest --wait` asks Prefect here
 
     try:
         r = requests.get(f"{api.rstrip('/')}/flow_runs/{run_id}", timeout=5)
@@ -111,6 +120,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: st
     """Progress bars until every video ends; returns how many did not end READY or PARTIAL.
     A run that died (its process gone, its flow run crashed, the batch runner gone) is reported
     and counted, not waited on."""
+    # deferred: the catalog, see above
     from catalog.db import session_scope
     from catalog.state import get_video
 
@@ -166,9 +176,7 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: st
 def _start_batch(video_ids: list[str]) -> tuple[subprocess.Popen, str, Path]:
     """The batch runner for these videos (deployments/batch.py), once its temporary Prefect
     server and Dask cluster are up; exits with code 3 and the cause when they cannot start."""
-    import select
-
-    from deployments.batch import PREFECT_START_TIMEOUT
+    from deployments.batch import PREFECT_START_TIMEOUT  # deferred: Prefect, Dask, the catalog
 
     settings = get_settings()
     logs = settings.data_dir / "logs"
@@ -233,10 +241,10 @@ def ingest(
     With `vodflow up` running (same data dir), the stack's Prefect server and Dask workers do the
     work and the runs show in its Prefect UI. Without it, one temporary Prefect server and one
     Dask cluster serve the whole batch, VODFLOW_MAX_CONCURRENT_INGESTS videos at a time."""
-    from config.settings import prefect_api_url, reset_settings
+    settings = _joined_settings()
+    # deferred: the flows and Prefect; after joining the stack, so Prefect starts with its API URL
     from deployments.intake import ingest_sources
 
-    settings = _joined_settings()
     api = prefect_api_url()
     if api and settings.dispatch == "deployment":
         err.print(f"using the Prefect API at {api}")
@@ -279,7 +287,8 @@ def ingest(
 @app.command()
 def videos(status: str | None = typer.Option(None, help="only this status")) -> None:
     """List the catalog."""
-    from sqlalchemy import select
+    # deferred: the catalog, see above
+    from sqlalchemy import select as sql_select
 
     from catalog.db import session_scope
     from catalog.models import Video, VideoStatus
@@ -287,7 +296,7 @@ def videos(status: str | None = typer.Option(None, help="only this status")) -> 
     _joined_settings()
     table = Table("id", "title", "status", "progress", "duration", "size", "renditions", "error")
     with session_scope() as s:
-        stmt = select(Video).order_by(Video.created_at.desc())
+        stmt = sql_select(Video).order_by(Video.created_at.desc())
         if status:
             stmt = stmt.where(Video.status == VideoStatus(status.upper()))
         for v in s.scalars(stmt):
@@ -306,9 +315,7 @@ def cleanup(
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Remove expired or abandoned uploads and orphaned temporary files (run it on each web host)."""
-    import json
-
-    from flows.uploads.cleanup import cleanup_uploads
+    from flows.uploads.cleanup import cleanup_uploads  # deferred: the catalog, see above
 
     _joined_settings()
     report = cleanup_uploads(orphan_grace=grace_minutes * 60, keep_days=keep_days, dry_run=dry_run)
@@ -328,12 +335,8 @@ def cleanup(
 def serve_flows_command() -> None:
     """Serve the Prefect deployments (ingest/on-demand, bulk-ingest/scheduled, maintenance/hourly)
     from this machine, against the Prefect server in PREFECT_API_URL."""
-    from deployments.serve import serve_environment
-
     serve_environment()  # before Prefect reads its settings
     settings = _settings()
-    from deployments.serve import serve_flows
-
     try:
         serve_flows(settings)
     except RuntimeError as exc:
@@ -350,12 +353,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     """Health of the database, storage, Prefect API and Dask scheduler, the schedules, and the
     ingest queue. Exit code 1 when any part is unreachable or a scheduled deployment has no
     upcoming run or missed one."""
-    import json
-
-    from sqlalchemy import func, select
+    # deferred: the catalog and requests, see above
+    from sqlalchemy import func
+    from sqlalchemy import select as sql_select
 
     from catalog.db import session_scope
     from catalog.models import Video
+    from config.stack import running_stack
     from flows.health import check_all, ingest_queue
 
     _joined_settings()
@@ -364,12 +368,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     counts: dict[str, int] = {}
     if checks["database"]["ok"]:
         with session_scope() as s:
-            for st, n in s.execute(select(Video.status, func.count()).group_by(Video.status)):
+            for st, n in s.execute(sql_select(Video.status, func.count()).group_by(Video.status)):
                 counts[st.value if hasattr(st, "value") else str(st)] = n
     ok = all(c["ok"] for c in checks.values())
-    from config.stack import running_stack
-    from deployments.logscan import repeated_errors
-
     # errors the stack's own servers keep logging, even while they answer their health checks
     settings = get_settings()
     stack = running_stack(settings.data_dir)
@@ -417,9 +418,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
 @app.command()
 def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only; change nothing")) -> None:
     """Run maintenance now: re-dispatch videos whose run died, remove expired uploads and orphans."""
+    _joined_settings()
+    # deferred: the flows and Prefect; after joining the stack, so Prefect starts with its API URL
     from flows.maintenance import run_maintenance
 
-    _joined_settings()
     report = run_maintenance(dry_run=dry_run).to_dict()
     for v in report["videos"]:
         console.print(f"{v['video_id']}  {v['status']}  {v['run_state']}  {v['reason']}  → {v['action']}")

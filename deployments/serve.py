@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 
 from config.settings import Settings, prefect_api_url
 
@@ -39,13 +40,13 @@ def schedule_of(interval_seconds: float, cron: str) -> dict:
     """An interval schedule when one is set (seconds, for sites that want a scan more often than
     a cron's minute allows, and for tests), else the cron."""
     if interval_seconds:
-        from datetime import timedelta
-
         return {"interval": timedelta(seconds=interval_seconds)}
     return {"cron": cron}
 
 
 def build_deployments(settings: Settings) -> list:
+    # imported here, after serve_environment(): Prefect reads its PREFECT_* settings once, when it
+    # is imported, and `vodflow --help` imports this module without needing Prefect at all
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
 
@@ -90,13 +91,14 @@ def build_deployments(settings: Settings) -> list:
 
 def serve_flows(settings: Settings) -> None:
     """Register the deployments and run their flow runs until stopped (SIGTERM, Ctrl-C)."""
-    from prefect import serve
-
     if not prefect_api_url():
         raise RuntimeError(
             "PREFECT_API_URL is not set: serving needs a running Prefect server "
             "(`prefect server start`, or `vodflow up` for the whole stack)")
     serve_environment()
+    # imported here, after serve_environment(), as in build_deployments
+    from prefect import serve
+
     deployments = build_deployments(settings)
     serve(
         *deployments,

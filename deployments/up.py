@@ -30,6 +30,7 @@ task is re-run elsewhere), and nothing started by the stack is left behind on ex
 from __future__ import annotations
 
 import ctypes
+import http.client
 import os
 import secrets
 import signal
@@ -41,15 +42,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+import psutil
 import requests
+from distributed import Client
 
+from catalog.db import get_engine
 from config import stack as stack_record
 from config.settings import Settings, available_cores, prefect_api_url
 from deployments.web import Front, nginx_binary, web_environment
 from deployments.watchdog import TOKEN_VAR
+from flows.health import _host_port
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
@@ -245,8 +251,6 @@ class Stack:
                 return False
             updated = r.json().get("updated")
             if updated:
-                from datetime import datetime
-
                 ts = datetime.fromisoformat(updated.replace("Z", "+00:00")).timestamp()
                 if ts < c.started_at - 5:
                     return False
@@ -322,8 +326,6 @@ class Stack:
 
     def reap_orphans(self, kill_all: bool = False) -> None:
         """Reap adopted orphans that exited; kill orphaned ffmpeg (or everything, at shutdown)."""
-        import psutil
-
         mine = self.component_pids()
         try:
             children = psutil.Process().children(recursive=False)
@@ -364,8 +366,6 @@ class Stack:
             time.sleep(0.2)
 
     def _adopted(self) -> list:
-        import psutil
-
         mine = self.component_pids()
         try:
             return [p for p in psutil.Process().children() if p.pid not in mine]
@@ -421,8 +421,6 @@ class Stack:
             self.say("up", problem)
             return 2
         become_subreaper()
-        from catalog.db import get_engine
-
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         get_engine()  # migrate once, before several processes race to
         self.start_watchdog()
@@ -505,8 +503,6 @@ def _local_host(host: str) -> str:
 
 def _unix_http_ok(path: Path, url_path: str, timeout: float = 2.0) -> bool:
     """GET url_path answers 200 over the unix socket at `path` (gunicorn behind the front)."""
-    import http.client
-
     class UnixConnection(http.client.HTTPConnection):
         def connect(self):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -525,15 +521,13 @@ def _unix_http_ok(path: Path, url_path: str, timeout: float = 2.0) -> bool:
 
 def _has_bokeh() -> bool:
     try:
-        import bokeh  # noqa: F401
+        import bokeh  # noqa: F401 - optional: Dask's dashboard needs it, vodflow does not depend on it
     except ImportError:
         return False
     return True
 
 
 def _tcp_ok(address: str) -> bool:
-    from flows.health import _host_port
-
     host, port = _host_port(address)
     try:
         with socket.create_connection((host, port), timeout=1):
@@ -544,8 +538,6 @@ def _tcp_ok(address: str) -> bool:
 
 def _worker_count(address: str) -> int:
     try:
-        from distributed import Client
-
         with Client(address, timeout=5, set_as_default=False) as client:
             return len(client.scheduler_info(n_workers=-1).get("workers", {}))
     except Exception:  # noqa: BLE001 - not up yet

@@ -21,13 +21,13 @@ import signal
 import sys
 import time
 
+import psutil
+
 TOKEN_VAR = "VODFLOW_STACK_TOKEN"
 GRACE = 10.0
 
 
 def stack_processes(token: str) -> list:
-    import psutil
-
     me = os.getpid()
     # nginx clears its environment and writes its process title over it, so the front server
     # is known by its prefix (DATA_DIR/front) on its command line instead
@@ -48,8 +48,6 @@ def stack_processes(token: str) -> list:
 
 def end_stack(token: str, grace: float = GRACE) -> int:
     """SIGTERM to every process of the stack, then SIGKILL to those still there; how many."""
-    import psutil
-
     procs = stack_processes(token)
     for p in procs:
         try:

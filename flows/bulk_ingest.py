@@ -27,6 +27,7 @@ import logging
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -387,8 +389,6 @@ def summary_markdown(report: BatchReport) -> str:
 @flow(name="bulk-ingest", log_prints=True)
 def bulk_ingest(watch_url: str | None = None, settle_seconds: float | None = None) -> dict:
     """Ingest every new video under `watch_url` (default: VODFLOW_BULK_INGEST_URL) once."""
-    from prefect.artifacts import create_markdown_artifact
-
     logger = get_run_logger()
     location = watch_url or get_settings().bulk_ingest_url
     if not location:
@@ -405,6 +405,4 @@ def bulk_ingest(watch_url: str | None = None, settle_seconds: float | None = Non
 
 
 if __name__ == "__main__":
-    import sys
-
     print(bulk_ingest(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -15,6 +15,10 @@ import socket
 import subprocess
 import sys
 
+from sqlalchemy import update
+
+from catalog.db import session_scope
+from catalog.models import Video
 from config.settings import get_settings, prefect_api_url
 
 log = logging.getLogger(__name__)
@@ -28,11 +32,6 @@ _UNSET = object()
 def _record_run(video_id: str, run_id: str, *, unless_changed_from=_UNSET) -> None:
     """Write the run id on the video. With `unless_changed_from`, only if the video still has
     that id: a local run may already have recorded its own Prefect id, which must stand."""
-    from sqlalchemy import update
-
-    from catalog.db import session_scope
-    from catalog.models import Video
-
     stmt = update(Video).where(Video.id == video_id)
     if unless_changed_from is not _UNSET:
         stmt = stmt.where(Video.flow_run_id.is_(None) if unless_changed_from is None
@@ -42,18 +41,12 @@ def _record_run(video_id: str, run_id: str, *, unless_changed_from=_UNSET) -> No
 
 
 def _current_run(video_id: str) -> str | None:
-    from catalog.db import session_scope
-    from catalog.models import Video
-
     with session_scope() as s:
         v = s.get(Video, video_id)
         return v.flow_run_id if v is not None else None
 
 
 def _attempt(video_id: str) -> int:
-    from catalog.db import session_scope
-    from catalog.models import Video
-
     with session_scope() as s:
         v = s.get(Video, video_id)
         return int(v.attempts or 0) if v is not None else 0
@@ -74,6 +67,8 @@ def dispatch_ingest(video_id: str, *, reason: str | None = None) -> str:
         return "off"
     if mode == "deployment" and prefect_api_url():
         try:
+            # imported here: the web app hands uploads off through this module and never loads
+            # Prefect otherwise (seconds and hundreds of modules in each worker)
             from prefect.deployments import run_deployment
 
             attempt = _attempt(video_id)

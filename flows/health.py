@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import datetime, timezone
 from urllib.parse import urlparse
 
-from config.settings import prefect_api_url
+import requests
+
+from catalog.db import check as db_check
+from config import storage
+from config.settings import get_settings, prefect_api_url
 
 TIMEOUT = 2.0
 
 
 def check_prefect(timeout: float = TIMEOUT) -> dict:
-    import requests
-
     url = prefect_api_url()
     if not url:
         return {"ok": True, "configured": False,
@@ -43,8 +46,6 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def check_dask(timeout: float = TIMEOUT, *, detail: bool = False) -> dict:
     """TCP reachability of the scheduler; with `detail`, its workers (a real Dask client)."""
-    from config.settings import get_settings
-
     address = get_settings().dask_address
     if not address:
         return {"ok": True, "configured": False,
@@ -60,6 +61,8 @@ def check_dask(timeout: float = TIMEOUT, *, detail: bool = False) -> dict:
            "latency_ms": round((time.monotonic() - t0) * 1000, 1)}
     if detail:
         try:
+            # imported here: /healthz runs this module in every web worker, which would otherwise
+            # load Dask's client (a second, hundreds of modules) for `vodflow status` alone
             from distributed import Client
 
             with Client(address, timeout=max(timeout, 5), set_as_default=False) as client:
@@ -85,8 +88,6 @@ def scheduled_deployments(settings) -> list[str]:
 
 
 def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
@@ -97,10 +98,6 @@ def check_schedules(timeout: float = TIMEOUT) -> dict:
     Seen in the field: a Prefect server whose scheduler service failed on every loop created no
     runs at all (no upcoming run), and with the serve process gone runs pile up Late (overdue);
     either way maintenance and bulk ingest silently stop, so health names the deployment."""
-    import requests
-
-    from config.settings import get_settings
-
     url = prefect_api_url()
     if not url:
         return {"ok": True, "configured": False, "note": "no Prefect API: nothing runs on a schedule"}
@@ -158,9 +155,6 @@ def check_schedules(timeout: float = TIMEOUT) -> dict:
 
 
 def check_all(*, detail: bool = False) -> dict:
-    from catalog.db import check as db_check
-    from config import storage
-
     prefect = check_prefect()
     return {
         "database": db_check(),
@@ -180,8 +174,6 @@ CRITICAL = ("database", "storage")
 def ingest_queue(timeout: float = 5.0) -> dict:
     """Ingest flow runs by state from the Prefect API: queued (scheduled, pending, awaiting a
     concurrency slot) and running."""
-    import requests
-
     url = prefect_api_url()
     if not url:
         return {"ok": True, "configured": False}

@@ -20,26 +20,33 @@ Every run leaves a markdown report artifact and returns the same facts as a dict
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import posixpath
 import shutil
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from uuid import UUID
 
+import requests
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
 from sqlalchemy import select
 
 from catalog.db import session_scope
 from catalog.models import Video, VideoStatus
-from catalog.state import InvalidTransition, transition
+from catalog.state import transition
 from config import storage
 from config.settings import get_settings, prefect_api_url
-from flows.dispatch import LOCAL_PREFIX
+from flows.dispatch import LOCAL_PREFIX, dispatch_ingest
+from flows.uploads.cleanup import cleanup_uploads
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +119,6 @@ class PrefectRuns:
 
     def read(self, run_id: str):
         """The flow run, or None when Prefect does not know it (vanished)."""
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
-
         try:
             rid = UUID(run_id)
         except ValueError:
@@ -127,8 +131,6 @@ class PrefectRuns:
 
     def last_heartbeat(self, run_id: str, since: datetime) -> datetime | None:
         """When the run's engine last said it was alive (`prefect.flow-run.heartbeat` events)."""
-        import requests
-
         body = {
             "filter": {
                 "occurred": {"since": since.isoformat()},
@@ -152,9 +154,6 @@ class PrefectRuns:
         return _utc(datetime.fromisoformat(events[0]["occurred"].replace("Z", "+00:00")))
 
     def mark_crashed(self, run_id: str, message: str) -> None:
-        from prefect.client.orchestration import get_client
-        from prefect.states import Crashed
-
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(UUID(run_id), Crashed(message=message), force=True)
 
@@ -242,8 +241,6 @@ def judge(video: Video, runs: PrefectRuns, stale_after: float) -> RunVerdict:
 
 
 def recover_stuck_videos(report: MaintenanceReport, *, dry_run: bool = False) -> None:
-    from flows.dispatch import dispatch_ingest
-
     settings = get_settings()
     runs = PrefectRuns()
     with session_scope() as s:
@@ -297,8 +294,6 @@ def _act_on(verdict: RunVerdict, runs: PrefectRuns, max_attempts: int, dispatch)
 def expire_uploads(report: MaintenanceReport, *, dry_run: bool = False) -> None:
     """Upload housekeeping belongs to the upload service: expired and abandoned uploads lose
     their bytes, interrupted hand-offs are finished, orphaned temp files go."""
-    from flows.uploads.cleanup import cleanup_uploads
-
     result = cleanup_uploads(dry_run=dry_run)
     report.expired_uploads += result.expired
     if result.orphan_files or result.expired:
@@ -460,8 +455,6 @@ def run_maintenance(*, dry_run: bool = False, cleanup: bool = True) -> Maintenan
 @flow(name="maintenance", log_prints=True)
 def maintenance(dry_run: bool = False, cleanup: bool = True) -> dict:
     """Recover stuck videos and remove expired uploads and orphaned files; leaves a report."""
-    from prefect.artifacts import create_markdown_artifact
-
     logger = get_run_logger()
     report = run_maintenance(dry_run=dry_run, cleanup=cleanup)
     create_markdown_artifact(key="maintenance-report", markdown=report_markdown(report),
@@ -473,7 +466,4 @@ def maintenance(dry_run: bool = False, cleanup: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
     print(json.dumps(run_maintenance(dry_run="--dry-run" in sys.argv).to_dict(), indent=2))

@@ -6,11 +6,19 @@ import logging
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from catalog.db import get_engine
 from config import links
 from config.logging import setup_logging
 from config.settings import Settings, get_settings
+from streaming_app.api import bp as api_bp
+from streaming_app.cors import init_cors
+from streaming_app.delivery import bp as delivery_bp
+from streaming_app.pages import bp as pages_bp
 from streaming_app.request import StreamingRequest
+from streaming_app.security import init_security
+from streaming_app.uploads import bp as uploads_bp
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +36,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
 
-    from catalog.db import get_engine
-
     get_engine()  # applies migrations before the first request
-
-    from streaming_app.api import bp as api_bp
-    from streaming_app.delivery import bp as delivery_bp
-    from streaming_app.pages import bp as pages_bp
-    from streaming_app.uploads import bp as uploads_bp
 
     app.register_blueprint(uploads_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(delivery_bp)
     app.register_blueprint(pages_bp)
 
-    from streaming_app.cors import init_cors
-
     init_cors(app, settings)
-    from streaming_app.security import init_security
-
     init_security(app, settings)  # every answer carries them
     # Behind vodflow's nginx (a unix socket only it reaches) the client's address is the last
     # X-Forwarded-For entry, which that nginx appends; scheme and host are passed through
@@ -56,8 +53,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Outermost, so every layer sees the client's address (the analytics rate limit keys on
         # it) and the scheme and host it used (links in answers). Only as many hops as there are
         # proxies: a client can send X-Forwarded-* of its own, and those must not count.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n + behind_nginx, x_proto=n, x_host=n, x_port=n, x_prefix=n)
 

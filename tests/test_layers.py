@@ -1,13 +1,17 @@
 """The import layers of docs/DESIGN.md hold, checked by import-linter's contracts in
 pyproject.toml: config, catalog, tasks below flows; flows below the web app and the CLI; no
-package imports the test suite; only the web app imports Flask; no import circles."""
+package imports the test suite; only the web app imports Flask; no import circles. Imports sit
+at the top of their module unless a comment says why one waits inside a function."""
 
 from __future__ import annotations
 
+import ast
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +47,90 @@ def test_an_upward_import_or_a_circle_breaks_the_check(tmp_path):
     out = _lint(tmp_path)
     assert out.returncode != 0
     assert "No cycles are allowed in tasks" in out.stdout
+
+
+# imports inside functions that have not been moved to the top of their module yet
+NOT_YET_MOVED = {"tasks/encode.py": {"resource", "distributed"}}
+
+
+def _silent_function_imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) of each import inside a function that no comment explains. A comment on
+    the import's line, on any line of the run of imports it belongs to, or on the line just
+    above that run explains it."""
+    comments = {tok.start[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    found = []
+
+    def runs(statements):
+        run: list[ast.stmt] = []
+        for stmt in [*statements, None]:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                run.append(stmt)
+                continue
+            if run:
+                yield run
+                run = []
+
+    def visit(node, in_function: bool):
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            block = getattr(node, field, None)
+            if not isinstance(block, list):
+                continue
+            if in_function:
+                for run in runs(block):
+                    lines = range(run[0].lineno - 1, run[-1].end_lineno + 1)
+                    if not comments.intersection(lines):
+                        found.extend((i.lineno, i.module if isinstance(i, ast.ImportFrom) else i.names[0].name)
+                                     for i in run)
+            for child in block:
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_imports_inside_functions_say_why():
+    silent = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            name = path.relative_to(ROOT).as_posix()
+            for line, module in _silent_function_imports(path.read_text()):
+                if module.split(".")[0] not in NOT_YET_MOVED.get(name, ()):
+                    silent.append(f"{name}:{line} imports {module}")
+    assert not silent, ("move these imports to the top of their module, or say on the line (or the "
+                        "line above) why they wait: start-up cost, an optional dependency, settings "
+                        "read at import\n" + "\n".join(silent))
+
+
+def test_the_import_check_sees_a_silent_import():
+    source = """
+import os
+
+
+def quiet():
+    import json
+
+    return json
+
+
+def explained():
+    # deferred: heavy, and only this command uses it
+    import csv
+    from decimal import Decimal
+
+    return csv, Decimal
+
+
+class Holder:
+    def method(self):
+        if os.sep:
+            from fractions import Fraction  # optional: not every install has it
+            import gzip
+            return Fraction, gzip
+        try:
+            import lzma
+        except ImportError:
+            return None
+        return lzma
+"""
+    assert _silent_function_imports(source) == [(6, "json"), (26, "lzma")]
