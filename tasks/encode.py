@@ -13,12 +13,14 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
 
+from distributed import get_worker
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -229,8 +231,6 @@ def count_video_packets(path: str) -> int:
 
 
 def _children_cpu() -> float:
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -247,8 +247,6 @@ def worker_threads() -> int:
     slots = int(os.environ.get("VODFLOW_TASK_SLOTS", "0") or 0)
     if not slots:
         try:
-            from distributed import get_worker
-
             w = get_worker()
             slots = w.state.nthreads * int(os.environ.get("VODFLOW_WORKERS_ON_HOST", "1") or 1)
         except (ImportError, ValueError, AttributeError):
