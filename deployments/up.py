@@ -102,13 +102,13 @@ def backoff(restarts_in_window: int) -> float:
 
 
 def describe_exit(code: int | None) -> str:
-    """'was killed (SIGKILL)' or 'exited with code 1'."""
+    """How a process ended: 'killed by SIGKILL' or 'exit code 1'."""
     if code is not None and code < 0:
         try:
-            return f"was killed ({signal.Signals(-code).name})"
+            return f"killed by {signal.Signals(-code).name}"
         except ValueError:
-            return f"was killed (signal {-code})"
-    return f"exited with code {code}"
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def worker_sizing(settings: Settings) -> tuple[int, int, str]:
@@ -549,7 +549,7 @@ class Stack:
                 # members of its group that outlived it (a flow run of a killed serve process)
                 # finish their work; they are adopted here and reaped or stopped on exit
                 delay = backoff(len(recent))
-                self.say("up", f"{c.name} ({TITLES.get(c.name, c.name)}) {how}; restarting it"
+                self.say("up", f"{c.name} exited ({TITLES.get(c.name, c.name)}, {how}); restarting it"
                                + (f" in {delay:.0f} s (restart {len(recent)} in {RESTART_WINDOW / 60:.0f} min)"
                                   if delay else ""))
                 if c.reader is not None:
