@@ -1,20 +1,42 @@
-"""Engine, sessions and migrations. SQLite (WAL) by default, PostgreSQL by URL."""
+"""Engine, sessions and migrations. SQLite (WAL) by default, PostgreSQL by URL.
+
+A PostgreSQL server that restarts (an upgrade, a failover, `systemctl restart`) drops every
+connection. The pool checks a connection before lending it (`pool_pre_ping`), so the next use
+after a restart reconnects; a dropped connection is logged ("catalog connection lost"). Steps that
+must not fail on a short outage (an ingest's catalog steps, `catalog/runs.py`) are wrapped in
+`through_outages`: while the server is unreachable they wait and try again, for up to
+OUTAGE_SECONDS, and say so in the log; each is one transaction, so trying it again is safe.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# how long a catalog step waits for an unreachable PostgreSQL server to come back (a restart
+# takes seconds, a failover up to a minute or so) before it gives up
+OUTAGE_SECONDS = 120.0
+# libpq waits forever for a host that drops packets; keepalives find a dead peer in about a minute
+PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                   "keepalives_count": 3}
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -40,8 +62,67 @@ def make_engine(url: str) -> Engine:
     else:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                               connect_args=dict(PG_CONNECT_ARGS))
+        event.listen(engine, "handle_error", _log_disconnect)
     return engine
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+def _log_disconnect(context) -> None:
+    """Say when the database dropped a connection (the pool then reconnects)."""
+    if context.is_disconnect:
+        log.warning("catalog connection lost (%s); reconnecting: %s",
+                    "found dead before use" if getattr(context, "is_pre_ping", False) else "during a query",
+                    _first_line(context.original_exception))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a database error means the server could not be reached or dropped the connection
+    (worth trying again), not that the statement was wrong. SQLite's own errors are not: it
+    already waits for its lock (busy_timeout)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and not type(exc.orig).__module__.startswith("sqlite3")
+
+
+def through_outages(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run a catalog step (one transaction) again while the database is unreachable, for up to
+    OUTAGE_SECONDS, logging when it starts waiting and when it gets through."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        started = None
+        delay = 0.25
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except DBAPIError as exc:
+                if not unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    log.warning("catalog unreachable (%s) in %s; trying again for up to %.0f s",
+                                _first_line(exc), fn.__name__, OUTAGE_SECONDS)
+                if now - started >= OUTAGE_SECONDS:
+                    log.error("catalog still unreachable after %.0f s; %s gives up", now - started, fn.__name__)
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if started is not None:
+                log.warning("catalog reachable again: %s went through after %.1f s", fn.__name__,
+                            time.monotonic() - started)
+            return result
+
+    return wrapper
 
 
 def get_engine() -> Engine:
@@ -102,10 +183,16 @@ def session_scope() -> Iterator[Session]:
 
 
 def check() -> dict:
+    """Reachability; for PostgreSQL also when its server started (a recent start is a restart)."""
     try:
-        with get_engine().connect() as conn:
+        engine = get_engine()
+        with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return {"ok": True, "dialect": get_engine().dialect.name}
+            out = {"ok": True, "dialect": engine.dialect.name}
+            if engine.dialect.name == "postgresql":
+                started = conn.execute(text("SELECT pg_postmaster_start_time()")).scalar()
+                out["server_started_at"] = started.isoformat() if started is not None else None
+        return out
     except Exception as exc:  # noqa: BLE001
         return {"ok": False, "error": str(exc)}
 

@@ -4,6 +4,11 @@ A run holds the video through `Video.flow_run_id`: every step here checks it sti
 the run's flow run id) and raises `Superseded` otherwise, so a re-dispatch while an older run is
 alive hands the video over cleanly instead of two runs overwriting each other. Run folders are
 named by start time (`new_run_id`), so a run never removes a newer one's files.
+
+Every step is one transaction and waits through a short database outage (`through_outages`: a
+PostgreSQL restart mid-ingest does not fail the video). A step tried again after a commit whose
+answer was lost finds its own work done: rendition rows are replaced, not added twice, and
+`finish` leaves a video this run already finished as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime, timezone
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, update
 
-from catalog.db import session_scope
+from catalog.db import session_scope, through_outages
 from catalog.models import Rendition, RenditionStatus, Video, VideoStatus
 from catalog.state import get_video, set_progress, transition
 from config import storage
@@ -51,6 +56,7 @@ def new_run_id() -> str:
     return "r" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
+@through_outages
 def begin(video_id: str, run: str, flow_run_id: str | None) -> tuple[str, str | None, bool]:
     """Move the video to PROCESSING for this run. Returns (source_url, published_run,
     recovering): `recovering` when the video was already PROCESSING, i.e. an earlier run of it
@@ -86,6 +92,7 @@ def _earlier(name: str, run: str) -> bool:
     return name < run if _RUN_ID.fullmatch(name) else True
 
 
+@through_outages
 def remove_stale_runs(video_id: str, run: str, keep: set[str], *, owner: str | None = None) -> list[str]:
     """Delete run folders and rendition rows of earlier runs that are neither published nor
     ours. Run ids sort by start time, so a run never removes a newer one's files; and only
@@ -109,6 +116,7 @@ def remove_stale_runs(video_id: str, run: str, keep: set[str], *, owner: str | N
     return removed
 
 
+@through_outages
 def save_probe(video_id: str, fields: dict, *, owner: str | None = None) -> None:
     """The source's probed metadata (column name -> value) on the video row."""
     with session_scope() as s:
@@ -117,6 +125,7 @@ def save_probe(video_id: str, fields: dict, *, owner: str | None = None) -> None
             setattr(v, k, val)
 
 
+@through_outages
 def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str | None = None) -> None:
     with session_scope() as s:
         if owner is not None:
@@ -124,6 +133,7 @@ def progress(video_id: str, pct: float, stage: str | None = None, *, owner: str 
         set_progress(s, video_id, pct, stage)
 
 
+@through_outages
 def save_renditions(video_id: str, run: str, rows: list[dict], *, make_current: bool = False,
                     owner: str | None = None) -> None:
     """Create or update this run's rendition rows (matched by name) in one transaction: a rung
@@ -149,6 +159,7 @@ def save_renditions(video_id: str, run: str, rows: list[dict], *, make_current: 
             v.current_run = run
 
 
+@through_outages
 def withdraw_run(video_id: str, run: str, *, owner: str | None = None) -> None:
     """Remove every rendition row of `run` (its files go with it): what it published is no
     longer valid (the run planned its chunks again)."""
@@ -162,6 +173,7 @@ def record_failed_rendition(video_id: str, run: str, rung: dict, reason: str, *,
                                      "status": RenditionStatus.FAILED, "error": reason[:2000]}], owner=owner)
 
 
+@through_outages
 def save_thumbnails(video_id: str, thumbs: dict, *, owner: str | None = None) -> None:
     with session_scope() as s:
         v = _owned(s, video_id, owner)
@@ -169,12 +181,15 @@ def save_thumbnails(video_id: str, thumbs: dict, *, owner: str | None = None) ->
         v.thumbnails_url = thumbs.get("thumbnails_url")
 
 
+@through_outages
 def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, switch_from: str | None,
            owner: str | None = None) -> None:
     with session_scope() as s:
         v = _owned(s, video_id, owner)
         if VideoStatus(v.status) == VideoStatus.DELETED:
             return
+        if VideoStatus(v.status) == status and v.current_run == run and status != VideoStatus.PROCESSING:
+            return  # already finished by this step, before an outage hid the commit
         if status in (VideoStatus.READY, VideoStatus.PARTIAL):
             v.current_run = run
             if switch_from and switch_from != run:
@@ -183,6 +198,7 @@ def finish(video_id: str, run: str, status: VideoStatus, error: str | None, *, s
         transition(s, v, status, error=error)
 
 
+@through_outages
 def fail(video_id: str, message: str, *, published: str | None = None, owner: str | None = None) -> None:
     """End the run as failed. A video that still has an earlier published run keeps playing
     it: it goes back to READY/PARTIAL with the reason of this failure in `error`."""
@@ -203,6 +219,7 @@ def fail(video_id: str, message: str, *, published: str | None = None, owner: st
 
 
 
+@through_outages
 def has_published(video_id: str, run: str) -> bool:
     """Whether a rendition of `run` is READY or GROWING (players may be using its files)."""
     with session_scope() as s:

@@ -344,6 +344,31 @@ def serve_flows_command() -> None:
         raise typer.Exit(2) from None
 
 
+def _since(moment) -> str:
+    """A moment (epoch seconds or ISO 8601) as local time, with how long ago."""
+    from datetime import datetime
+
+    when = (datetime.fromtimestamp(moment) if isinstance(moment, (int, float))
+            else datetime.fromisoformat(str(moment).replace("Z", "+00:00")).astimezone().replace(tzinfo=None))
+    ago = max(0.0, (datetime.now() - when).total_seconds())
+    span = f"{ago:.0f} s" if ago < 120 else f"{ago / 60:.0f} min" if ago < 7200 else f"{ago / 3600:.0f} h"
+    return f"{when:%Y-%m-%d %H:%M:%S} ({span} ago)"
+
+
+def _stack_summary(stack: dict | None) -> list[dict]:
+    """The processes of the running `vodflow up` and what became of them: restarts, last exit."""
+    rows = []
+    for name, c in ((stack or {}).get("components") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        last = (c.get("exits") or [None])[-1]
+        rows.append({"name": name, "title": c.get("title") or name, "pid": c.get("pid"), "state": c.get("state"),
+                     "since": _since(c["since"]) if c.get("since") else None,
+                     "restarts": int(c.get("restarts") or 0),
+                     "last_exit": f"{last['how']} at {_since(last['at'])}" if last else None})
+    return rows
+
+
 def _mark(ok: bool) -> str:
     return "[green]ok[/green]" if ok else "[red]DOWN[/red]"
 
@@ -375,13 +400,19 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     settings = get_settings()
     stack = running_stack(settings.data_dir)
     repeated = repeated_errors(Path(stack["logs"]) if stack and stack.get("logs") else settings.data_dir / "logs")
+    parts = (stack or {}).get("components") or {}
+    # a part of the stack waiting to be restarted is down, whatever the other checks say
+    ok = ok and not any(isinstance(c, dict) and c.get("state") == "restarting" for c in parts.values())
     if as_json:
         console.print_json(json.dumps({"ok": ok, "checks": checks, "ingest": queue, "videos": counts,
-                                       "repeated_errors": repeated}))
+                                       "repeated_errors": repeated, "stack": _stack_summary(stack)}))
         raise typer.Exit(0 if ok else 1)
     table = Table("part", "state", "detail")
     db, st, pf, dk = checks["database"], checks["storage"], checks["prefect"], checks["dask"]
-    table.add_row("database", _mark(db["ok"]), db.get("dialect") or db.get("error", ""))
+    db_detail = db.get("dialect") or db.get("error", "")
+    if db.get("server_started_at"):
+        db_detail += f", server up since {_since(db['server_started_at'])}"
+    table.add_row("database", _mark(db["ok"]), db_detail)
     table.add_row("storage", _mark(st["ok"]), st.get("url", "") + (f"  {st['error']}" if st.get("error") else ""))
     table.add_row("Prefect API", _mark(pf["ok"]), pf.get("url") or pf.get("note", "") if pf["ok"]
                   else f"{pf.get('url', '')}  {pf.get('error', '')}")
@@ -394,6 +425,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     else:
         detail = dk.get("note", "")
     table.add_row("Dask", _mark(dk["ok"]), detail)
+    for row in _stack_summary(stack):
+        if row["state"] == "restarting":
+            table.add_row(row["title"], "[red]DOWN[/red]", f"{row['last_exit']}; `vodflow up` is restarting it")
+        elif row["restarts"]:
+            table.add_row(row["title"], "[yellow]RESTARTED[/yellow]",
+                          f"{row['title']} restarted {row['restarts']}× by `vodflow up`, last: {row['last_exit']}; "
+                          + ("starting again" if row["state"] == "recovering" else f"running again since {row['since']}")
+                          + f" (pid {row['pid']})")
     for e in repeated:
         table.add_row(f"{e['part']} log", "[yellow]ERRORS[/yellow]", f"{e['count']}× {e['line']}")
     sc = checks["schedules"]

@@ -10,8 +10,13 @@ Starts, in order, each one healthy before the next:
 5. nginx in front of it on VODFLOW_WEB_PORT, configured from deployments/nginx.conf into
    DATA_DIR/front (VODFLOW_FRONT=none: no nginx, the app itself listens on the port).
 Every process gets the same PREFECT_API_URL and VODFLOW_DASK_ADDRESS. Their output is streamed
-with a name prefix (and kept in DATA_DIR/logs/NAME.log). A process that dies is restarted (at
-most 5 times in 5 minutes, then the whole stack stops with exit code 1).
+with a name prefix (and kept in DATA_DIR/logs/NAME.log). A process that dies is restarted: at
+once the first time, then after 1, 2, 4… s (at most 5 restarts in 5 minutes, then the whole stack
+stops with exit code 1). Each exit, restart and return to health is logged, and recorded in
+DATA_DIR/stack.json, where `vodflow status` shows it. When the Prefect server or the Dask
+scheduler is healthy again after a restart, a maintenance run (recovery only) is asked for, due
+10 s later, so an ingest cut short by that restart is dispatched again within the minute, not at
+the next hourly run.
 
 Where the stack's Prefect API, Dask scheduler and web app are is recorded in DATA_DIR/stack.json
 while it runs, for commands run in another shell to join (config/stack.py).
@@ -59,6 +64,18 @@ from flows.health import _host_port
 
 PR_SET_CHILD_SUBREAPER = 36
 MAX_RESTARTS, RESTART_WINDOW = 5, 300.0
+BACKOFF_MAX = 30.0
+# parts whose restart cuts ingests short (a lost scheduler takes every task of the runs on it;
+# a run may end while the Prefect server is away): once they are back, maintenance checks the
+# videos in flight. Dead workers need none (the scheduler gives their tasks to others), nor a
+# killed serve process (its silent runs are found by VODFLOW_STALE_RUN_SECONDS).
+RECOVERY_AFTER = ("prefect", "scheduler")
+# the recovery run starts this long after the part is back: time for the runs the restart cut
+# short to record their end, which is what maintenance goes by
+RECOVERY_DELAY = 10.0
+# what the operator reads for each part (logs, `vodflow status`)
+TITLES = {"prefect": "Prefect server", "scheduler": "Dask scheduler", "workers": "Dask workers",
+          "serve": "serve process", "web": "web app", "front": "nginx"}
 STOP_GRACE = {"front": 10.0, "web": 12.0, "serve": 20.0, "workers": 20.0, "scheduler": 10.0, "prefect": 15.0}
 READY_TIMEOUT = {"prefect": 180.0, "scheduler": 60.0, "workers": 120.0, "serve": 120.0, "web": 90.0, "front": 30.0}
 COLORS = {"prefect": "35", "scheduler": "36", "workers": "34", "serve": "33", "web": "32", "front": "92",
@@ -78,6 +95,26 @@ class Component:
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     reader: threading.Thread | None = None
     before_start: Callable[[], None] | None = None  # run before each (re)start
+    restart_at: float | None = None  # monotonic time of a restart waiting out its backoff
+    recovering: bool = False  # restarted, not healthy yet
+    exits: list = field(default_factory=list)  # [{at, code, how}] of every exit while supervised
+    state: str = "starting"  # starting | running | restarting | recovering
+    wall_started_at: float = 0.0
+
+
+def backoff(restarts_in_window: int) -> float:
+    """Seconds before the nth restart within the window: at once, then 1, 2, 4… s, at most 30."""
+    return 0.0 if restarts_in_window <= 1 else min(BACKOFF_MAX, 2.0 ** (restarts_in_window - 2))
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended: 'killed by SIGKILL' or 'exit code 1'."""
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def worker_sizing(settings: Settings) -> tuple[int, int, str]:
@@ -213,8 +250,12 @@ class Stack:
                 [py, "-m", "dask", "worker", self.dask_address, "--nworkers", str(n), "--nthreads", str(threads),
                  "--memory-limit", memory, "--local-directory", str(data / "dask-worker-space"),
                  "--name", f"{socket.gethostname()}-w", "--no-dashboard", "--death-timeout", "120"],
-                # each encode sizes ffmpeg's threads to its share of this machine's cores
-                {**base, "VODFLOW_WORKERS_ON_HOST": str(n)},
+                # each encode sizes ffmpeg's threads to its share of this machine's cores. A
+                # worker's first task asks the Prefect server for its version, and fails if the
+                # server is restarting at that moment; the workers run the server's own Prefect
+                {**base, "VODFLOW_WORKERS_ON_HOST": str(n),
+                 "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": base.get(
+                     "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED", "false")},
                 lambda c: _worker_count(self.dask_address) >= n))
         base["VODFLOW_DASK_ADDRESS"] = self.dask_address
 
@@ -262,7 +303,7 @@ class Stack:
             c.before_start()
         c.proc = subprocess.Popen(c.cmd, env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-        c.started_at = time.time()
+        c.started_at = c.wall_started_at = time.time()
         c.reader = threading.Thread(target=self._pump, args=(c, c.proc.stdout), daemon=True,
                                     name=f"log-{c.name}")
         c.reader.start()
@@ -390,11 +431,15 @@ class Stack:
         return None
 
     def record(self) -> None:
-        """DATA_DIR/stack.json: where commands in another shell find this stack."""
+        """DATA_DIR/stack.json: where commands in another shell find this stack, and what became
+        of each of its processes (exits and restarts, for `vodflow status`)."""
         stack_record.write_record(
             self.settings.data_dir, prefect_api=self.prefect_api, dask_address=self.dask_address,
             web=self.settings.public_url, logs=str(self.logs_dir),
-            components={c.name: c.proc.pid for c in self.components if c.proc is not None})
+            components={c.name: {"title": TITLES.get(c.name, c.name), "pid": c.proc.pid,
+                                 "since": c.wall_started_at, "state": c.state, "restarts": len(c.exits),
+                                 "exits": c.exits[-5:]}
+                        for c in self.components if c.proc is not None})
 
     def banner(self) -> None:
         s = self.settings
@@ -451,6 +496,7 @@ class Stack:
                             self.say("up", "    " + line)
                         code = 1
                     break
+                c.state = "running"
                 self.say("up", f"{c.name} is healthy ({time.time() - c.started_at:.1f} s)")
             else:
                 self.record()
@@ -467,26 +513,81 @@ class Stack:
         return code
 
     def supervise(self) -> int:
+        """Restart what exits (with backoff), notice when it is healthy again, keep the record."""
         while not self.stopping.wait(1.0):
             self.reap_orphans()
+            changed = False
             for c in self.components:
-                if c.proc is None or c.proc.poll() is None:
-                    continue
                 if self.stopping.is_set():
                     break
+                if c.restart_at is not None:
+                    if time.monotonic() >= c.restart_at:
+                        self._restart(c)
+                        changed = True
+                    continue
+                if c.proc is None:
+                    continue
+                if c.proc.poll() is None:
+                    if c.recovering and c.ready(c):
+                        c.recovering, c.state, changed = False, "running", True
+                        self.say("up", f"{c.name} is healthy again, {time.time() - c.started_at:.1f} s after "
+                                       "its restart")
+                        if c.name in RECOVERY_AFTER:
+                            self.request_recovery(c.name)
+                    continue
                 now = time.monotonic()
                 c.restarts.append(now)
                 recent = [t for t in c.restarts if now - t < RESTART_WINDOW]
+                how = describe_exit(c.proc.returncode)
+                c.exits.append({"at": time.time(), "code": c.proc.returncode, "how": how})
                 if len(recent) > MAX_RESTARTS:
-                    self.say("up", f"{c.name} keeps exiting (code {c.proc.returncode}); stopping the stack")
+                    self.say("up", f"{c.name} keeps exiting ({how}, {len(recent)} times in "
+                                   f"{RESTART_WINDOW / 60:.0f} min); stopping the stack")
                     return 1
                 # members of its group that outlived it (a flow run of a killed serve process)
                 # finish their work; they are adopted here and reaped or stopped on exit
-                self.say("up", f"{c.name} exited with code {c.proc.returncode}; restarting it")
+                delay = backoff(len(recent))
+                self.say("up", f"{c.name} exited ({TITLES.get(c.name, c.name)}, {how}); restarting it"
+                               + (f" in {delay:.0f} s (restart {len(recent)} in {RESTART_WINDOW / 60:.0f} min)"
+                                  if delay else ""))
                 if c.reader is not None:
                     c.reader.join(2)
-                self.start(c)
+                c.restart_at, c.recovering, c.state, changed = now + delay, False, "restarting", True
+                if not delay:
+                    self._restart(c)
+            if changed and not self.stopping.is_set():
+                self.record()
         return 0
+
+    def _restart(self, c: Component) -> None:
+        c.restart_at = None
+        self.start(c)
+        c.recovering, c.state = True, "recovering"
+        self.say("up", f"{c.name} started again (pid {c.proc.pid})")
+
+    def request_recovery(self, after: str) -> None:
+        """Ask for a maintenance run (recovery of videos in flight only), due RECOVERY_DELAY from
+        now: ingests that the restart of `after` cut short are dispatched again, instead of at the
+        next hourly run."""
+        from datetime import datetime, timedelta, timezone
+
+        api = self.prefect_api
+        when = datetime.now(timezone.utc) + timedelta(seconds=RECOVERY_DELAY)
+        try:
+            dep = requests.get(f"{api}/deployments/name/maintenance/hourly", timeout=10)
+            dep.raise_for_status()
+            run = requests.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", timeout=10,
+                                json={"parameters": {"cleanup": False}, "name": f"recovery after {after} restart",
+                                      "tags": ["vodflow", "recovery"],
+                                      "state": {"type": "SCHEDULED", "name": "Scheduled",
+                                                "state_details": {"scheduled_time": when.isoformat()}}})
+            run.raise_for_status()
+        except (requests.RequestException, KeyError, ValueError) as exc:
+            self.say("up", f"could not ask for a maintenance run after the {after} restart ({exc}); "
+                           "the hourly run (or `vodflow maintain`) will check the videos in flight")
+            return
+        self.say("up", f"asked maintenance to check the videos in flight after the {after} restart "
+                       f"(flow run '{run.json().get('name')}', in {RECOVERY_DELAY:.0f} s)")
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -1,5 +1,9 @@
 """Watching the ingest's Prefect-on-Dask futures: progress (catalog and Prefect artifact),
-outcomes, and the one loop that hands back tasks as they finish."""
+outcomes, and the one loop that hands back tasks as they finish.
+
+Futures that Dask cancelled because the scheduler connection was lost raise
+`flows.cluster.ClusterLost` here instead of reading as failed tasks: a lost cluster must not
+turn into a failed rung, a video published without sound, or a FAILED video."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import distributed
 from prefect.artifacts import update_progress_artifact
 
 from catalog.runs import progress
+from flows.cluster import cluster_lost, lost
 from tasks.retry import PROGRESS_TOPIC
 
 log = logging.getLogger(__name__)
@@ -84,10 +89,13 @@ class Tracker:
 
 
 def outcome(fut) -> tuple[bool, object]:
-    """(ok, result or exception) of a finished Prefect-on-Dask future."""
+    """(ok, result or exception) of a finished Prefect-on-Dask future; raises ClusterLost when
+    the scheduler connection was lost (the task's fate is unknown, not failed)."""
     try:
         state = fut.wrapped_future.result()
     except BaseException as exc:  # noqa: BLE001 - a dead worker, a cancelled key
+        if cluster_lost(exc):
+            raise lost() from exc
         return False, exc
     if hasattr(state, "is_completed"):
         if state.is_completed():
@@ -104,7 +112,8 @@ def outcome(fut) -> tuple[bool, object]:
 
 def wait_any(client, futures: list, timeout: float | None = POLL_SECONDS) -> None:
     """Return as soon as one future finishes, or after `timeout` (the poll interval, for
-    progress updates; None: until one finishes)."""
+    progress updates; None: until one finishes); raises ClusterLost when the scheduler connection
+    was lost."""
     if not futures:
         return
     try:
@@ -112,6 +121,10 @@ def wait_any(client, futures: list, timeout: float | None = POLL_SECONDS) -> Non
             distributed.wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
     except (TimeoutError, distributed.TimeoutError):
         pass
+    except BaseException as exc:
+        if cluster_lost(exc):
+            raise lost() from exc
+        raise
 
 
 def describe(exc: object) -> str:

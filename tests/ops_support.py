@@ -41,10 +41,23 @@ class PostgresServer:
     databases. One server serves a whole test session; each test that needs isolation gets a
     database of its own, copied from a template the catalog's migrations already ran on."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, control: dict | None = None):
         self.port = port
         self._made = 0
         self._template: str | None = None
+        self._control = control or {}  # how to stop and start it: data dir, options, log, cwd
+
+    def stop(self) -> None:
+        """Stop the server as an operator's restart does (fast: open sessions are ended)."""
+        c = self._control
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(c["data"]), "-m", "fast", "-w", "stop"]),
+                       check=True, capture_output=True, cwd=c["cwd"])
+
+    def start(self) -> None:
+        """Start it again on the same port and data."""
+        c = self._control
+        subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(c["data"]), "-l", str(c["log"]), "-o",
+                                     c["options"], "-w", "start"]), check=True, capture_output=True, cwd=c["cwd"])
 
     def url(self, name: str) -> str:
         return f"postgresql://vodflow@127.0.0.1:{self.port}/{name}"
@@ -91,8 +104,8 @@ def postgres_server():
 
     base = Path(tempfile.mkdtemp(prefix="vodflow-pg-"))
     try:
-        with _postgres_in(base) as port:
-            yield PostgresServer(port)
+        with _postgres_in(base) as (port, control):
+            yield PostgresServer(port, control)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -120,7 +133,7 @@ def _postgres_in(base: Path):
     subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w",
                                  "start"]), **run)
     try:
-        yield port
+        yield port, {"data": data, "options": opts, "log": log, "cwd": base}
     finally:
         subprocess.run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True, cwd=base)
