@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -346,8 +347,6 @@ def serve_flows_command() -> None:
 
 def _since(moment) -> str:
     """A moment (epoch seconds or ISO 8601) as local time, with how long ago."""
-    from datetime import datetime
-
     when = (datetime.fromtimestamp(moment) if isinstance(moment, (int, float))
             else datetime.fromisoformat(str(moment).replace("Z", "+00:00")).astimezone().replace(tzinfo=None))
     ago = max(0.0, (datetime.now() - when).total_seconds())

@@ -47,7 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
@@ -569,7 +569,6 @@ class Stack:
         """Ask for a maintenance run (recovery of videos in flight only), due RECOVERY_DELAY from
         now: ingests that the restart of `after` cut short are dispatched again, instead of at the
         next hourly run."""
-        from datetime import datetime, timedelta, timezone
 
         api = self.prefect_api
         when = datetime.now(timezone.utc) + timedelta(seconds=RECOVERY_DELAY)
