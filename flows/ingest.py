@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
 # after Prefect's own retries (a worker that died takes the task run with it)
 FLOW_RESUBMITS = 2
+# an attempt's lease file in its run's scratch space: lease-<flow run id>
+LEASE_PREFIX = "lease-"
 # progress bands (percent): probe+split, then encode and publish chunk by chunk
 P_SPLIT, P_ENCODED = 5.0, 98.0
 
@@ -118,10 +120,11 @@ def ingest(video_id: str) -> dict:
     work_url = storage.url_for("scratch", video_id, run)
     hls_url = storage.url_for("hls", video_id, run)
     tracker = Tracker(video_id, owner=flow_run_id)
-    # the run's lease: tasks store output only while it exists (see tasks.retry.check_lease);
-    # every way out of this run removes the scratch space, and the lease with it
-    lease_url = storage.join(work_url, "lease")
-    storage.write_text(lease_url, flow_run_id or run)
+    # this attempt's lease: its tasks store output only while it exists (see
+    # tasks.retry.check_lease); every way out of the attempt removes it. A run carried on takes
+    # the folder over: the earlier attempt's lease goes, so whatever of that attempt is still
+    # running stops storing, and leaves the folder to this one when it ends.
+    lease_url = _take_lease(work_url, flow_run_id or run)
     try:
         tracker.artifact_id = create_progress_artifact(progress=0.0, key=f"transcode-{video_id}",
                                                        description=f"transcode of video {video_id}, run {run}")
@@ -137,7 +140,9 @@ def ingest(video_id: str) -> dict:
         # it again. This run's unpublished output goes now; maintenance would remove it later.
         tracker.cancel_all()
         try:
-            if has_published(video_id, run):
+            if _taken_over(work_url, lease_url):
+                pass  # a later attempt took the run's folder over: nothing here is this one's
+            elif has_published(video_id, run):
                 # what it published stays, and so does its scratch space (stream-copy slices,
                 # previews): the re-dispatch carries this run on. Only the lease goes, so no
                 # task of this attempt stores anything more.
@@ -150,6 +155,13 @@ def ingest(video_id: str) -> dict:
         raise
     except BaseException as exc:
         tracker.cancel_all()
+        if _taken_over(work_url, lease_url):
+            # a later attempt carried this run on and took its folder: the files are its now
+            exc = exc if isinstance(exc, Superseded) else Superseded(
+                f"video {video_id}: a newer attempt carries run {run} on; this one stops "
+                f"({type(exc).__name__}: {exc})")
+            logger.warning("%s", exc)
+            raise exc
         message = exc.args[0] if isinstance(exc, IngestFailed) else (
             f"{describe(exc)}" if isinstance(exc, MediaError) else
             f"processing stopped by an internal error: {type(exc).__name__}: {exc}; "
@@ -175,6 +187,23 @@ def ingest(video_id: str) -> dict:
     result["timings"] = timings
     logger.info("video %s %s in %.1f s", video_id, result["status"], result["seconds"])
     return result
+
+
+def _take_lease(work_url: str, holder: str) -> str:
+    """Write this attempt's lease in the run's scratch space, removing any earlier attempt's."""
+    for entry in storage.list_dir(work_url):
+        if entry["name"].startswith(LEASE_PREFIX):
+            storage.delete(entry["url"])
+    lease_url = storage.join(work_url, LEASE_PREFIX + holder)
+    storage.write_text(lease_url, holder)
+    return lease_url
+
+
+def _taken_over(work_url: str, lease_url: str) -> bool:
+    """Did a later attempt take this run's folder over (its lease replaced this one's)?"""
+    if storage.exists(lease_url):
+        return False
+    return any(e["name"].startswith(LEASE_PREFIX) for e in storage.list_dir(work_url))
 
 
 def _drop_unpublished(video_id: str, run: str, work_url: str, hls_url: str) -> None:
