@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The session fixtures of the published test ladder and of moto's S3 server, defined once here:
+# a fixture imported into several test modules is a fixture of each, and a session one is then
+# set up again (and kept) for every module that imports it.
+from tests.hls_support import hls_ladder, moto_s3  # noqa: F401 - fixtures
 from tests.media import make_clip
 from tests.ops_support import postgres_server
 from tests.servers import prefect_server
@@ -126,6 +130,20 @@ def prefect_api(tmp_path_factory):
         os.environ.pop("PREFECT_API_URL", None)
     else:
         os.environ["PREFECT_API_URL"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_dask_cluster(prefect_api, tmp_path_factory):
+    """2 single-threaded worker processes (the machine has 2 cores), for the whole session.
+    Tests ask for `dask_cluster` or `ingest_env` (tests/transcode_support.py)."""
+    from distributed import LocalCluster
+
+    data = tmp_path_factory.mktemp("dask-var")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           memory_limit=0, env={"VODFLOW_DATA_DIR": str(data), "VODFLOW_WORKERS_ON_HOST": "2",
+                                                "PREFECT_API_URL": prefect_api})
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture

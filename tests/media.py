@@ -87,8 +87,10 @@ LEGACY_KINDS: dict[str, tuple[str, list[str], str, str, int]] = {
                                "-g", "30", "-c:a", "libvorbis", "-q:a", "3"], "320x240", "30", 48000),
     "ogg-theora": ("clip.ogv", ["-c:v", "libtheora", "-q:v", "5", "-g", "30", "-c:a", "libvorbis", "-q:a", "3"],
                    "320x240", "30", 48000),
+    # MPEG-2 4:2:2 in MXF OP1a: broadcast files are SD, but the muxer takes any MPEG-2 size, and
+    # CIF keeps the ladder to one rung (at 720x576 it was three)
     "mxf-mpeg2": ("clip.mxf", ["-c:v", "mpeg2video", "-bf", "2", "-g", "12", "-b:v", "4000k",
-                               "-pix_fmt", "yuv422p", "-c:a", "pcm_s16le", "-f", "mxf"], "720x576", "25", 48000),
+                               "-pix_fmt", "yuv422p", "-c:a", "pcm_s16le", "-f", "mxf"], "352x288", "25", 48000),
     "mov-prores": ("clip.mov", ["-c:v", "prores", "-profile:v", "0", "-pix_fmt", "yuv422p10le",
                                 "-c:a", "pcm_s16le"], "320x240", "25", 48000),
 }

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.hls_support import hls_ladder, publish_video  # noqa: F401
+from tests.hls_support import publish_video
 from tests.servers import share_settings, vodflow_web
 
 HOP_HEADERS = {"date", "server", "connection", "keep-alive", "transfer-encoding"}

@@ -12,7 +12,7 @@ import m3u8
 import pytest
 import requests
 
-from tests.hls_support import hls_ladder, mark_ready, moto_s3, publish_video, s3_storage  # noqa: F401
+from tests.hls_support import mark_ready, publish_video, s3_storage  # noqa: F401
 
 SEG = ("360p", "seg_00000.ts")
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"

@@ -16,7 +16,7 @@ import m3u8
 import pytest
 import requests
 
-from tests.hls_support import S3_BUCKET, hls_ladder, moto_s3, publish_video  # noqa: F401
+from tests.hls_support import S3_BUCKET, publish_video
 from tests.servers import share_settings, vodflow_web
 
 ADMIN_TOKEN = "delivery-test-admin"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.hls_support import hls_ladder, publish_video  # noqa: F401
+from tests.hls_support import publish_video
 
 
 def test_a_crowd_on_a_stale_view_reads_the_catalog_once(hls_ladder, monkeypatch):

@@ -19,16 +19,11 @@ SEGMENT_SECONDS = 6.0
 
 
 @pytest.fixture(scope="session")
-def dask_cluster(prefect_api, tmp_path_factory):
-    """2 single-threaded worker processes (the machine has 2 cores), sharing the session."""
-    from distributed import LocalCluster
-
-    data = tmp_path_factory.mktemp("dask-var")
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           memory_limit=0, env={"VODFLOW_DATA_DIR": str(data), "VODFLOW_WORKERS_ON_HOST": "2",
-                                                "PREFECT_API_URL": prefect_api})
-    yield cluster
-    cluster.close()
+def dask_cluster(shared_dask_cluster):
+    """The session's one Dask cluster (see `shared_dask_cluster` in conftest.py). Each module that
+    imports this fixture gets a copy of its definition, so the cluster itself lives in conftest:
+    defined here, it was started anew, and kept running, for every transcode module."""
+    return shared_dask_cluster
 
 
 @pytest.fixture
