@@ -15,8 +15,12 @@ TEST_PKGS := ffmpeg chromium postgresql nginx-light wrk curl
 run: setup
 	$(BIN)/vodflow up
 
+# Two pytest-xdist workers, the machine's two cores (tests/conftest.py shares the modules out);
+# `make test PYTEST_WORKERS=0` runs everything in one process.
+PYTEST_WORKERS ?= 2
+
 test: setup-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 setup: system-runtime $(VENV)/.installed streaming_app/static/vendor/.installed
 

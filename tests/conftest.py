@@ -19,8 +19,41 @@ from tests.servers import prefect_server
 # A test that talks to Prefect asks for the `prefect_api` fixture (the real server all tests share).
 # Without this, one that forgot would quietly start a temporary server of its own.
 os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "false")
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment, which a run
+# in one process does not have; the CLI's console would then keep 80 columns whatever width a
+# test gives it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+# `make test` runs the tests on two pytest-xdist workers. Each module runs whole on one worker
+# (its module fixtures, servers and stacks, start once), and the test_ops_* modules, which start
+# whole stacks of processes and give some of them deadlines, run one after another on one
+# worker, handed out first so that they do not end up as the long tail of the run.
+OPS_MODULES = "test_ops_"
+
+
+def _is_ops(nodeid: str) -> bool:
+    return Path(nodeid.split("::", 1)[0]).name.startswith(OPS_MODULES)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: not _is_ops(item.nodeid))  # stable: module order kept
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesOpsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return OPS_MODULES if _is_ops(nodeid) else nodeid.split("::", 1)[0]
+
+    config.option.loadscopereorder = False  # keep the order above, not the biggest modules first
+    return ModulesOpsTogether(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -68,8 +68,10 @@ def test_links_and_client_address_follow_one_trusted_proxy(tmp_path, clip):
         codes = [_events(base, watched, "203.0.113.5") for _ in range(130)]
         assert codes[:60] == [202] * 60 and codes.count(429) >= 20
         assert _events(base, watched, "198.51.100.7") == 202
-        # a forged hop prepended by the flooding client does not give it a fresh allowance
-        assert _events(base, watched, "192.0.2.99, 203.0.113.5") == 429
+        # a forged hop prepended by the flooding client does not give it a fresh allowance (five
+        # tries: the bucket refills 5 tokens a second, so one answer alone may be a refilled token)
+        forged = [_events(base, watched, "192.0.2.99, 203.0.113.5") for _ in range(5)]
+        assert forged.count(429) >= 4, forged
 
 
 def test_forwarded_headers_are_ignored_without_trusted_proxies(tmp_path, clip):
