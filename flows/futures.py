@@ -127,6 +127,12 @@ def wait_any(client, futures: list, timeout: float | None = POLL_SECONDS) -> Non
         raise
 
 
+def settle(client, fut) -> tuple[bool, object]:
+    """Wait for one future to finish and give its `outcome`."""
+    wait_any(client, [fut.wrapped_future], timeout=None)
+    return outcome(fut)
+
+
 def describe(exc: object) -> str:
     text = str(exc) or type(exc).__name__
     detail = getattr(exc, "detail", "")

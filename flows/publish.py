@@ -20,9 +20,11 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from prefect.artifacts import create_markdown_artifact
+
 from catalog.models import RenditionStatus
 from catalog.runs import save_renditions
-from config import storage
+from config import links, storage
 from tasks.package import (
     AUDIO_CODECS,
     MARKERS,
@@ -273,3 +275,29 @@ def drop_resume_files(hls_url: str) -> None:
     """A finished run is never resumed: its plan and chunk results go."""
     storage.delete(storage.join(hls_url, MARKERS))
     storage.delete(storage.join(hls_url, PLAN_FILE))
+
+
+def ladder_artifact(video_id, run, rungs, packaged, results, status, *, timing="container",
+                     chunk_modes=None, fallbacks=()) -> None:
+    watch = links.watch_url(video_id)
+    modes = {}
+    for m in (chunk_modes or {}).values():
+        modes[m] = modes.get(m, 0) + 1
+    how = (f"Timing from {'decoded frames' if timing == 'decoded' else 'container timestamps'}; "
+           f"{len(chunk_modes or {})} chunks: " + ", ".join(f"{k} {v}" for k, v in modes.items()))
+    lines = [f"## Video `{video_id}`: {status.value}", "", f"Run `{run}` · [watch it]({watch})", "", how, "",
+             *[f"- {f}" for f in fallbacks], *([""] if fallbacks else []),
+             "| rung | resolution | level | peak kb/s | average kb/s | codecs | segments | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rungs:
+        p = packaged.get(r["name"], {})
+        res = results.get(r["name"], {})
+        state = "published" if res.get("ok") else f"failed: {res.get('reason', '')[:120]}"
+        lines.append(f"| {r['name']} | {r['width']}x{r['height']} | {r['level']} | "
+                     f"{p.get('bandwidth', 0) / 1000:.0f} | {p.get('average_bandwidth', 0) / 1000:.0f} | "
+                     f"{p.get('codecs', '')} | {p.get('segments', 0)} | {state} |")
+    try:
+        create_markdown_artifact(markdown="\n".join(lines), key=f"ladder-{video_id}",
+                                 description=f"ladder of video {video_id}")
+    except Exception:  # noqa: BLE001
+        log.debug("markdown artifact failed", exc_info=True)
