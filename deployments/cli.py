@@ -77,7 +77,6 @@ def _joined_settings():
     return _settings()
 
 
-TERMINAL = ("READY", "PARTIAL", "FAILED", "DELETED")
 DEAD_RUN_STATES = ("CRASHED", "FAILED", "CANCELLED")
 LIVENESS_EVERY = 5.0
 
@@ -123,8 +122,10 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: st
     and counted, not waited on."""
     # deferred: the catalog, see above
     from catalog.db import session_scope
+    from catalog.models import VideoStatus
     from catalog.state import get_video
 
+    terminal = (VideoStatus.READY, VideoStatus.PARTIAL, VideoStatus.FAILED, VideoStatus.DELETED)
     _settings()
     failed = 0
     suspects: dict[str, float] = {}
@@ -141,13 +142,13 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: st
             for vid in list(pending):
                 with session_scope() as s:
                     v = get_video(s, vid)
-                    status, pct, error, run_id = v.status.value, v.progress or 0, v.error, v.flow_run_id
-                progress.update(bars[vid], completed=pct, status=status)
-                if status in TERMINAL:
+                    status, pct, error, run_id = v.status, v.progress or 0, v.error, v.flow_run_id
+                progress.update(bars[vid], completed=pct, status=status.value)
+                if status in terminal:
                     pending.discard(vid)
-                    if status in ("FAILED", "DELETED"):
+                    if status in (VideoStatus.FAILED, VideoStatus.DELETED):
                         failed += 1
-                        progress.console.print(f"[red]{labels[vid]}: {status}: {error}[/red]")
+                        progress.console.print(f"[red]{labels[vid]}: {status.value}: {error}[/red]")
                     continue
                 why = None
                 if runner_gone:
@@ -163,8 +164,8 @@ def _wait_with_progress(video_ids: list[str], labels: dict[str, str], *, api: st
                 if time.monotonic() - first >= 3:
                     pending.discard(vid)
                     failed += 1
-                    progress.update(bars[vid], status=f"{status}, run died")
-                    progress.console.print(f"[red]{labels[vid]}: left {status}: {why}; "
+                    progress.update(bars[vid], status=f"{status.value}, run died")
+                    progress.console.print(f"[red]{labels[vid]}: left {status.value}: {why}; "
                                            "`vodflow maintain` will start it again[/red]")
             if runner_gone:
                 last_check = 0.0  # re-check the others at once
@@ -292,7 +293,7 @@ def videos(status: str | None = typer.Option(None, help="only this status")) -> 
     from sqlalchemy import select as sql_select
 
     from catalog.db import session_scope
-    from catalog.models import Video, VideoStatus
+    from catalog.models import RenditionStatus, Video, VideoStatus
 
     _joined_settings()
     table = Table("id", "title", "status", "progress", "duration", "size", "renditions", "error")
@@ -301,7 +302,8 @@ def videos(status: str | None = typer.Option(None, help="only this status")) -> 
         if status:
             stmt = stmt.where(Video.status == VideoStatus(status.upper()))
         for v in s.scalars(stmt):
-            rends = ",".join(r.name for r in v.renditions if r.run == v.current_run and r.status == "READY")
+            rends = ",".join(r.name for r in v.renditions
+                             if r.run == v.current_run and r.status == RenditionStatus.READY)
             table.add_row(v.id, v.title or "", v.status.value, f"{v.progress or 0:.0f}%",
                           f"{v.duration or 0:.1f}s", f"{v.width}x{v.height}" if v.width else "",
                           rends, (v.error or "")[:60])
