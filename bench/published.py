@@ -2,14 +2,16 @@
 
 One ffmpeg command encodes a lavfi clip into a small ladder (forced keyframes every 2 s, 6 s
 segments, constant bit rates far enough apart that the ABR has a real choice), plus a source
-mp4 for the thumbnail task; the files go into storage where the pipeline would put them and
-the catalog gets READY `Video` and `Rendition` rows pointing at them. `web_app` serves them
+mp4 for the thumbnail task. The sound is in every rung's segments, or (`audio_rendition=True`)
+its own rendition in `audio/`, as the pipeline publishes it. The files go into storage where
+the pipeline would put them and the catalog gets READY `Video` and `Rendition` rows pointing at them. `web_app` serves them
 with the production command, `vodflow web`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -29,6 +31,7 @@ from catalog.state import get_video, now
 from config import storage
 from config.settings import reset_settings
 from tasks import ffmpeg
+from tasks.package import AUDIO_CODECS, AUDIO_RENDITION, PLAYLIST, SEGMENT_PATTERN, media_playlist
 from tasks.thumbnails import make_thumbnails
 
 
@@ -49,9 +52,11 @@ DEFAULT_RUNGS = (
 
 
 def encode_ladder(workdir: Path, *, duration: float, rungs=DEFAULT_RUNGS, fps: int = 25,
-                  keyframe_s: float = 2.0, segment_s: float = 6.0) -> Path:
+                  keyframe_s: float = 2.0, segment_s: float = 6.0, audio_rendition: bool = False) -> Path:
     """One ffmpeg run: `workdir/{rung}/index.m3u8` + `seg_NNNNN.ts` per rung and
-    `workdir/source.mp4`. Returns the source path."""
+    `workdir/source.mp4`. `audio_rendition`: the rungs carry no sound, which is encoded once
+    into `workdir/audio/` (AAC in MPEG-TS, cut on the video's segment grid). Returns the
+    source path."""
     workdir.mkdir(parents=True, exist_ok=True)
     n = len(rungs)
     top = max(rungs, key=lambda r: r.height)
@@ -65,19 +70,34 @@ def encode_ladder(workdir: Path, *, duration: float, rungs=DEFAULT_RUNGS, fps: i
     for i, r in enumerate(rungs):
         (workdir / r.name).mkdir(exist_ok=True)
         k = r.kbps
-        cmd += ["-map", f"[o{i}]", "-map", "1:a",
+        sound = [] if audio_rendition else ["-map", "1:a", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-ar", "48000"]
+        cmd += ["-map", f"[o{i}]", *sound[:2],
                 "-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "high", "-pix_fmt", "yuv420p",
                 "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
                 "-x264-params", "nal-hrd=cbr:scenecut=0",
                 "-force_key_frames", f"expr:gte(t,n_forced*{keyframe_s})",
-                "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-ar", "48000",
+                *sound[2:],
                 "-f", "hls", "-hls_time", str(segment_s), "-hls_playlist_type", "vod",
                 "-hls_flags", "independent_segments",
                 "-hls_segment_filename", str(workdir / r.name / "seg_%05d.ts"),
                 str(workdir / r.name / "index.m3u8")]
+    audio = workdir / AUDIO_RENDITION
+    if audio_rendition:
+        # cut on the video's segment grid, as the pipeline's audio task does (the HLS muxer
+        # would cut on AAC frames and leave the encoder's last padding frame a segment alone)
+        audio.mkdir(exist_ok=True)
+        cuts = [segment_s * k for k in range(1, math.ceil(duration / segment_s))]
+        cmd += ["-map", "1:a", "-c:a", "aac", "-b:a", "64k", "-ac", "2", "-ar", "48000",
+                "-f", "segment", "-segment_format", "mpegts",
+                *(["-segment_times", ",".join(f"{t:g}" for t in cuts)] if cuts else ["-segment_time", "1e9"]),
+                str(audio / SEGMENT_PATTERN)]
     cmd += ["-map", "[o%d]" % n, "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast",
             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-shortest", str(workdir / "source.mp4")]
     subprocess.run(cmd, check=True)
+    if audio_rendition:
+        # the audio playlist lists the same segment grid as the video's
+        grid = [seg.duration for seg in m3u8.load(str(workdir / rungs[0].name / PLAYLIST)).segments]
+        (audio / PLAYLIST).write_text(media_playlist(grid, len(grid), final=True))
     return workdir / "source.mp4"
 
 
@@ -91,12 +111,16 @@ def measure_rung(rung_dir: Path) -> dict:
         total_bits += bits
         total_s += seg.duration
     probe = ffmpeg.probe_json(str(rung_dir / playlist.segments[0].uri), timeout=60)
-    video = next(s for s in probe["streams"] if s["codec_type"] == "video")
-    profile = {"High": "6400", "Main": "4d00", "Constrained Baseline": "42c0", "Baseline": "4200"}[video["profile"]]
+    video = next((s for s in probe["streams"] if s["codec_type"] == "video"), None)
+    sound = any(s["codec_type"] == "audio" for s in probe["streams"])
+    codecs = [AUDIO_CODECS] if sound else []
+    if video is not None:
+        profile = {"High": "6400", "Main": "4d00", "Constrained Baseline": "42c0", "Baseline": "4200"}[video["profile"]]
+        codecs.insert(0, f"avc1.{profile}{int(video['level']):02x}")
     return {
         "bandwidth": int(max(rates)),
         "average_bandwidth": int(total_bits / total_s),
-        "codecs": f"avc1.{profile}{int(video['level']):02x},mp4a.40.2",
+        "codecs": ",".join(codecs),
         "segment_count": len(playlist.segments),
         "duration": total_s,
     }
@@ -140,13 +164,18 @@ def create_video(title: str, *, duration: float | None = None, status: str = "PR
 
 
 def publish(video_id: str, workdir: Path, *, rungs=DEFAULT_RUNGS, run: str = "r1",
-            thumbnails: bool = True, status: str = "READY") -> dict:
-    """Store the encoded ladder of `workdir` as `hls/{video_id}/{run}/…` and mark it published."""
+            thumbnails: bool = True, status: str = "READY", audio: bool = True) -> dict:
+    """Store the encoded ladder of `workdir` as `hls/{video_id}/{run}/…` and mark it published,
+    with its audio rendition when it has one (`audio=False`: published as a silent video)."""
     run_url = storage.url_for("hls", video_id, run)
     measured = {}
     for r in rungs:
         measured[r.name] = measure_rung(workdir / r.name)
         storage.publish_dir(workdir / r.name, storage.join(run_url, r.name))
+    sound = None
+    if audio and (workdir / AUDIO_RENDITION / PLAYLIST).exists():
+        sound = measure_rung(workdir / AUDIO_RENDITION)
+        storage.publish_dir(workdir / AUDIO_RENDITION, storage.join(run_url, AUDIO_RENDITION))
     thumbs = None
     if thumbnails:
         source_url = storage.url_for("sources", video_id, "source.mp4")
@@ -156,12 +185,21 @@ def publish(video_id: str, workdir: Path, *, rungs=DEFAULT_RUNGS, run: str = "r1
         v = get_video(s, video_id)
         for r in rungs:
             m = measured[r.name]
+            # a variant's CODECS name the audio of the group it references too
+            codecs = m["codecs"] + ("," + AUDIO_CODECS if sound and AUDIO_CODECS not in m["codecs"] else "")
             s.add(Rendition(video_id=video_id, run=run, name=r.name, width=r.width, height=r.height,
-                            bandwidth=m["bandwidth"], average_bandwidth=m["average_bandwidth"],
-                            codecs=m["codecs"], frame_rate=25.0,
+                            bandwidth=m["bandwidth"] + (sound["bandwidth"] if sound else 0),
+                            average_bandwidth=m["average_bandwidth"] + (sound["average_bandwidth"] if sound else 0),
+                            codecs=codecs, frame_rate=25.0,
                             playlist_url=storage.join(run_url, r.name, "index.m3u8"),
-                            segment_count=m["segment_count"], status=RenditionStatus.READY,
-                            published_at=now()))
+                            segment_count=m["segment_count"], available_seconds=m["duration"],
+                            status=RenditionStatus.READY, published_at=now()))
+        if sound and not any(x.run == run and x.kind == "audio" for x in v.renditions):
+            s.add(Rendition(video_id=video_id, run=run, name=AUDIO_RENDITION, kind="audio", width=0, height=0,
+                            bandwidth=sound["bandwidth"], average_bandwidth=sound["average_bandwidth"],
+                            codecs=AUDIO_CODECS, playlist_url=storage.join(run_url, AUDIO_RENDITION, PLAYLIST),
+                            segment_count=sound["segment_count"], available_seconds=sound["duration"],
+                            status=RenditionStatus.READY, published_at=now()))
         v.current_run = run
         v.duration = v.duration or next(iter(measured.values()))["duration"]
         if thumbs:
@@ -171,7 +209,7 @@ def publish(video_id: str, workdir: Path, *, rungs=DEFAULT_RUNGS, run: str = "r1
         if status == "READY":
             v.progress = 100.0
             v.ready_at = now()
-    return {"video_id": video_id, "run": run, "thumbnails": thumbs, "renditions": measured}
+    return {"video_id": video_id, "run": run, "thumbnails": thumbs, "renditions": measured, "audio": sound}
 
 
 def make_published_video(title: str, *, duration: float = 30.0, rungs=DEFAULT_RUNGS,

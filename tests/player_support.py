@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import m3u8
+from sqlalchemy import select
+
 from bench.published import (  # noqa: F401 - the tests' names for them
     DEFAULT_RUNGS,
     TestRung,
@@ -17,6 +20,11 @@ from bench.published import (  # noqa: F401 - the tests' names for them
     publish,
     server_env,
 )
+from catalog.db import session_scope
+from catalog.models import Rendition, RenditionStatus, VideoStatus
+from catalog.state import get_video, now
+from config import storage
+from tasks.package import media_playlist
 
 
 def stored_events(data_dir: Path, session_id: str, database_url: str | None = None) -> list[dict]:
@@ -59,3 +67,26 @@ def set_progress(data_dir: Path, video_id: str, progress: float, stage: str | No
             v = get_video(s, video_id)
             v.progress = progress
             v.stage = stage or v.stage
+
+
+def grow(data_dir: Path, video_id: str, workdir: Path, segments: int | None, run: str = "r1") -> None:
+    """Publish the run as the pipeline does chunk by chunk: every rendition's playlist (audio
+    included) a growing EVENT playlist of its first `segments` segments, the rows GROWING and
+    the video PROCESSING; `segments=None`: the finished VOD playlists, the rows and the video
+    READY. The segments themselves are already in storage (`publish`)."""
+    final = segments is None
+    with catalog_at(data_dir):
+        with session_scope() as s:
+            rows = s.scalars(select(Rendition).where(Rendition.video_id == video_id, Rendition.run == run)).all()
+            for r in rows:
+                durations = [seg.duration for seg in m3u8.load(str(workdir / r.name / "index.m3u8")).segments]
+                count = len(durations) if final else min(segments, len(durations))
+                storage.write_text(r.playlist_url, media_playlist(durations, count, final=final))
+                r.status = RenditionStatus.READY if final else RenditionStatus.GROWING
+                r.segment_count = count
+                r.available_seconds = round(sum(durations[:count]), 6)
+            v = get_video(s, video_id)
+            v.status = VideoStatus.READY if final else VideoStatus.PROCESSING
+            v.progress = 100.0 if final else max(float(v.progress or 0), 50.0)
+            if final:
+                v.ready_at = now()

@@ -12,6 +12,8 @@
   var STORE_VOLUME = "vodflow.volume";
   var STORE_MUTED = "vodflow.muted";
   var STORE_CAPTIONS = "vodflow.captions"; // "off", or "language|name" of the chosen track
+  var STORE_AUDIO_ONLY = "vodflow.audioOnly"; // "1": play the audio rendition alone
+  var AUDIO_ONLY = "audio"; // the quality menu's value for it, and its name in the analytics
   var MEDIA_RECOVERY_INTERVAL_MS = 5000; // hls.js docs: do not call recoverMediaError more often
   var NETWORK_RETRY_DELAYS_MS = [2000, 5000, 10000];
   var POLL_MS = 2000;
@@ -141,6 +143,11 @@
     this.analytics = this.config.analytics || null;
     this.chapters = [];
     this.captionTrack = -1; // hls.js subtitle track shown, -1: off
+    this.audio = null; // the API's audio rendition, when the video has one
+    this.audioOnly = false; // playing the audio rendition's own playlist: no video is fetched
+    this.wantAudioOnly = storageGet(STORE_AUDIO_ONLY) === "1"; // the viewer's saved choice
+    this._switchAt = null; // while a source is swapped: the time playback resumes at
+    this.videoInfo = this.config.video || {};
     this._bindUi();
     this._restorePreferences();
     this._buildSpeedMenu();
@@ -227,6 +234,9 @@
 
   P._applyStatus = function (v, initial) {
     this.status = v.status;
+    this.videoInfo = v;
+    var hadAudio = this._audioUrl();
+    this.audio = v.audio || null;
     var ready = this._readyRenditions(v);
     this.availableSeconds = this._availableSeconds(v);
     this._renderAvailable();
@@ -237,7 +247,10 @@
     }
     if (v.thumbnails_url && !this.cues.length) this._loadThumbnails(v.thumbnails_url);
     if (v.chapters_url && v.chapters_url !== this._chaptersUrl) this._loadChapters(v.chapters_url);
-    if (v.poster_url && !this.video.getAttribute("poster")) this.video.setAttribute("poster", v.poster_url);
+    if (v.poster_url && !this.video.getAttribute("poster")) {
+      this.video.setAttribute("poster", v.poster_url);
+      this._renderAudioOnly();
+    }
     if (v.status === "FAILED" && !ready) {
       this._hide("processing");
       this._showError("This video could not be processed: " + (v.error || "unknown error") + ".", false);
@@ -252,10 +265,17 @@
       this._hide("processing");
       this.readyCount = ready;
       this.load(initial);
+    } else if (ready > this.readyCount && this.readyCount > 0 && this.hls && this.audioOnly) {
+      // no video is loaded: list the new qualities, the master is read when one is chosen
+      this.readyCount = ready;
+      this.levels = this._levelsFromApi();
+      this._buildQualityMenu(this.levels);
     } else if (ready > this.readyCount && this.readyCount > 0 && this.hls) {
       // more qualities were published while we play: take them without losing the place
       this.readyCount = ready;
       this._reloadSource();
+    } else if (this.hls && hadAudio !== this._audioUrl()) {
+      this._buildQualityMenu(this.levels); // the audio rendition came (or went)
     }
     if (!ready) {
       this.root.setAttribute("data-state", "processing");
@@ -292,6 +312,13 @@
     this.root.setAttribute("data-state", "loading");
     this._show("spinner");
     if (global.Hls && global.Hls.isSupported()) {
+      if (this.wantAudioOnly && this._audioUrl()) {
+        // the viewer chose audio only last time: the master (and so the video) is not loaded
+        this.audioOnly = true;
+        this.levels = this._levelsFromApi();
+        this._buildQualityMenu(this.levels);
+        this._renderAudioOnly();
+      }
       // a growing (EVENT) playlist is live to hls.js, which would start at its end: start at 0
       this._createHls(this.availableSeconds !== null ? 0 : -1);
     } else if (this.video.canPlayType("application/vnd.apple.mpegurl")) {
@@ -347,18 +374,89 @@
     hls.on(Hls.Events.SUBTITLE_TRACK_SWITCH, function (_e, data) {
       if (self.captionTracks && data.id !== self.captionTrack) hls.subtitleTrack = self.captionTrack;
     });
-    hls.loadSource(this.config.masterUrl);
+    hls.loadSource(this._sourceUrl());
     hls.attachMedia(this.video);
+  };
+
+  // What hls.js plays: the master (every video rendition and the audio group), or in audio-only
+  // mode the audio rendition's own media playlist. hls.js has no switch to stop loading video
+  // from a stream that has it, and it drops audio-only variants from a master with video; an
+  // audio media playlist on its own plays through MSE with an audio SourceBuffer alone.
+  P._sourceUrl = function () {
+    return this.audioOnly ? this._audioUrl() : this.config.masterUrl;
+  };
+
+  // The audio rendition's playlist while it can be played (READY, or GROWING with the video)
+  P._audioUrl = function () {
+    var a = this.audio;
+    return a && (a.status === "READY" || a.status === "GROWING") && a.playlist ? a.playlist : null;
+  };
+
+  // The video renditions as the API lists them, in hls.js's order (lowest first): the quality
+  // menu while the master is not loaded. A choice among them is matched by name once it is.
+  P._levelsFromApi = function () {
+    var rends = (this.videoInfo.renditions || []).filter(function (r) {
+      return (r.status === "READY" || r.status === "GROWING") && r.width && r.height;
+    });
+    rends.sort(function (a, b) { return (a.height - b.height) || ((a.bandwidth || 0) - (b.bandwidth || 0)); });
+    return rends.map(function (r, i) {
+      return { index: i, name: r.name, width: r.width, height: r.height,
+               bitrate: r.average_bandwidth || r.bandwidth, label: rungLabel(r.width, r.height) || r.name };
+    });
   };
 
   P._reloadSource = function () {
     if (!this.hls) return;
     var at = this.video.currentTime, wasPlaying = !this.video.paused, manual = this.manualLevel;
-    this._reloading = true; // the pause this causes is ours, not a stall to report
+    this._reloading = wasPlaying; // the pause this causes is ours, not a stall to report
     this._destroyHls();
     this._createHls(at);
-    this._pendingManual = manual;
+    this._pendingManual = this._levelKey(manual);
     if (wasPlaying) this._autoplay();
+  };
+
+  // A level survives a reload by its name (indexes move when renditions are added)
+  P._levelKey = function (index) {
+    var l = index >= 0 ? this.levels[index] : null;
+    return l ? l.name || l.label : null;
+  };
+
+  // Switch between the full stream and its audio alone, at the same place and in the same
+  // play/pause state. `level`: the video quality to come back to (-1: Auto).
+  P._setAudioOnly = function (on, level) {
+    if (!this.hls || on === this.audioOnly || (on && !this._audioUrl())) return;
+    var v = this.video;
+    var at = v.currentTime, wasPlaying = !v.paused && !v.ended;
+    var pending = on ? null : this._levelKey(level);
+    this.audioOnly = on;
+    this.manualLevel = -1;
+    this.playingLevel = -1;
+    this._switchAt = at; // the reload's own seek and pause are not the viewer's
+    this._reloading = wasPlaying;
+    if (on) {
+      // captions come with the master's SUBTITLES group, which the audio playlist has not
+      this.captionTracks = [];
+      this._setCaptionTrack(-1);
+      this._buildCaptionsMenu();
+    }
+    this._destroyHls();
+    this._createHls(at);
+    this._pendingManual = pending;
+    this._renderAudioOnly();
+    if (on) this.levels = this.levels.length ? this.levels : this._levelsFromApi();
+    this._buildQualityMenu(this.levels);
+    if (wasPlaying) this._autoplay();
+  };
+
+  // Audio only: the poster (or a plain panel) over the picture, never a frozen frame
+  P._renderAudioOnly = function () {
+    var box = this.els["audio-poster"], img = this.els["audio-poster-image"];
+    this.root.classList.toggle("audio-only", this.audioOnly);
+    if (!box) return;
+    box.hidden = !this.audioOnly;
+    var poster = this.video.getAttribute("poster");
+    if (this.audioOnly && poster && img.getAttribute("src") !== poster) img.src = poster;
+    img.hidden = !poster;
   };
 
   P._autoplay = function () {
@@ -392,20 +490,28 @@
 
   // ---- hls.js events ----------------------------------------------------------------------
   P._onManifest = function (levels) {
+    if (this.audioOnly) return; // the audio playlist's one level is not a quality to offer
     this.levels = levels.map(function (l, i) {
-      return { index: i, width: l.width, height: l.height, bitrate: l.averageBitrate || l.bitrate,
+      return { index: i, name: l.name, width: l.width, height: l.height, bitrate: l.averageBitrate || l.bitrate,
                label: rungLabel(l.width, l.height) || Math.round((l.bitrate || 0) / 1000) + " kb/s" };
     });
-    if (this._pendingManual != null && this._pendingManual >= 0) {
+    if (this._pendingManual != null) {
       // after a reload, keep the viewer's manual choice when that rendition still exists
       var prev = this._pendingManual;
       this._pendingManual = null;
-      if (prev < levels.length) { this.manualLevel = prev; this.hls.currentLevel = prev; }
+      for (var i = 0; i < this.levels.length; i++) {
+        if ((this.levels[i].name || this.levels[i].label) === prev) {
+          this.manualLevel = i;
+          this.hls.currentLevel = i;
+          break;
+        }
+      }
     }
     this._buildQualityMenu(this.levels);
   };
 
   P._onLevelSwitched = function (level) {
+    if (this.audioOnly) return;
     this.playingLevel = level;
     this._renderQuality();
   };
@@ -414,19 +520,26 @@
   // sees (hls.js's LEVEL_SWITCHED can come a little before or after it).
   P._onResize = function () {
     this._renderQuality();
-    var label = this.video.videoHeight ? rungLabel(this.video.videoWidth, this.video.videoHeight) : "";
+    if (this.audioOnly) return;
+    this._showRendition(this.video.videoHeight ? rungLabel(this.video.videoWidth, this.video.videoHeight) : "");
+  };
+
+  // What the viewer gets changed: a picture of another size, or audio alone ("audio", counted
+  // once it plays). Reported to the analytics as a rendition switch.
+  P._showRendition = function (label) {
     if (!label || label === this.shownLabel) return;
     var prev = this.shownLabel;
     this.shownLabel = label;
     if (!this.analytics) return;
     this._sample(prev || label);
-    var level = null;
-    for (var i = 0; i < this.levels.length; i++) if (this.levels[i].label === label) level = this.levels[i];
+    var level = null, audio = label === AUDIO_ONLY;
+    for (var i = 0; i < this.levels.length && !audio; i++) if (this.levels[i].label === label) level = this.levels[i];
+    if (audio && this.audio) level = { bitrate: this.audio.average_bandwidth || this.audio.bandwidth || undefined };
     this.analytics.track("rendition_switch", this.video.currentTime, {
       from: prev || undefined,
       to: label,
       bitrate: level ? level.bitrate : undefined,
-      mode: this.manualLevel >= 0 ? "manual" : "auto",
+      mode: audio || this.manualLevel >= 0 ? "manual" : "auto",
       bandwidth_estimate: this.hls && isFinite(this.hls.bandwidthEstimate) ? Math.round(this.hls.bandwidthEstimate) : undefined,
       initial: !prev,
     });
@@ -480,7 +593,7 @@
         this._clear(this._retryId);
         this._retryId = this._timeout(function () {
           if (!this.hls) return;
-          if (manifest) this.hls.loadSource(this.config.masterUrl);
+          if (manifest) this.hls.loadSource(this._sourceUrl());
           else this.hls.startLoad(this.video.currentTime);
         }, delay);
       } else {
@@ -1021,14 +1134,30 @@
       var l = sorted[i];
       menu.appendChild(this._menuItem(l.index, l.label, formatBitrate(l.bitrate), this.manualLevel === l.index));
     }
+    // the audio rendition alone, for a video that has one (not with the platform's own HLS)
+    var audio = !this._nativeSource && this._audioUrl();
+    if (audio) {
+      menu.appendChild(this._menuItem(AUDIO_ONLY, "Audio only",
+        formatBitrate(this.audio.average_bandwidth || this.audio.bandwidth), this.audioOnly));
+    }
     // the platform's own HLS (no MSE) chooses the quality itself
-    this.els["quality-button"].disabled = !!this._nativeSource || levels.length === 0;
+    this.els["quality-button"].disabled = !!this._nativeSource || (levels.length === 0 && !audio);
     this._renderQuality();
   };
 
   P._chooseQuality = function (value) {
+    if (!this.hls) return;
+    if (value === AUDIO_ONLY) {
+      this.wantAudioOnly = true;
+      storageSet(STORE_AUDIO_ONLY, "1");
+      this._setAudioOnly(true);
+      return;
+    }
     var level = parseInt(value, 10);
-    if (!this.hls || isNaN(level)) return;
+    if (isNaN(level)) return;
+    this.wantAudioOnly = false;
+    storageSet(STORE_AUDIO_ONLY, "0");
+    if (this.audioOnly) { this._setAudioOnly(false, level); return; } // the master again, at this level
     this.manualLevel = level;
     if (level < 0) {
       // Auto: keep what plays now, drop what is buffered beyond it, let the ABR choose again
@@ -1048,9 +1177,12 @@
   };
 
   P._renderQuality = function () {
-    var playing = this._currentLabel();
+    var playing = this.audioOnly ? "" : this._currentLabel();
     var text, spoken;
-    if (this.manualLevel >= 0 && this.levels[this.manualLevel]) {
+    if (this.audioOnly) {
+      text = "Audio only";
+      spoken = "Quality: audio only";
+    } else if (this.manualLevel >= 0 && this.levels[this.manualLevel]) {
       text = this.levels[this.manualLevel].label;
       spoken = "Quality: " + text;
     } else {
@@ -1061,9 +1193,10 @@
     btn.textContent = text;
     btn.setAttribute("aria-label", spoken);
     var items = this.els["quality-menu"].children;
+    var chosen = this.audioOnly ? AUDIO_ONLY : String(this.manualLevel >= 0 ? this.manualLevel : -1);
     for (var i = 0; i < items.length; i++) {
       var v = parseInt(items[i].getAttribute("data-value"), 10);
-      items[i].setAttribute("aria-checked", v === (this.manualLevel >= 0 ? this.manualLevel : -1) ? "true" : "false");
+      items[i].setAttribute("aria-checked", items[i].getAttribute("data-value") === chosen ? "true" : "false");
       if (v === -1) items[i].querySelector(".player-menu-label").textContent = playing ? "Auto (" + playing + ")" : "Auto";
     }
   };
@@ -1077,7 +1210,8 @@
   P._renderTime = function (forced) {
     var v = this.video;
     var d = isFinite(this._duration()) ? this._duration() : 0;
-    var t = typeof forced === "number" ? forced : v.currentTime;
+    // while the source is swapped, the element briefly reads 0: show where playback resumes
+    var t = typeof forced === "number" ? forced : this._switchAt != null ? this._switchAt : v.currentTime;
     if (!this.dragging) this._renderPlayed(d ? t / d : 0);
     this.els.current.textContent = formatTime(t);
     this.els.duration.textContent = formatTime(d);
@@ -1137,14 +1271,15 @@
   P._onPlay = function () {
     this._setPlayingUi(true);
     this._hide("bigplay");
-    if (this.analytics && this.started) this.analytics.track("play", this.video.currentTime);
+    // the restart after a reload of ours (more qualities, audio only) is not the viewer's play
+    if (this.analytics && this.started && !this._reloading) this.analytics.track("play", this.video.currentTime);
     this._sample();
   };
 
   P._onPause = function () {
     this._setPlayingUi(false);
     this.root.classList.add("awake");
-    if (this.analytics && this.started && !this.video.ended) this.analytics.track("pause", this.video.currentTime);
+    if (this.analytics && this.started && !this.video.ended && !this._reloading) this.analytics.track("pause", this.video.currentTime);
     this._sample();
   };
 
@@ -1152,7 +1287,9 @@
     this._hide("spinner");
     this.root.setAttribute("data-state", "playing");
     this._reloading = false;
+    this._switchAt = null;
     this._endStall();
+    if (this.audioOnly) this._showRendition(AUDIO_ONLY);
     if (!this.started) this._firstFrame();
     this._sample();
   };
@@ -1169,12 +1306,12 @@
       if (self.analytics) {
         self.analytics.track("first_frame", self.video.currentTime, {
           startup_ms: Math.round(self.startupMs), autoplay: !self.startupAfterClick,
-          rendition: self._currentLabel() || undefined,
+          rendition: (self.audioOnly ? AUDIO_ONLY : self._currentLabel()) || undefined,
         });
         self.analytics.track("play", self.video.currentTime);
       }
     }
-    if (this.video.requestVideoFrameCallback) {
+    if (this.video.requestVideoFrameCallback && !this.audioOnly) {
       // the moment the first frame is handed to the compositor, not merely "playing"
       this.video.requestVideoFrameCallback(function (now, meta) { record(meta && meta.expectedDisplayTime || now); });
       this._timeout(function () { record(performance.now()); }, 1000);
@@ -1205,6 +1342,7 @@
   P._onSeeking = function () {
     this._show("spinner");
     this._endStall(); // a stall the viewer cut short by seeking ends here
+    if (this._switchAt != null) return; // hls.js putting a new source at the old place
     if (this.analytics && this.started) {
       var from = this._lastPosition || 0;
       this.analytics.track("seek", this.video.currentTime, { from: Math.round(from * 1000) / 1000,
@@ -1215,6 +1353,7 @@
 
   P._onSeeked = function () {
     if (!this.video.paused) { /* "playing" hides the spinner once frames flow */ } else this._hide("spinner");
+    this._switchAt = null;
     this._lastPosition = this.video.currentTime;
     this._renderTime();
     this._renderBuffered();
@@ -1222,6 +1361,7 @@
   };
 
   P._onTimeUpdate = function () {
+    if (this._switchAt != null) return; // the element reads 0 until the new source is in place
     if (!this.video.seeking) this._lastPosition = this.video.currentTime;
     if (this.stalledAt && !this.video.paused && this.video.readyState >= 3) this._endStall();
     this._renderTime();
