@@ -475,7 +475,7 @@ def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only;
 def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery | player")) -> None:
     """Run a benchmark from bench/ (extra options are passed to it)."""
     names = sorted(p.stem for p in Path(__file__).resolve().parent.parent.joinpath("bench").glob("*.py")
-                   if p.stem not in ("__init__", "published"))
+                   if p.stem not in ("__init__", "published", "shared"))
     if name not in names:
         err.print(f"[red]no benchmark '{name}'; choose {', '.join(names)}[/red]")
         raise typer.Exit(2)
