@@ -474,10 +474,11 @@ def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="report only;
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context, name: str = typer.Argument(..., help="transcode | upload | delivery | player")) -> None:
+def bench(ctx: typer.Context,
+          name: str = typer.Argument(..., help="transcode | upload | delivery | player | firstplay")) -> None:
     """Run a benchmark from bench/ (extra options are passed to it)."""
     names = sorted(p.stem for p in Path(__file__).resolve().parent.parent.joinpath("bench").glob("*.py")
-                   if p.stem not in ("__init__", "published"))
+                   if p.stem not in ("__init__", "published", "shared"))
     if name not in names:
         err.print(f"[red]no benchmark '{name}'; choose {', '.join(names)}[/red]")
         raise typer.Exit(2)

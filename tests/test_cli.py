@@ -51,7 +51,7 @@ def test_bad_setting_stops_with_the_variable_named():
 def test_unknown_benchmark_is_named():
     out = run("bench", "nonsense")
     assert out.returncode == 2 and "no benchmark 'nonsense'" in out.stderr
-    assert "delivery, player, transcode, upload" in out.stderr
+    assert "delivery, firstplay, player, transcode, upload" in out.stderr
 
 
 def test_dispatch_is_a_setting_the_file_can_hold(clip, vodflow_env, tmp_path):
