@@ -119,6 +119,14 @@ def load() -> str:
     return f"{a:.2f} {b:.2f} {c:.2f}"
 
 
+def interleaved(repeat: int):
+    """(repeat, side) pairs, the baseline and vodflow taking turns to go first, so that neither
+    always runs on the machine the other just warmed (or loaded)."""
+    for rep in range(repeat):
+        for side in (("baseline", "vodflow") if rep % 2 == 0 else ("vodflow", "baseline")):
+            yield rep, side
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -582,36 +590,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sync_playwright() as pw:
             browser = launch_chromium(pw)
-            for rep in range(args.repeat):
-                order = ("baseline", "vodflow") if rep % 2 == 0 else ("vodflow", "baseline")
-                for side in order:
-                    if side == "baseline":
-                        clock.say(f"run {rep + 1}/{args.repeat}: one ffmpeg making the same ladder …")
-                        bases.append(one_ffmpeg(source, work, stack))
-                        clock.say(f"  one ffmpeg: {bases[-1]['wall']:.1f} s ({', '.join(bases[-1]['rungs'])}); "
-                                  f"load {load()}")
-                    else:
-                        clock.say(f"run {rep + 1}/{args.repeat}: upload, watch at once, play at 1x to the end …")
-                        plays.append(first_play(stack, browser, source, duration))
-                        p = plays[-1]
-                        clock.say(f"  stalls {p['stalls']} ({p['stalled_seconds']:.1f} s); Chromium used "
-                                  f"{p['chromium_cpu']:.0f} CPU s; load {load()}")
+            for rep, side in interleaved(args.repeat):
+                if side == "baseline":
+                    clock.say(f"run {rep + 1}/{args.repeat}: one ffmpeg making the same ladder …")
+                    bases.append(one_ffmpeg(source, work, stack))
+                    clock.say(f"  one ffmpeg: {bases[-1]['wall']:.1f} s ({', '.join(bases[-1]['rungs'])}); "
+                              f"load {load()}")
+                else:
+                    clock.say(f"run {rep + 1}/{args.repeat}: upload, watch at once, play at 1x to the end …")
+                    plays.append(first_play(stack, browser, source, duration))
+                    p = plays[-1]
+                    clock.say(f"  stalls {p['stalls']} ({p['stalled_seconds']:.1f} s); Chromium used "
+                              f"{p['chromium_cpu']:.0f} CPU s; load {load()}")
             browser.close()
         if long_source is not None:
-            for rep in range(args.repeat):
-                order = ("baseline", "vodflow") if rep % 2 == 0 else ("vodflow", "baseline")
-                for side in order:
-                    if side == "baseline":
-                        clock.say(f"long run {rep + 1}/{args.repeat}: one ffmpeg making the single rung …")
-                        long_bases.append(one_ffmpeg(long_source, work, stack))
-                        clock.say(f"  one ffmpeg: {long_bases[-1]['wall']:.1f} s; load {load()}")
-                    else:
-                        clock.say(f"long run {rep + 1}/{args.repeat}: upload and ingest …")
-                        longs.append(ingest_only(stack, long_source, "ingest of the long source",
-                                                 long_hours * 3600 + 3600))
-                        r = longs[-1]
-                        clock.say(f"  {r['status']} {fmt(r['ready'])} after the upload's answer, "
-                                  f"{r['chunks']} chunks; load {load()}")
+            for rep, side in interleaved(args.repeat):
+                if side == "baseline":
+                    clock.say(f"long run {rep + 1}/{args.repeat}: one ffmpeg making the single rung …")
+                    long_bases.append(one_ffmpeg(long_source, work, stack))
+                    clock.say(f"  one ffmpeg: {long_bases[-1]['wall']:.1f} s; load {load()}")
+                else:
+                    clock.say(f"long run {rep + 1}/{args.repeat}: upload and ingest …")
+                    longs.append(ingest_only(stack, long_source, "ingest of the long source",
+                                             long_hours * 3600 + 3600))
+                    r = longs[-1]
+                    clock.say(f"  {r['status']} {fmt(r['ready'])} after the upload's answer, "
+                              f"{r['chunks']} chunks; load {load()}")
         if not args.no_kill:
             clock.say("crash and resume: upload, SIGKILL the serve process at "
                       f"{KILL_AT:.0%}, let the stack recover …")
