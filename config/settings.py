@@ -70,6 +70,8 @@ class Settings(BaseSettings):
                                                                    "leave less free space than this in the "
                                                                    "data dir or scratch")
     segment_seconds: float = Field(6.0, gt=0, le=30)
+    fast_lane: bool = Field(True, description="encode the lowest rung in one continuous pass that publishes "
+                                              "chunk by chunk ahead of the rest of the ladder")
     keyframe_seconds: float = Field(2.0, gt=0, le=10)
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
     ffmpeg_timeout: float = Field(6 * 3600, gt=0, description="seconds one ffmpeg run may take")

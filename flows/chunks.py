@@ -5,6 +5,8 @@ This is the flow's one loop over finished tasks (`flows.futures.wait_any` + `out
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import dask
 
 from flows.futures import describe, outcome, settle, wait_any
@@ -12,6 +14,7 @@ from flows.publish import Publisher
 from flows.run import IngestRun
 from catalog.runs import IngestFailed
 from tasks.encode import encode_chunk
+from tasks.lane import encode_lane
 from tasks.retry import is_permanent
 
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
@@ -41,61 +44,131 @@ class Replan(Exception):
     """A chunk read by the container's timestamps came out wrong in every mode."""
 
 
+@dataclass
+class Lane:
+    """The fast lane of a run (`tasks.lane`): its rung, what it has stored, how to submit it."""
+
+    rung: dict
+    done: dict[int, dict] = field(default_factory=dict)  # chunk index -> result (resumed or reported)
+    kwargs: dict = field(default_factory=dict)  # encode_lane's arguments but the chunks
+    resubmits: int = 0
+    resumed: int = 0  # chunks an earlier attempt of the run stored
+    fallback: str | None = None  # why its rung went back to the chunk encodes
+
+    @property
+    def name(self) -> str:
+        return self.rung["name"]
+
+
 def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: dict[int, dict],
-                  encode_kwargs: dict) -> dict[int, dict]:
+                  encode_kwargs: dict, lane: Lane | None = None) -> dict[int, dict]:
     """Encode every chunk of the plan on the cluster, earliest first, and publish each as it
     lands (the publisher keeps the playlists a contiguous prefix); resubmit transient failures.
     Audio segments the audio task reports are published along the way. `done`: chunks an
-    earlier attempt of this run stored, published again from their results, not encoded."""
+    earlier attempt of this run stored, published again from their results, not encoded.
+
+    With a `lane`, its rung is left out of the chunk encodes and made by the fast lane, ahead
+    of them, published as it reports each chunk; if the lane fails for good, its rung goes back
+    to chunk encodes of that rung alone (from the first chunk the lane did not store)."""
     chunks = plan["chunks"]
     tracker = r.tracker
+    lane_rungs = [lane.rung] if lane else []
 
-    def submit_chunk(c: dict):
+    def submit_chunk(c: dict, kind: str = ""):
         # earlier chunks first: Dask runs higher priorities first, so the playable prefix grows
         # steadily instead of in whatever order the workers pick
+        key = f"{r.run}:chunk:{c['index']}" if not kind else f"{r.run}:{kind}chunk:{c['index']}"
+        kwargs = encode_kwargs if not kind else {**encode_kwargs, "rungs": lane_rungs, "previews": None,
+                                                 "marker": kind}
         with dask.annotate(priority=len(chunks) - c["index"]):
-            return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}",
-                                                     progress_key=f"{r.run}:chunk:{c['index']}", **encode_kwargs))
+            return tracker.track(encode_chunk.submit(c, label=f"{c['index'] + 1}/{c['count']}" + (
+                f" {lane.name}" if kind else ""), progress_key=key, **kwargs))
+
+    def submit_lane():
+        first = next(i for i in range(len(chunks)) if i not in lane.done)
+        # right after the audio (which takes a slot for a short while): it is what a viewer plays
+        # first, and it runs ahead of the chunk encodes
+        with dask.annotate(priority=len(chunks) + 1):
+            return tracker.track(encode_lane.submit(chunks[first:], label=f"{lane.name} {r.video_id}",
+                                                    progress_key=f"{r.run}:lane", **lane.kwargs))
+
+    def lane_took(result: dict) -> None:
+        lane.done.setdefault(int(result["index"]), result)
+        publisher.lane_done(int(result["index"]), result)
 
     encoded: dict[int, dict] = {}
     for idx, value in sorted(done.items()):
         encoded[idx] = {**value, "resumed": True}
         tracker.chunk_done[idx] = 1.0
         publisher.chunk_done(idx, value)
-    pending = {c["index"]: submit_chunk(c) for c in chunks if c["index"] not in done}
-    resubmits = {c["index"]: 0 for c in chunks}
-    while pending:
-        wait_any(client, [f.wrapped_future for f in pending.values()])
-        audio_segments = tracker.poll_events(client, r.run)
+    lane_fut = None
+    if lane:
+        for idx, value in sorted(lane.done.items()):
+            publisher.lane_done(idx, value)
+        if len(lane.done) < len(chunks):
+            lane_fut = submit_lane()
+    pending = {("", c["index"]): submit_chunk(c) for c in chunks if c["index"] not in done}
+    resubmits = {("", c["index"]): 0 for c in chunks} | {("lane", c["index"]): 0 for c in chunks}
+    while pending or lane_fut is not None:
+        wait_any(client, [f.wrapped_future for f in pending.values()]
+                 + ([lane_fut.wrapped_future] if lane_fut is not None else []))
+        audio_segments, lane_results = tracker.poll_events(client, r.run)
         if audio_segments:
             publisher.audio_progress(audio_segments)
-        for idx, fut in list(pending.items()):
+        for result in lane_results:
+            lane_took(result)
+        if lane_fut is not None and lane_fut.wrapped_future.done():
+            ok, value = outcome(lane_fut)
+            lane_fut = None
+            if ok:
+                for _, result in sorted(value["results"].items(), key=lambda kv: int(kv[0])):
+                    lane_took(result)
+            elif not is_permanent(value) and lane.resubmits < FLOW_RESUBMITS:
+                lane.resubmits += 1
+                r.logger.warning("the fast lane of %s failed (%s); resubmitting it from chunk %d (%d/%d)",
+                                 lane.name, describe(value), len(lane.done) + 1, lane.resubmits, FLOW_RESUBMITS)
+                lane_fut = submit_lane()
+            else:
+                lane.fallback = f"the fast lane of {lane.name} failed ({describe(value)}); encoded it chunk by chunk"
+                r.logger.warning(lane.fallback)
+                for c in chunks:
+                    if c["index"] not in lane.done:
+                        pending[("lane", c["index"])] = submit_chunk(c, "lane")
+        for key, fut in list(pending.items()):
             if not fut.wrapped_future.done():
                 continue
+            kind, idx = key
             ok, value = outcome(fut)
-            del pending[idx]
+            del pending[key]
             if ok:
+                if kind:
+                    lane_took(value)
+                    continue
                 encoded[idx] = value
                 tracker.chunk_done[idx] = 1.0
                 publisher.chunk_done(idx, value)
                 continue
-            label = f"chunk {idx + 1}/{len(chunks)}"
+            label = f"chunk {idx + 1}/{len(chunks)}" + (f" of {lane.name}" if kind else "")
             where = f"{chunks[idx]['start']:.3f}-{chunks[idx]['end']:.3f} s"
             if is_permanent(value):
                 for other in pending.values():
                     other.wrapped_future.cancel()
+                if lane_fut is not None:
+                    lane_fut.wrapped_future.cancel()
                 if getattr(value, "replan", False) and plan.get("timing") != "decoded":
                     raise Replan(str(value))
                 raise ChunkFailed(f"{label} ({where}) cannot be encoded: {describe(value)}", encoded)
-            if resubmits[idx] >= FLOW_RESUBMITS:
+            if resubmits[key] >= FLOW_RESUBMITS:
                 for other in pending.values():
                     other.wrapped_future.cancel()
-                raise ChunkFailed(f"{label} ({where}) failed {resubmits[idx] + 1} times, last: {describe(value)}; "
+                if lane_fut is not None:
+                    lane_fut.wrapped_future.cancel()
+                raise ChunkFailed(f"{label} ({where}) failed {resubmits[key] + 1} times, last: {describe(value)}; "
                                   "check the workers (disk space, memory) and re-run the ingest", encoded)
-            resubmits[idx] += 1
+            resubmits[key] += 1
             r.logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
-                           resubmits[idx], FLOW_RESUBMITS)
-            pending[idx] = submit_chunk(chunks[idx])
+                             resubmits[key], FLOW_RESUBMITS)
+            pending[key] = submit_chunk(chunks[idx], kind)
         tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
     return encoded
 

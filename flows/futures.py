@@ -67,14 +67,15 @@ class Tracker:
         done = sum(self.chunk_done.get(c["index"], 0.0) * c["frames"] for c in chunks)
         return done / max(1, self.total_frames)
 
-    def poll_events(self, client, run: str) -> int | None:
-        """Read the tasks' progress reports: each chunk's fraction done, and the number of audio
-        segments published so far (returned; None when no news)."""
-        audio = None
+    def poll_events(self, client, run: str) -> tuple[int | None, list[dict]]:
+        """Read the tasks' progress reports: each chunk's fraction done; returns the number of
+        audio segments published so far (None when no news) and the chunk results the fast lane
+        reported since the last call."""
+        audio, lane = None, []
         try:
             events = client.get_events(PROGRESS_TOPIC)
         except Exception:  # noqa: BLE001
-            return None
+            return None, lane
         for ts, msg in events:
             if ts <= self.events_since:
                 continue
@@ -85,7 +86,9 @@ class Tracker:
                 self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
             elif key == run + ":audio" and msg.get("segments") is not None:
                 audio = max(audio or 0, int(msg["segments"]))
-        return audio
+            elif key == run + ":lane" and msg.get("result") is not None:
+                lane.append(msg["result"])
+        return audio, lane
 
 
 def outcome(fut) -> tuple[bool, object]:

@@ -91,13 +91,22 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
+def _runs(base: str, deployment_id: str, timeout: float, *, sort: str = "START_TIME_DESC", **filters) -> list[dict]:
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]}, **filters}, "sort": sort, "limit": 1}
+    f = requests.post(f"{base}/flow_runs/filter", json=body, timeout=timeout)
+    f.raise_for_status()
+    return f.json()
+
+
 def check_schedules(timeout: float = TIMEOUT) -> dict:
     """Each scheduled deployment has an upcoming scheduled run, and no run of it is overdue by
     more than VODFLOW_SCHEDULE_GRACE_SECONDS.
 
     Seen in the field: a Prefect server whose scheduler service failed on every loop created no
     runs at all (no upcoming run), and with the serve process gone runs pile up Late (overdue);
-    either way maintenance and bulk ingest silently stop, so health names the deployment."""
+    either way maintenance and bulk ingest silently stop, so health names the deployment. An
+    overdue run while another run of the deployment started within the grace period is a
+    backlog (runs take longer than the interval on a busy machine), reported, not a failure."""
     url = prefect_api_url()
     if not url:
         return {"ok": True, "configured": False, "note": "no Prefect API: nothing runs on a schedule"}
@@ -125,18 +134,19 @@ def check_schedules(timeout: float = TIMEOUT) -> dict:
                 continue
 
             def runs(**expected) -> list[dict]:
-                body = {"flow_runs": {"deployment_id": {"any_": [dep["id"]]},
-                                      "state": {"type": {"any_": ["SCHEDULED"]}},
-                                      "expected_start_time": expected},
-                        "sort": "EXPECTED_START_TIME_ASC", "limit": 1}
-                f = requests.post(f"{base}/flow_runs/filter", json=body, timeout=timeout)
-                f.raise_for_status()
-                return f.json()
+                return _runs(base, dep["id"], timeout, state={"type": {"any_": ["SCHEDULED"]}},
+                             expected_start_time=expected, sort="EXPECTED_START_TIME_ASC")
 
             upcoming = runs(after_=_iso(now))
             overdue = runs(before_=_iso(now - grace))
             info["next_run"] = upcoming[0]["expected_start_time"] if upcoming else None
-            if overdue:
+            if overdue and _runs(base, dep["id"], timeout, start_time={"after_": _iso(now - grace)},
+                                 state={"type": {"any_": ["RUNNING", "COMPLETED", "FAILED"]}}):
+                # late, but a run of it started within the grace period: the runs are being
+                # run, one at a time (the deployment's concurrency limit), only slower than
+                # they come due - a busy machine, not a stopped schedule
+                info["backlog_since"] = overdue[0]["expected_start_time"]
+            elif overdue:
                 info["ok"] = False
                 info["overdue_since"] = overdue[0]["expected_start_time"]
                 problems.append(f"{name}: the run due at {overdue[0]['expected_start_time']} has not started "

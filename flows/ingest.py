@@ -47,10 +47,11 @@ from config import storage
 from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from flows.captions import import_source_captions
-from flows.chunks import P_ENCODED, P_SPLIT, ChunkFailed, Replan, encode_chunks, settle_audio
+from flows.chunks import P_ENCODED, P_SPLIT, ChunkFailed, Lane, Replan, encode_chunks, settle_audio
 from flows.futures import Tracker, describe, settle
 from flows.intake import video_fields
 from flows.publish import (
+    PLAN_FILE,
     Publisher,
     drop_resume_files,
     ladder_artifact,
@@ -206,9 +207,14 @@ def _transcode(r: IngestRun) -> dict:
                                        info.frame_rate_fraction, settings.keyframe_seconds,
                                        settings.segment_seconds, timing=timing).result()
         r.tracker.total_frames = plan["frames"]
-        r.logger.info("%d chunks on %d worker slots; %d frames, %.3f s; timing from %s", len(plan["chunks"]),
+        # the lowest rung in one pass ahead of the chunk encodes (tasks/lane.py): worth it when
+        # there is a ladder and more than one chunk; a plan by decoded frames has no exact seek
+        plan["lane"] = (rungs[0]["name"] if settings.fast_lane and len(rungs) > 1 and len(plan["chunks"]) > 1
+                        and plan["timing"] == "container" else None)
+        r.logger.info("%d chunks on %d worker slots; %d frames, %.3f s; timing from %s%s", len(plan["chunks"]),
                       workers, plan["frames"], plan["duration"],
-                      "decoded frames" if plan["timing"] == "decoded" else "container timestamps")
+                      "decoded frames" if plan["timing"] == "decoded" else "container timestamps",
+                      f"; fast lane {plan['lane']}" if plan["lane"] else "")
         save_plan(r.hls_url, plan, rungs, settings)
         return plan
 
@@ -217,7 +223,7 @@ def _transcode(r: IngestRun) -> dict:
         # and is far ahead of the video
         if not info.has_audio:
             return None
-        with dask.annotate(priority=len(plan["chunks"]) + 1):
+        with dask.annotate(priority=len(plan["chunks"]) + 2):
             return r.tracker.track(encode_audio.submit(
                 r.source_url, storage.join(r.hls_url, AUDIO_RENDITION), info.audio_stream_index, plan["t0"],
                 plan["duration"], info.audio_channels, plan["segment_times"], label=r.video_id,
@@ -225,12 +231,22 @@ def _transcode(r: IngestRun) -> dict:
 
     def publisher_for(plan: dict) -> Publisher:
         return Publisher(r.video_id, r.run, r.hls_url, rungs, plan, info.has_audio, info.frame_rate,
-                         make_current=r.progressive, owner=r.owner, logger=r.logger)
+                         make_current=r.progressive, owner=r.owner, logger=r.logger, lane=plan.get("lane"))
+
+    def lane_for(plan: dict, stored: dict[int, dict]) -> Lane | None:
+        if not plan.get("lane"):
+            return None
+        rung = next(x for x in rungs if x["name"] == plan["lane"])
+        return Lane(rung, dict(stored), resumed=len(stored), kwargs=dict(
+            source_url=r.source_url, rung=rung, hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"],
+            frame_rate=plan["frame_rate"], keyframe_seconds=settings.keyframe_seconds, lease_url=r.lease_url,
+            deinterlace=info.field_order, plan_url=storage.join(r.hls_url, PLAN_FILE)))
 
     carried = resume_state(r.hls_url, rungs, settings) if r.resume else None
     done: dict[int, dict] = {}
+    lane_done: dict[int, dict] = {}
     if carried is not None:
-        plan, done = carried
+        plan, done, lane_done = carried
         r.tracker.total_frames = plan["frames"]
         r.logger.info("resuming: %d of %d chunks were stored by the earlier attempt; encoding the other %d",
                       len(done), len(plan["chunks"]), len(plan["chunks"]) - len(done))
@@ -243,6 +259,7 @@ def _transcode(r: IngestRun) -> dict:
     r.tracker.set(P_SPLIT, "encode")
     audio_fut = submit_audio(plan)
     publisher = publisher_for(plan)
+    lane = lane_for(plan, lane_done)
     previews = preview_plan(plan["duration"], info.display_width, info.display_height)
 
     fallbacks: list[str] = []  # what the run had to fall back to, for the result and the artifact
@@ -251,13 +268,14 @@ def _transcode(r: IngestRun) -> dict:
         while True:  # once more, from decoded frames, if the container's timing gave wrong chunks
             try:
                 encoded = encode_chunks(r, plan, client, publisher, done, dict(
-                    source_url=r.source_url, rungs=rungs, out_url=storage.join(r.work_url, "enc"),
+                    source_url=r.source_url, rungs=[x for x in rungs if x["name"] != plan.get("lane")],
+                    out_url=storage.join(r.work_url, "enc"),
                     hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
                     keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=r.lease_url,
-                    deinterlace=info.field_order))
+                    deinterlace=info.field_order), lane)
                 break
             except ChunkFailed as exc:
-                if not publisher.segments:
+                if not publisher.published_anything:
                     raise
                 # the viewer keeps what was published: the playlists close at the published
                 # prefix (VOD + ENDLIST) and the video ends PARTIAL, saying which chunk failed
@@ -280,6 +298,7 @@ def _transcode(r: IngestRun) -> dict:
                 plan, done = split("decoded"), {}
                 audio_fut = submit_audio(plan)
                 publisher = publisher_for(plan)
+                lane = lane_for(plan, {})
     chunks = plan["chunks"]
     chunk_modes = {i: v["mode"] for i, v in sorted(encoded.items())}
     seek_chunks = sum(1 for m in chunk_modes.values() if m != "copy")
@@ -287,6 +306,8 @@ def _transcode(r: IngestRun) -> dict:
         r.logger.warning("%d of %d chunks were not read from stream-copy slices: %s", seek_chunks, len(chunks),
                          ", ".join(f"{i + 1}: {m}" for i, m in chunk_modes.items()))
     fallbacks += [n for n in plan["notes"] if n not in fallbacks]
+    if lane and lane.fallback:
+        fallbacks.append(lane.fallback)
 
     intervals = [("encode", i, v["started_at"], v["ended_at"]) for i, v in sorted(encoded.items())]
     audio_note = settle_audio(r, client, audio_fut, publisher, intervals)
@@ -344,7 +365,8 @@ def _transcode(r: IngestRun) -> dict:
             "chunks": len(chunks), "seek_chunks": seek_chunks,
             "resumed_chunks": sum(1 for v in encoded.values() if v.get("resumed")),
             "encoded_chunks": sum(1 for v in encoded.values() if not v.get("resumed")), "timing": plan["timing"],
-            "chunk_modes": chunk_modes, "fallbacks": fallbacks,
+            "chunk_modes": chunk_modes, "fallbacks": fallbacks, "lane": ({"rung": lane.name, "resumed_chunks": lane.resumed, "fallback": lane.fallback}
+                     if lane else None),
             "encode_seconds": {i: round(v["seconds"], 3) for i, v in encoded.items()},
             "encode_cpu_seconds": {i: v.get("cpu_seconds") for i, v in encoded.items()},
             "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals}

@@ -64,6 +64,7 @@ class Publisher:
     make_current: bool  # a first transcode: the master lists this run while it grows
     owner: str | None = None
     logger: logging.Logger = log
+    lane: str | None = None  # the rung the fast lane encodes (`tasks.lane`), fed by `lane_done`
 
     def __post_init__(self):
         self.durations = segment_durations(self.plan["segment_times"], self.plan["duration"])
@@ -75,32 +76,57 @@ class Publisher:
         self.audio_segments = 0
         self.audio_sizes: list[int] = []
         self.audio_failed: str | None = None
+        self.lane_results: dict[int, dict] = {}  # chunk index -> the lane rung's part of it
+        self.lane_prefix = 0
 
     # -- what arrives -----------------------------------------------------------------------
 
     def chunk_done(self, index: int, result: dict) -> None:
+        """A chunk encode of the ladder (every rung but the lane's) is stored and checked."""
         self.results[index] = result
         advanced = False
         chunks = self.plan["chunks"]
         while self.prefix < len(chunks) and self.prefix in self.results:
-            res = self.results[self.prefix]
-            for name, st in self.state.items():
-                check = res["rungs"].get(name) or {"ok": False, "reasons": ["no output"]}
-                if st.failed:
-                    continue
-                if not check["ok"]:
-                    c = chunks[self.prefix]
-                    st.failed = (f"chunk {self.prefix + 1}/{len(chunks)} ({c['start']:.3f}-{c['end']:.3f} s): "
-                                 + "; ".join(check["reasons"]))
-                    continue
-                st.frames += check["frames"]
-                st.sizes += check["sizes"]
-                st.level = check.get("level", st.level)
+            self._take(self.prefix, self.results[self.prefix], [n for n in self.state if n != self.lane])
             self.segments += len(chunks[self.prefix]["segment_frames"])
             self.prefix += 1
             advanced = True
         if advanced:
             self._publish_video(final=False)
+
+    def lane_done(self, index: int, result: dict) -> None:
+        """The lane rung's segments of chunk `index` are stored and checked (reported by the fast
+        lane as it goes, or by a chunk encode of that rung alone). Repeats are ignored."""
+        if index in self.lane_results or self.lane is None:
+            return
+        self.lane_results[index] = result
+        advanced = False
+        while self.lane_prefix < len(self.plan["chunks"]) and self.lane_prefix in self.lane_results:
+            self._take(self.lane_prefix, self.lane_results[self.lane_prefix], [self.lane])
+            self.lane_prefix += 1
+            advanced = True
+        if advanced:
+            self._publish_video(final=False)
+
+    @property
+    def published_anything(self) -> bool:
+        return any(st.frames for st in self.state.values())
+
+    def _take(self, index: int, res: dict, names: list[str]) -> None:
+        chunks = self.plan["chunks"]
+        for name in names:
+            st = self.state[name]
+            check = res["rungs"].get(name) or {"ok": False, "reasons": ["no output"]}
+            if st.failed:
+                continue
+            if not check["ok"]:
+                c = chunks[index]
+                st.failed = (f"chunk {index + 1}/{len(chunks)} ({c['start']:.3f}-{c['end']:.3f} s): "
+                             + "; ".join(check["reasons"]))
+                continue
+            st.frames += check["frames"]
+            st.sizes += check["sizes"]
+            st.level = check.get("level", st.level)
 
     def audio_progress(self, segments: int) -> None:
         if not self.has_audio or self.audio_failed or segments <= self.audio_segments:
@@ -248,10 +274,11 @@ def resumable_run(video_id: str, published: str | None) -> str | None:
     return None
 
 
-def resume_state(hls_url: str, rungs: list[dict], settings) -> tuple[dict, dict[int, dict]] | None:
-    """(plan, {chunk index: result}) of the run at `hls_url` when it can be carried on: its plan
-    was made for this ladder and these settings. Chunks planned as stream-copy slices whose
-    slice is gone (the scratch space went with a stopped process) are read from the source."""
+def resume_state(hls_url: str, rungs: list[dict], settings) -> tuple[dict, dict[int, dict], dict[int, dict]] | None:
+    """(plan, {chunk index: result}, {chunk index: the fast lane's result}) of the run at
+    `hls_url` when it can be carried on: its plan was made for this ladder and these settings.
+    Chunks planned as stream-copy slices whose slice is gone (the scratch space went with a
+    stopped process) are read from the source."""
     try:
         saved = json.loads(storage.read_text(storage.join(hls_url, PLAN_FILE)))
     except (FileNotFoundError, ValueError):
@@ -263,12 +290,16 @@ def resume_state(hls_url: str, rungs: list[dict], settings) -> tuple[dict, dict[
         if c["mode"] == "copy" and not (c.get("url") and storage.exists(c["url"])):
             c.update(mode="seek", url=None, reason="its stream-copy slice went with the stopped run")
     done: dict[int, dict] = {}
+    lane: dict[int, dict] = {}
     for c in plan["chunks"]:
-        try:
-            done[c["index"]] = json.loads(storage.read_text(marker_url(hls_url, c["index"])))
-        except (FileNotFoundError, ValueError):
-            continue
-    return plan, done
+        for kind, into in (("", done), ("lane", lane)):
+            if kind and not plan.get("lane"):
+                continue
+            try:
+                into[c["index"]] = json.loads(storage.read_text(marker_url(hls_url, c["index"], kind)))
+            except (FileNotFoundError, ValueError):
+                continue
+    return plan, done, lane
 
 
 def drop_resume_files(hls_url: str) -> None:

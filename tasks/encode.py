@@ -128,14 +128,15 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
                          rotation: int, cfr: bool, frame_rate: str, keyframe_seconds: float,
                          threads: int, offset: float, seek: bool, by_frame: bool = False,
                          previews: tuple[list[tuple[int, float]], dict] | None = None,
-                         deinterlace: str | None = None) -> list[str]:
+                         deinterlace: str | None = None, segment_list: str | None = None) -> list[str]:
     """ffmpeg arguments for one chunk. `offset` maps source pts to the input's pts (copy
     chunks carry the source's timestamps shifted by the muxer; seek mode reads the source).
     `by_frame` reads the source from its start and keeps the chunk's frames by their position
     in the decoded sequence, whatever their timestamps (mode "frames").
     `previews` (targets, plan) adds the timeline-preview branch, whose files are written
     relative to ffmpeg's working directory. `deinterlace` is the source's field order (see
-    `deinterlace_filters`); None or "progressive" leaves the frames as they are."""
+    `deinterlace_filters`); None or "progressive" leaves the frames as they are. `segment_list`
+    (one rung only): a CSV file ffmpeg adds a line to as it closes each segment."""
     half = float(chunk["half_frame"])
     t_start = chunk["source_start"] + offset - half
     t_end = chunk["source_end"] + offset - half
@@ -191,11 +192,12 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
             x264[x264.index("-x264-params") + 1] += ":vbv-init=0.5"
         args += ["-map", f"[v{i}]", *x264,
                  "-force_key_frames", kf, "-fps_mode", "passthrough", "-an", "-sn", "-dn",
-                 *segment_output(chunk, out, keyframe_seconds)]
+                 *segment_output(chunk, out, keyframe_seconds, segment_list=segment_list)]
     return args + preview_outputs
 
 
-def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float) -> list[str]:
+def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float, *,
+                   segment_list: str | None = None) -> list[str]:
     """The chunk's final HLS segments of one rung: cut by frame number at the planned segment
     starts, numbered globally, placed on the video's timeline (`tasks.package`). Every segment
     starts with PAT/PMT (a new muxer per segment); repeating them each keyframe interval, not
@@ -210,6 +212,8 @@ def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float) -> li
             "-segment_format_options", f"pat_period={period}:sdt_period={period}",
             "-reset_timestamps", "0", "-segment_start_number", str(int(chunk["first_segment"]))]
     args += ["-segment_frames", ",".join(cuts)] if cuts else ["-segment_time", str(10**9)]
+    if segment_list:
+        args += ["-segment_list", segment_list, "-segment_list_type", "csv"]
     return args + [out_pattern]
 
 
@@ -258,7 +262,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                     rotation: int, cfr: bool, frame_rate: str, threads: int | None = None,
                     progress_key: str | None = None, force_seek: bool = False,
                     keyframe_seconds: float | None = None, previews: dict | None = None,
-                    lease_url: str | None = None, deinterlace: str | None = None) -> dict:
+                    lease_url: str | None = None, deinterlace: str | None = None,
+                    marker: str = "") -> dict:
     """Encode a chunk into the final segments of every rung, check them, and store them under
     `hls_url`/{rung}/ (not listed in any playlist yet: the flow publishes them). Returns {index,
     frames, mode, rungs: {name: {ok, reasons, frames, sizes}}, seconds, previews}. With `previews`
@@ -377,7 +382,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
             "cpu_seconds": round(_children_cpu() - cpu_before, 3)}
     # the chunk is stored and checked: a re-run of this run after a crash skips it
     check_lease(lease_url)
-    storage.write_text(marker_url(hls_url, chunk["index"]), json.dumps(result))
+    storage.write_text(marker_url(hls_url, chunk["index"], marker), json.dumps(result))
     return result
 
 
@@ -386,9 +391,9 @@ def encode_chunk(chunk: dict, source_url: str, rungs: list[dict], out_url: str, 
                  cfr: bool, frame_rate: str, label: str, threads: int | None = None,
                  progress_key: str | None = None, force_seek: bool = False,
                  keyframe_seconds: float | None = None, previews: dict | None = None,
-                 lease_url: str | None = None, deinterlace: str | None = None) -> dict:
+                 lease_url: str | None = None, deinterlace: str | None = None, marker: str = "") -> dict:
     return encode_chunk_fn(chunk, source_url=source_url, rungs=rungs, out_url=out_url, hls_url=hls_url,
                            rotation=rotation,
                            cfr=cfr, frame_rate=frame_rate, threads=threads, progress_key=progress_key,
                            force_seek=force_seek, keyframe_seconds=keyframe_seconds, previews=previews,
-                           lease_url=lease_url, deinterlace=deinterlace)
+                           lease_url=lease_url, deinterlace=deinterlace, marker=marker)

@@ -33,8 +33,10 @@ AUDIO_CODECS = "mp4a.40.2"  # AAC-LC
 MARKERS = "chunks"
 
 
-def marker_url(hls_url: str, index: int) -> str:
-    return f"{hls_url.rstrip('/')}/{MARKERS}/{index:05d}.json"
+def marker_url(hls_url: str, index: int, kind: str = "") -> str:
+    """The result file of a chunk: `kind` "" for the chunk encode of the ladder, "lane" for the
+    lowest rung's part of it when the fast lane (`tasks.lane`) encodes that rung."""
+    return f"{hls_url.rstrip('/')}/{MARKERS}/{index:05d}{'.' + kind if kind else ''}.json"
 
 
 def segment_name(index: int) -> str:

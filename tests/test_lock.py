@@ -53,7 +53,10 @@ def test_lock_check_refuses_a_lock_that_does_not_match_pyproject(tmp_path):
     assert ok.returncode == 0, ok.stderr
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"rich>=13",', '"rich>=13",\n  "six>=1.16",'))
-    bad = subprocess.run([str(UV), "lock", "--check", "--offline"], cwd=tmp_path, capture_output=True,
-                         text=True, env={**env, "HOME": str(Path.home())})
+    # a changed pyproject is resolved again before uv can compare: that reads the registry's
+    # index (as `make setup` does), which an offline uv has only if an earlier `uv lock` left it
+    # in the cache
+    bad = subprocess.run([str(UV), "lock", "--check"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**env, "HOME": str(Path.home())}, timeout=300)
     assert bad.returncode != 0
     assert "uv lock" in bad.stderr  # it says how to refresh the lock

@@ -345,3 +345,84 @@ def test_a_killed_ingest_resumes_and_encodes_only_the_missing_chunks(env, media_
     run_dir = local(row["renditions"][0]["playlist_url"]).parent.parent
     assert not (run_dir / "plan.json").exists() and not (run_dir / "chunks").exists()
 
+
+
+def _lane_source(media_dir):
+    # 480p: a two-rung ladder (360p, 480p), so the lowest rung has a fast lane of its own
+    return clip(media_dir, "lane.mp4", duration=DURATION, size="854x480", rate="30", gop=30)
+
+
+def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir):
+    """The fast lane: on one worker slot (audio first, then the lane, then the chunks), the
+    lowest rung is published as a growing playlist before any chunk encode has run, to its last
+    segment while the chunks are held back; the finished ladder passes every check, the same
+    segment grid in both rungs."""
+    client = env
+    src = _lane_source(media_dir)
+    chunks = _plan(src)["chunks"]
+    assert len(chunks) >= 3
+    vid = add_video(src)
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    with PlaylistWatcher(vid) as watcher:
+        runner.start()
+        row = _wait("the lowest rung to be published", lambda: _growing(vid))
+        assert _encoded_chunks(client) == 0  # no chunk encode has finished: the lane came first
+        _set_paused(client, True)
+        _wait("the worker to finish the task at hand", lambda: _idle(client))
+        assert _encoded_chunks(client) == 0
+        lowest = local(next(r["playlist_url"] for r in row["renditions"] if r["name"] == "360p"))
+        total = sum(len(c["segment_frames"]) for c in chunks)
+        _wait("the lane's whole rung to be listed", lambda: len(m3u8.loads(lowest.read_text()).segments) == total)
+        text = lowest.read_text()
+        assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
+        row = video_row(vid)
+        assert row["status"] == "PROCESSING"
+        assert {r["name"] for r in row["renditions"] if r["status"] == "GROWING"} == {"360p", "audio"}, row
+        _set_paused(client, False)
+        runner.join(timeout=300)
+    result, exc = outcome["result"]
+    assert exc is None, exc
+    assert result["lane"] == {"rung": "360p", "resumed_chunks": 0, "fallback": None}
+    assert result["encoded_chunks"] == len(chunks)
+    assert not watcher.errors, watcher.errors[:5]
+    assert set(watcher.seen) >= {"360p", "480p", "audio"}
+    check_published(vid, src, expect_audio=True)
+
+
+def test_a_killed_ingest_keeps_what_the_fast_lane_stored(env, media_dir, tmp_path):
+    """kill -9 of the flow's process after the lane stored its rung: the re-dispatch publishes
+    the lowest rung again from the lane's results and runs no lane; only the chunk encodes of
+    the other rungs are left to do."""
+    import signal
+    import subprocess
+    import sys
+
+    client = env
+    src = _lane_source(media_dir)
+    chunks = _plan(src)["chunks"]
+    vid = add_video(src)
+    with open(tmp_path / "first.log", "wb") as log:
+        first = subprocess.Popen([sys.executable, "-m", "flows.ingest", vid], stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
+    try:
+        row = _wait("the lowest rung to be published", lambda: _growing(vid))
+        _set_paused(client, True)
+        _wait("the worker to finish the task at hand", lambda: _idle(client))
+        run_dir = local(row["renditions"][0]["playlist_url"]).parent.parent
+        _wait("the lane's results to be stored",
+              lambda: len(list(run_dir.glob("chunks/*.lane.json"))) == len(chunks))
+        assert _encoded_chunks(client) == 0
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    _wait("the scheduler to drop the killed run's tasks",
+          lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)
+    _set_paused(client, False)
+
+    result, exc = run_ingest(vid)
+    assert exc is None, exc
+    assert result["run"] == row["current_run"]
+    assert result["lane"]["resumed_chunks"] == len(chunks)
+    assert result["encoded_chunks"] == len(chunks)
+    check_published(vid, src, expect_audio=True)

@@ -19,6 +19,10 @@
   var POLL_MS = 2000;
   var POLL_PLAYING_MS = 5000;
   var MAX_NONFATAL_ERROR_REPORTS = 20;
+  // While a video is published chunk by chunk, Auto plays only renditions published at least
+  // this far past the playhead (two segments and a status poll): the others lag behind the
+  // lowest one, which the fast lane encodes ahead of them.
+  var PUBLISHED_AHEAD_S = 17;
 
   function pad(n) { return (n < 10 ? "0" : "") + n; }
 
@@ -214,13 +218,41 @@
     return (v.renditions || []).filter(function (r) { return r.status === "READY" || r.status === "GROWING"; }).length;
   };
 
-  // How far a viewer can play while the video is still being published: the shortest of the
-  // growing renditions (audio included); null once every rendition is finished.
+  // How far a viewer can play while the video is still being published: as far as the furthest
+  // video rendition and the audio both go; null once every rendition is finished.
   P._availableSeconds = function (v) {
-    var rends = (v.renditions || []).concat(v.audio ? [v.audio] : []);
-    var growing = rends.filter(function (r) { return r.status === "GROWING"; });
+    var playable = function (r) { return r.status === "READY" || r.status === "GROWING"; };
+    var reach = function (r) { return r.status === "READY" ? Infinity : (r.available_seconds || 0); };
+    var rends = (v.renditions || []).filter(playable);
+    var growing = rends.concat(v.audio && playable(v.audio) ? [v.audio] : []).filter(function (r) {
+      return r.status === "GROWING";
+    });
     if (!growing.length) return null;
-    return Math.min.apply(null, growing.map(function (r) { return r.available_seconds || 0; }));
+    var video = rends.length ? Math.max.apply(null, rends.map(reach)) : 0;
+    var audio = v.audio && playable(v.audio) ? reach(v.audio) : Infinity;
+    var seconds = Math.min(video, audio);
+    return isFinite(seconds) ? seconds : null;
+  };
+
+  // Auto quality while the video grows: the renditions that reach far enough past the playhead
+  // (a rendition Auto switched to would otherwise stall at its published edge). A viewer's own
+  // choice is left alone; once every rendition is finished there is no cap.
+  P._capToPublished = function () {
+    if (!this.hls || this.audioOnly || !this.levels.length) return;
+    var cap = -1;
+    if (this.availableSeconds !== null && this.videoInfo) {
+      var byName = {};
+      (this.videoInfo.renditions || []).forEach(function (r) { byName[r.name] = r; });
+      var whole = this._duration();
+      var need = this.video.currentTime + PUBLISHED_AHEAD_S;
+      if (isFinite(whole) && whole > 0) need = Math.min(need, whole - 0.5);
+      cap = 0;
+      for (var i = 0; i < this.levels.length; i++) {
+        var r = byName[this.levels[i].name];
+        if (r && (r.status === "READY" || (r.available_seconds || 0) >= need)) cap = i;
+      }
+    }
+    if (this.hls.autoLevelCapping !== cap) this.hls.autoLevelCapping = cap;
   };
 
   // The seek bar's scale: the whole video, also while only its start is published
@@ -277,6 +309,7 @@
     } else if (this.hls && hadAudio !== this._audioUrl()) {
       this._buildQualityMenu(this.levels); // the audio rendition came (or went)
     }
+    this._capToPublished();
     if (!ready) {
       this.root.setAttribute("data-state", "processing");
       this._show("processing");
@@ -508,6 +541,7 @@
       }
     }
     this._buildQualityMenu(this.levels);
+    this._capToPublished();
   };
 
   P._onLevelSwitched = function (level) {
@@ -1364,6 +1398,7 @@
     if (this._switchAt != null) return; // the element reads 0 until the new source is in place
     if (!this.video.seeking) this._lastPosition = this.video.currentTime;
     if (this.stalledAt && !this.video.paused && this.video.readyState >= 3) this._endStall();
+    if (this.availableSeconds !== null) this._capToPublished();
     this._renderTime();
     this._renderBuffered();
     this._sample();
