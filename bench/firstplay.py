@@ -438,15 +438,16 @@ def ingest_only(stack: Stack, source: Path, label: str, timeout: float) -> dict:
 
 def published_chunks(run_dir: Path) -> tuple[int, int, int] | None:
     """(chunks published, chunks stored, chunks planned) of a run in progress: the published
-    prefix is read from the lowest rung's playlist, stored chunks from their result files."""
+    prefix is read from the highest rung's playlist (the lowest one's runs ahead in the fast
+    lane), stored chunks from their result files (the fast lane's own are not counted)."""
     try:
         saved = json.loads((run_dir / "plan.json").read_text())
     except (FileNotFoundError, ValueError):
         return None
     chunks = saved["plan"]["chunks"]
-    lowest = min(saved["rungs"], key=lambda r: r["height"])["name"]
+    highest = max(saved["rungs"], key=lambda r: r["height"])["name"]
     try:
-        listed = len(m3u8.loads((run_dir / lowest / "index.m3u8").read_text()).segments)
+        listed = len(m3u8.loads((run_dir / highest / "index.m3u8").read_text()).segments)
     except FileNotFoundError:
         listed = 0
     published, segs = 0, 0
@@ -455,7 +456,8 @@ def published_chunks(run_dir: Path) -> tuple[int, int, int] | None:
         if segs > listed:
             break
         published += 1
-    stored = len(list((run_dir / "chunks").glob("*.json"))) if (run_dir / "chunks").exists() else 0
+    stored = len([p for p in (run_dir / "chunks").glob("*.json") if not p.name.endswith(".lane.json")]
+                 ) if (run_dir / "chunks").exists() else 0
     return published, stored, len(chunks)
 
 
@@ -508,16 +510,20 @@ def crash_and_resume(stack: Stack, source: Path, duration: float) -> dict:
     rerun = v["flow_run_id"]
     tasks = stack.encode_tasks(rerun)
     logs = stack.flow_logs(rerun)
-    resumed = encoded_logged = None
+    resumed = encoded_logged = lane_resumed = None
     for line in logs:
         m = re.match(r"resuming: (\d+) of (\d+) chunks were stored by the earlier attempt; encoding the other (\d+)",
                      line)
         if m:
             resumed, encoded_logged = int(m.group(1)), int(m.group(3))
+        m = re.match(r"resuming the fast lane of \S+: (\d+) of (\d+) chunks", line)
+        if m:
+            lane_resumed = int(m.group(1))
     _, workers = chunk_count(stack, {"flow_run_id": first_run})
     labels = {t["name"] for t in tasks}
     return {"video_id": vid, "status": v["status"], "total": total, "published_at_kill": published,
             "stored_at_kill": stored, "resumed": resumed, "encoded_logged": encoded_logged,
+            "lane_resumed": lane_resumed,
             "rerun_encode_tasks": len(tasks), "rerun_chunks_encoded": len(labels), "workers": workers,
             "maintenance_rounds": rounds}
 
@@ -715,7 +721,9 @@ def report(args, minutes, size, long_hours, plays, bases, longs, long_bases, cra
         console.print(f"  crash: {crash['published_at_kill']} of {crash['total']} chunks published at the kill, "
                       f"{crash['stored_at_kill']} stored; the re-run resumed {crash['resumed']} and encoded "
                       f"{crash['encoded_logged']} (its encode task runs: {crash['rerun_encode_tasks']} for "
-                      f"{crash['rerun_chunks_encoded']} chunks); {crash['workers']} workers; video {crash['status']}",
+                      f"{crash['rerun_chunks_encoded']} chunks); {crash['workers']} workers; video {crash['status']}"
+                      + (f"; the fast lane had stored {crash['lane_resumed']} of {crash['total']} chunks of its rung"
+                         if crash.get("lane_resumed") is not None else ""),
                       highlight=False)
     console.print(f"  load average at start {' '.join(f'{x:.2f}' for x in load_start)}, "
                   f"at end {' '.join(f'{x:.2f}' for x in load_end)}")

@@ -250,6 +250,9 @@ def _transcode(r: IngestRun) -> dict:
         r.tracker.total_frames = plan["frames"]
         r.logger.info("resuming: %d of %d chunks were stored by the earlier attempt; encoding the other %d",
                       len(done), len(plan["chunks"]), len(plan["chunks"]) - len(done))
+        if plan.get("lane"):
+            r.logger.info("resuming the fast lane of %s: %d of %d chunks were stored by the earlier attempt",
+                          plan["lane"], len(lane_done), len(plan["chunks"]))
     else:
         if r.resume:
             # made for another ladder or other settings: start the run over

@@ -352,11 +352,13 @@ def _lane_source(media_dir):
     return clip(media_dir, "lane.mp4", duration=DURATION, size="854x480", rate="30", gop=30)
 
 
-def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir):
+def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir, tmp_path):
     """The fast lane: on one worker slot (audio first, then the lane, then the chunks), the
     lowest rung is published as a growing playlist before any chunk encode has run, to its last
-    segment while the chunks are held back; the finished ladder passes every check, the same
-    segment grid in both rungs."""
+    segment while the chunks are held back. Once the first chunk of the other rung is out too,
+    a Chromium viewer plays the rung that reaches past the playhead (Auto capped to it), and
+    moves past the other rung's published edge without a stall; the finished ladder passes every
+    check, the same segment grid in both rungs."""
     client = env
     src = _lane_source(media_dir)
     chunks = _plan(src)["chunks"]
@@ -379,8 +381,40 @@ def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir):
         row = video_row(vid)
         assert row["status"] == "PROCESSING"
         assert {r["name"] for r in row["renditions"] if r["status"] == "GROWING"} == {"360p", "audio"}, row
+        # let the first chunk encode (480p, one segment) through, then hold the rest back again
         _set_paused(client, False)
-        runner.join(timeout=300)
+        _wait("the first chunk of 480p", lambda: _encoded_chunks(client) >= 1)
+        _set_paused(client, True)
+        _wait("the worker to finish the task at hand", lambda: _idle(client))
+        held = _encoded_chunks(client)
+        edge = sum(sum(c["segment_frames"]) for c in chunks[:held]) / 30
+        assert held < len(chunks) and edge < DURATION - 8
+        _wait("480p to be listed", lambda: any(r["name"] == "480p" and r["status"] == "GROWING"
+                                                 for r in video_row(vid)["renditions"]))
+        with vodflow_web({"VODFLOW_DATA_DIR": os.environ["VODFLOW_DATA_DIR"]}, tmp_path / "web.log",
+                         workers=1) as base:
+            pw = sync_playwright().start()
+            browser = launch_chromium(pw)
+            page = browser.new_page()
+            page.goto(f"{base}/watch/{vid}")
+            page.wait_for_function("() => window.vodflowPlayer && window.vodflowPlayer.hls"
+                                   " && window.vodflowPlayer.levels.length === 2", timeout=60_000)
+            page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
+            page.evaluate("""() => { const v = document.getElementById('video'); window.__waits = 0;
+                v.addEventListener('waiting', () => { window.__waits++; }); v.playbackRate = 2; }""")
+            # past 480p's published edge: still playing, on 360p, never waiting
+            page.wait_for_function(f"() => document.getElementById('video').currentTime > {edge + 2}",
+                                   timeout=90_000)
+            seen = page.evaluate("""() => { const p = window.vodflowPlayer, v = document.getElementById('video');
+                return {cap: p.hls.autoLevelCapping, height: v.videoHeight, waits: window.__waits,
+                        available: p.availableSeconds}; }""")
+            assert seen["cap"] == 0 and seen["height"] == 360 and seen["waits"] == 0, seen
+            assert seen["available"] == pytest.approx(DURATION, abs=0.5), seen  # the lane's edge
+            _set_paused(client, False)
+            runner.join(timeout=300)
+            page.wait_for_function("() => window.vodflowPlayer.hls.autoLevelCapping === -1", timeout=30_000)
+            browser.close()
+            pw.stop()
     result, exc = outcome["result"]
     assert exc is None, exc
     assert result["lane"] == {"rung": "360p", "resumed_chunks": 0, "fallback": None}
