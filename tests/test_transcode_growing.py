@@ -9,7 +9,11 @@ memory monitor does) the moment the first chunk is published. Nothing is slept o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -304,21 +308,31 @@ def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env,
             assert (local(r["playlist_url"]).parent / s.uri).exists()
 
 
+@contextlib.contextmanager
+def _killed_ingest(client, vid: str, log_path: Path):
+    """`python -m flows.ingest VID` in a process of its own, killed with SIGKILL when the block
+    ends; then the cluster drops the dead client's tasks and the worker may run again."""
+    with open(log_path, "wb") as log:
+        first = subprocess.Popen([sys.executable, "-m", "flows.ingest", vid], stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
+    try:
+        yield first
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    _wait("the scheduler to drop the killed run's tasks",
+          lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)
+    _set_paused(client, False)
+
+
 def test_a_killed_ingest_resumes_and_encodes_only_the_missing_chunks(env, media_dir, tmp_path):
     """kill -9 of the process running the flow, mid-ingest: the re-dispatch carries the same run
     on, publishes again the chunks the first attempt stored, and encodes only the others."""
-    import signal
-    import subprocess
-    import sys
-
     client = env
     src = clip(media_dir, "growing.mp4", duration=DURATION, size="320x180", rate="30", gop=30)
     chunks = _plan(src)["chunks"]
     vid = add_video(src)
-    with open(tmp_path / "first.log", "wb") as log:
-        first = subprocess.Popen([sys.executable, "-m", "flows.ingest", vid], stdout=log, stderr=subprocess.STDOUT,
-                                 cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
-    try:
+    with _killed_ingest(client, vid, tmp_path / "first.log"):
         row = _wait("the first chunk to be published", lambda: _growing(vid))
         _set_paused(client, True)
         _wait("the worker to finish the task at hand", lambda: _idle(client))
@@ -326,13 +340,6 @@ def test_a_killed_ingest_resumes_and_encodes_only_the_missing_chunks(env, media_
         assert 1 <= done < len(chunks)
         _wait("the finished chunks to be stored", lambda: len(list(
             local(row["renditions"][0]["playlist_url"]).parent.parent.glob("chunks/*.json"))) == done)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    # the cluster drops the dead client's tasks; then the worker may run again
-    _wait("the scheduler to drop the killed run's tasks",
-          lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)
-    _set_paused(client, False)
     assert video_row(vid)["status"] == "PROCESSING"  # left as a crash leaves it: maintenance re-dispatches
 
     result, exc = run_ingest(vid)
@@ -428,18 +435,11 @@ def test_a_killed_ingest_keeps_what_the_fast_lane_stored(env, media_dir, tmp_pat
     """kill -9 of the flow's process after the lane stored its rung: the re-dispatch publishes
     the lowest rung again from the lane's results and runs no lane; only the chunk encodes of
     the other rungs are left to do."""
-    import signal
-    import subprocess
-    import sys
-
     client = env
     src = _lane_source(media_dir)
     chunks = _plan(src)["chunks"]
     vid = add_video(src)
-    with open(tmp_path / "first.log", "wb") as log:
-        first = subprocess.Popen([sys.executable, "-m", "flows.ingest", vid], stdout=log, stderr=subprocess.STDOUT,
-                                 cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
-    try:
+    with _killed_ingest(client, vid, tmp_path / "first.log"):
         row = _wait("the lowest rung to be published", lambda: _growing(vid))
         _set_paused(client, True)
         _wait("the worker to finish the task at hand", lambda: _idle(client))
@@ -447,12 +447,6 @@ def test_a_killed_ingest_keeps_what_the_fast_lane_stored(env, media_dir, tmp_pat
         _wait("the lane's results to be stored",
               lambda: len(list(run_dir.glob("chunks/*.lane.json"))) == len(chunks))
         assert _encoded_chunks(client) == 0
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    _wait("the scheduler to drop the killed run's tasks",
-          lambda: client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0)
-    _set_paused(client, False)
 
     result, exc = run_ingest(vid)
     assert exc is None, exc
