@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import dask
 
 from flows.futures import describe, outcome, settle, wait_any
-from flows.publish import Publisher
+from config import storage
+from flows.publish import PLAN_FILE, Publisher
 from flows.run import IngestRun
 from catalog.runs import IngestFailed
 from tasks.encode import encode_chunk
@@ -58,6 +59,26 @@ class Lane:
     @property
     def name(self) -> str:
         return self.rung["name"]
+
+    @classmethod
+    def of(cls, r: IngestRun, plan: dict, rungs: list[dict], info, settings, stored: dict[int, dict]) -> "Lane | None":
+        """The lane of a plan (None when it has none), carrying on from the chunks `stored`."""
+        if not plan.get("lane"):
+            return None
+        rung = next(x for x in rungs if x["name"] == plan["lane"])
+        return cls(rung, dict(stored), resumed=len(stored), kwargs=dict(
+            source_url=r.source_url, rung=rung, hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"],
+            frame_rate=plan["frame_rate"], keyframe_seconds=settings.keyframe_seconds, lease_url=r.lease_url,
+            deinterlace=info.field_order, plan_url=storage.join(r.hls_url, PLAN_FILE)))
+
+
+def lane_rung(plan: dict, rungs: list[dict], settings) -> str | None:
+    """The rung a plan gives a fast lane: the lowest, when there is a ladder and more than one
+    chunk (else it would only decode the source twice), and never for a plan made from decoded
+    frames (the lane reads with an exact seek)."""
+    if settings.fast_lane and len(rungs) > 1 and len(plan["chunks"]) > 1 and plan["timing"] == "container":
+        return rungs[0]["name"]
+    return None
 
 
 def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: dict[int, dict],

@@ -47,11 +47,10 @@ from config import storage
 from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from flows.captions import import_source_captions
-from flows.chunks import P_ENCODED, P_SPLIT, ChunkFailed, Lane, Replan, encode_chunks, settle_audio
+from flows.chunks import P_ENCODED, P_SPLIT, ChunkFailed, Lane, Replan, encode_chunks, lane_rung, settle_audio
 from flows.futures import Tracker, describe, settle
 from flows.intake import video_fields
 from flows.publish import (
-    PLAN_FILE,
     Publisher,
     drop_resume_files,
     ladder_artifact,
@@ -207,10 +206,7 @@ def _transcode(r: IngestRun) -> dict:
                                        info.frame_rate_fraction, settings.keyframe_seconds,
                                        settings.segment_seconds, timing=timing).result()
         r.tracker.total_frames = plan["frames"]
-        # the lowest rung in one pass ahead of the chunk encodes (tasks/lane.py): worth it when
-        # there is a ladder and more than one chunk; a plan by decoded frames has no exact seek
-        plan["lane"] = (rungs[0]["name"] if settings.fast_lane and len(rungs) > 1 and len(plan["chunks"]) > 1
-                        and plan["timing"] == "container" else None)
+        plan["lane"] = lane_rung(plan, rungs, settings)
         r.logger.info("%d chunks on %d worker slots; %d frames, %.3f s; timing from %s%s", len(plan["chunks"]),
                       workers, plan["frames"], plan["duration"],
                       "decoded frames" if plan["timing"] == "decoded" else "container timestamps",
@@ -233,15 +229,6 @@ def _transcode(r: IngestRun) -> dict:
         return Publisher(r.video_id, r.run, r.hls_url, rungs, plan, info.has_audio, info.frame_rate,
                          make_current=r.progressive, owner=r.owner, logger=r.logger, lane=plan.get("lane"))
 
-    def lane_for(plan: dict, stored: dict[int, dict]) -> Lane | None:
-        if not plan.get("lane"):
-            return None
-        rung = next(x for x in rungs if x["name"] == plan["lane"])
-        return Lane(rung, dict(stored), resumed=len(stored), kwargs=dict(
-            source_url=r.source_url, rung=rung, hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"],
-            frame_rate=plan["frame_rate"], keyframe_seconds=settings.keyframe_seconds, lease_url=r.lease_url,
-            deinterlace=info.field_order, plan_url=storage.join(r.hls_url, PLAN_FILE)))
-
     carried = resume_state(r.hls_url, rungs, settings) if r.resume else None
     done: dict[int, dict] = {}
     lane_done: dict[int, dict] = {}
@@ -262,7 +249,7 @@ def _transcode(r: IngestRun) -> dict:
     r.tracker.set(P_SPLIT, "encode")
     audio_fut = submit_audio(plan)
     publisher = publisher_for(plan)
-    lane = lane_for(plan, lane_done)
+    lane = Lane.of(r, plan, rungs, info, settings, lane_done)
     previews = preview_plan(plan["duration"], info.display_width, info.display_height)
 
     fallbacks: list[str] = []  # what the run had to fall back to, for the result and the artifact
@@ -301,7 +288,7 @@ def _transcode(r: IngestRun) -> dict:
                 plan, done = split("decoded"), {}
                 audio_fut = submit_audio(plan)
                 publisher = publisher_for(plan)
-                lane = lane_for(plan, {})
+                lane = Lane.of(r, plan, rungs, info, settings, {})
     chunks = plan["chunks"]
     chunk_modes = {i: v["mode"] for i, v in sorted(encoded.items())}
     seek_chunks = sum(1 for m in chunk_modes.values() if m != "copy")
