@@ -4,6 +4,7 @@ refused (what `make lock-check`, run by CI, does)."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import tomllib
@@ -56,7 +57,9 @@ def test_lock_check_refuses_a_lock_that_does_not_match_pyproject(tmp_path):
     # a changed pyproject is resolved again before uv can compare: that reads the registry's
     # index (as `make setup` does), which an offline uv has only if an earlier `uv lock` left it
     # in the cache
+    # (the machine's own certificate and proxy settings are kept for that)
+    net = {k: v for k, v in os.environ.items() if k.endswith(("_PROXY", "_proxy", "CERT_FILE", "CERT_DIR"))}
     bad = subprocess.run([str(UV), "lock", "--check"], cwd=tmp_path, capture_output=True,
-                         text=True, env={**env, "HOME": str(Path.home())}, timeout=300)
+                         text=True, env={**net, **env, "HOME": str(Path.home())}, timeout=300)
     assert bad.returncode != 0
     assert "uv lock" in bad.stderr  # it says how to refresh the lock

@@ -38,14 +38,16 @@ def _worker_pids(cluster) -> set[int]:
         return set(c.run(os.getpid).values())
 
 
-def _encoding_ffmpeg(worker_pids: set[int], timeout: float = 60) -> psutil.Process:
-    """The first libx264 ffmpeg started by a worker."""
+def _encoding_ffmpeg(worker_pids: set[int], timeout: float = 60, *, lane: bool = False) -> psutil.Process:
+    """The first libx264 ffmpeg started by a worker for a chunk encode, or with `lane` for the
+    fast lane (the one that keeps a segment list: it publishes segments as they close)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in worker_pids:
             try:
                 for child in psutil.Process(pid).children(recursive=True):
-                    if "libx264" in " ".join(child.cmdline()):
+                    cmd = child.cmdline()
+                    if "libx264" in cmd and ("-segment_list" in cmd) == lane:
                         return child
             except psutil.NoSuchProcess:
                 continue
@@ -109,6 +111,25 @@ def test_killed_ffmpeg_is_retried_with_backoff(ingest_env, busy_clip):
     encodes = [r for r in _task_runs(vid) if r.name.startswith("encode chunk")]
     assert any(r.run_count >= 2 for r in encodes), [(r.name, r.run_count) for r in encodes]
     assert all(r.state.is_completed() for r in encodes)
+
+
+def test_a_killed_fast_lane_is_retried_and_stores_each_chunk_once(ingest_env, busy_clip):
+    """The lowest rung's one-pass encode killed mid-way: Prefect retries the task, the retry
+    keeps the chunks the first try stored (segments are immutable once published) and the
+    ladder is published whole."""
+    vid = add_video(busy_clip)
+    pids = _worker_pids(ingest_env)
+    t, box = _run_in_thread(vid)
+    ff = _encoding_ffmpeg(pids, lane=True)
+    time.sleep(0.2)
+    ff.kill()
+    t.join(240)
+    assert box.get("exc") is None, box.get("exc")
+    result = box["result"]
+    assert result["lane"]["rung"] == "360p" and result["lane"]["fallback"] is None, result["lane"]
+    check_published(vid, busy_clip, expect_audio=True)
+    lanes = [r for r in _task_runs(vid) if r.name.startswith("fast lane")]
+    assert len(lanes) == 1 and lanes[0].run_count >= 2 and lanes[0].state.is_completed(), lanes
 
 
 def test_redispatch_after_a_crash_starts_clean(ingest_env, media_dir):
