@@ -82,15 +82,16 @@ def lane_rung(plan: dict, rungs: list[dict], settings) -> str | None:
 
 
 def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: dict[int, dict],
-                  encode_kwargs: dict, lane: Lane | None = None) -> dict[int, dict]:
+                  encode_kwargs: dict, lane: Lane | None = None, audio_fut=None) -> dict[int, dict]:
     """Encode every chunk of the plan on the cluster, earliest first, and publish each as it
     lands (the publisher keeps the playlists a contiguous prefix); resubmit transient failures.
     Audio segments the audio task reports are published along the way. `done`: chunks an
     earlier attempt of this run stored, published again from their results, not encoded.
 
     With a `lane`, its rung is left out of the chunk encodes and made by the fast lane, ahead
-    of them, published as it reports each chunk; if the lane fails for good, its rung goes back
-    to chunk encodes of that rung alone (from the first chunk the lane did not store)."""
+    of them, published as it reports each segment, and finished (with the audio, `audio_fut`)
+    as soon as it is whole; if the lane fails for good, its rung goes back to chunk encodes of
+    that rung alone (from the first chunk the lane did not store)."""
     chunks = plan["chunks"]
     tracker = r.tracker
     lane_rungs = [lane.rung] if lane else []
@@ -117,27 +118,50 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
         lane.done.setdefault(int(result["index"]), result)
         publisher.lane_done(int(result["index"]), result)
 
+    def finish_early(finished: tuple[bool, bool]) -> tuple[bool, bool]:
+        """Once the lane's rung is whole it is finished at once, and the audio as soon as it is
+        whole too, so a viewer who reaches the end sees the video end instead of waiting at the
+        edge while the other rungs encode. Returns (rung finished, audio finished)."""
+        rung, audio = finished
+        if lane and not rung and publisher.lane_complete:
+            publisher.finish_lane()
+            rung = True
+        if rung and not audio and audio_fut is not None and audio_fut.wrapped_future.done():
+            ok, value = outcome(audio_fut)
+            if ok:
+                publisher.finish_audio(value)
+            audio = True
+        return rung, audio
+
+    lane_fut, lane_finished = None, (False, audio_fut is None)
+    if lane:
+        # a resumed lane's chunks are published once, finished at once if they are all there
+        # (a finished playlist never goes back to growing)
+        for idx, value in sorted(lane.done.items()):
+            publisher.lane_done(idx, value, publish=False)
+        lane_finished = finish_early(lane_finished)
+        if lane.done:
+            publisher.publish()
     encoded: dict[int, dict] = {}
     for idx, value in sorted(done.items()):
         encoded[idx] = {**value, "resumed": True}
         tracker.chunk_done[idx] = 1.0
         publisher.chunk_done(idx, value)
-    lane_fut = None
-    if lane:
-        for idx, value in sorted(lane.done.items()):
-            publisher.lane_done(idx, value)
-        if len(lane.done) < len(chunks):
-            lane_fut = submit_lane()
+    if lane and len(lane.done) < len(chunks):
+        lane_fut = submit_lane()
     pending = {("", c["index"]): submit_chunk(c) for c in chunks if c["index"] not in done}
     resubmits = {("", c["index"]): 0 for c in chunks} | {("lane", c["index"]): 0 for c in chunks}
     while pending or lane_fut is not None:
         wait_any(client, [f.wrapped_future for f in pending.values()]
                  + ([lane_fut.wrapped_future] if lane_fut is not None else []))
-        audio_segments, lane_results = tracker.poll_events(client, r.run)
+        audio_segments, lane_news = tracker.poll_events(client, r.run)
         if audio_segments:
             publisher.audio_progress(audio_segments)
-        for result in lane_results:
-            lane_took(result)
+        for msg in lane_news:
+            if msg.get("result") is not None:
+                lane_took(msg["result"])
+            else:
+                publisher.lane_segment(int(msg["segment"]), msg["frames"], msg["size"], msg.get("level"))
         if lane_fut is not None and lane_fut.wrapped_future.done():
             ok, value = outcome(lane_fut)
             lane_fut = None
@@ -190,6 +214,7 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
             r.logger.warning("%s failed (%s); resubmitting it (%d/%d)", label, describe(value),
                              resubmits[key], FLOW_RESUBMITS)
             pending[key] = submit_chunk(chunks[idx], kind)
+        lane_finished = finish_early(lane_finished)
         tracker.set(P_SPLIT + (P_ENCODED - P_SPLIT) * tracker.encode_fraction(chunks))
     return encoded
 

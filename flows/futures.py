@@ -69,8 +69,8 @@ class Tracker:
 
     def poll_events(self, client, run: str) -> tuple[int | None, list[dict]]:
         """Read the tasks' progress reports: each chunk's fraction done; returns the number of
-        audio segments published so far (None when no news) and the chunk results the fast lane
-        reported since the last call."""
+        audio segments published so far (None when no news) and what the fast lane reported since
+        the last call (a segment stored, or a chunk's result)."""
         audio, lane = None, []
         try:
             events = client.get_events(PROGRESS_TOPIC)
@@ -86,8 +86,8 @@ class Tracker:
                 self.chunk_done[idx] = max(self.chunk_done.get(idx, 0.0), float(msg.get("fraction", 0)))
             elif key == run + ":audio" and msg.get("segments") is not None:
                 audio = max(audio or 0, int(msg["segments"]))
-            elif key == run + ":lane" and msg.get("result") is not None:
-                lane.append(msg["result"])
+            elif key == run + ":lane" and (msg.get("result") is not None or msg.get("segment") is not None):
+                lane.append(msg)
         return audio, lane
 
 

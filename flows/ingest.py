@@ -262,7 +262,7 @@ def _transcode(r: IngestRun) -> dict:
                     out_url=storage.join(r.work_url, "enc"),
                     hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
                     keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=r.lease_url,
-                    deinterlace=info.field_order), lane)
+                    deinterlace=info.field_order), lane, audio_fut)
                 break
             except ChunkFailed as exc:
                 if not publisher.published_anything:

@@ -50,6 +50,7 @@ class RungState:
     sizes: list = field(default_factory=list)
     failed: str | None = None
     level: int | None = None
+    finished: bool = False  # its playlist is VOD + ENDLIST already (the fast lane's rung)
 
 
 @dataclass
@@ -76,8 +77,8 @@ class Publisher:
         self.audio_segments = 0
         self.audio_sizes: list[int] = []
         self.audio_failed: str | None = None
-        self.lane_results: dict[int, dict] = {}  # chunk index -> the lane rung's part of it
-        self.lane_prefix = 0
+        self.lane_segments: dict[int, tuple] = {}  # segment index -> (frames, size, level), not yet contiguous
+        self.audio_finished = False
 
     # -- what arrives -----------------------------------------------------------------------
 
@@ -94,19 +95,76 @@ class Publisher:
         if advanced:
             self._publish_video(final=False)
 
-    def lane_done(self, index: int, result: dict) -> None:
-        """The lane rung's segments of chunk `index` are stored and checked (reported by the fast
-        lane as it goes, or by a chunk encode of that rung alone). Repeats are ignored."""
-        if index in self.lane_results or self.lane is None:
+    def lane_segment(self, index: int, frames: int, size: int, level=None, *, publish: bool = True) -> None:
+        """The fast lane stored segment `index` of its rung, checked. Published as soon as it
+        extends the contiguous prefix; repeats are ignored."""
+        if self.lane is None:
             return
-        self.lane_results[index] = result
+        st = self.state[self.lane]
+        if st.failed or index < len(st.frames) or index in self.lane_segments:
+            return
+        self.lane_segments[index] = (int(frames), int(size), level)
         advanced = False
-        while self.lane_prefix < len(self.plan["chunks"]) and self.lane_prefix in self.lane_results:
-            self._take(self.lane_prefix, self.lane_results[self.lane_prefix], [self.lane])
-            self.lane_prefix += 1
+        while len(st.frames) in self.lane_segments:
+            f, sz, lv = self.lane_segments.pop(len(st.frames))
+            st.frames.append(f)
+            st.sizes.append(sz)
+            st.level = lv if lv is not None else st.level
             advanced = True
-        if advanced:
+        if advanced and publish:
             self._publish_video(final=False)
+
+    def lane_done(self, index: int, result: dict, *, publish: bool = True) -> None:
+        """The lane rung's segments of chunk `index` are stored and checked (a result of the fast
+        lane, resumed or reported, or of a chunk encode of that rung alone)."""
+        if self.lane is None:
+            return
+        c = self.plan["chunks"][index]
+        check = result["rungs"].get(self.lane) or {"ok": False, "reasons": ["no output"]}
+        st = self.state[self.lane]
+        if not check["ok"]:
+            if not st.failed:
+                st.failed = (f"chunk {index + 1}/{len(self.plan['chunks'])} ({c['start']:.3f}-{c['end']:.3f} s): "
+                             + "; ".join(check["reasons"]))
+            return
+        before = len(st.frames)
+        for k, (f, sz) in enumerate(zip(check["frames"], check["sizes"])):
+            self.lane_segment(int(c["first_segment"]) + k, f, sz, check.get("level"), publish=False)
+        if len(st.frames) > before and publish:
+            self._publish_video(final=False)
+
+    @property
+    def lane_complete(self) -> bool:
+        st = self.state.get(self.lane) if self.lane else None
+        return bool(st and not st.failed and len(st.frames) == len(self.durations))
+
+    def finish_lane(self) -> None:
+        """The fast lane's rung is whole: check it by arithmetic and finish its playlist (VOD +
+        ENDLIST, READY) now, so a viewer who plays it to the end while the other rungs encode
+        sees the video end, not wait at its edge (with the audio, `finish_audio`)."""
+        st = self.state[self.lane]
+        plan = self.plan
+        reasons = check_rung_totals(self.lane, st.frames, plan["frames"], len(plan["segment_starts"]),
+                                    self.durations[:len(st.frames)], plan["duration"])
+        if reasons:
+            st.failed = "; ".join(reasons)
+            return
+        st.finished = True
+        self._write_playlist(self.lane, len(st.frames), final=True)
+        save_renditions(self.video_id, self.run, [self._video_row(st, RenditionStatus.READY, len(st.frames))],
+                        make_current=self.make_current, owner=self.owner)
+        self.logger.info("published %s whole (%d segments) ahead of the other rungs", self.lane, len(st.frames))
+
+    def finish_audio(self, result: dict) -> None:
+        """The audio is whole (and a video rung is, the fast lane's): finish its playlist now."""
+        if not self.has_audio or self.audio_failed or self.audio_finished:
+            return
+        self.audio_done(result)
+        if self.audio_segments != len(self.durations):
+            return
+        self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=True)
+        self.audio_finished = True
+        save_renditions(self.video_id, self.run, [self._audio_row(RenditionStatus.READY)], owner=self.owner)
 
     @property
     def published_anything(self) -> bool:
@@ -129,7 +187,7 @@ class Publisher:
             st.level = check.get("level", st.level)
 
     def audio_progress(self, segments: int) -> None:
-        if not self.has_audio or self.audio_failed or segments <= self.audio_segments:
+        if not self.has_audio or self.audio_failed or self.audio_finished or segments <= self.audio_segments:
             return
         self.audio_segments = min(segments, len(self.durations))
         self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
@@ -176,15 +234,19 @@ class Publisher:
                 "available_seconds": round(float(sum(self.durations[:count])), 6),
                 "playlist_url": storage.join(self.hls_url, r["name"], PLAYLIST), "status": status, "error": None}
 
+    def publish(self) -> None:
+        """Write the growing playlists and rows of what is known so far."""
+        self._publish_video(final=False)
+
     def _publish_video(self, *, final: bool) -> None:
         rows = []
-        if self.has_audio and not self.audio_failed:
+        if self.has_audio and not self.audio_failed and not self.audio_finished:
             # the audio group is in the master from the first variant on (a player that loaded
             # the master without it would play silent); its playlist may still be empty
             self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
             rows.append(self._audio_row(RenditionStatus.GROWING))
         for st in self.state.values():
-            if st.failed or not st.frames:
+            if st.failed or not st.frames or st.finished:
                 continue
             self._write_playlist(st.rung["name"], len(st.frames), final=final)
             rows.append(self._video_row(st, RenditionStatus.READY if final else RenditionStatus.GROWING,
@@ -219,7 +281,9 @@ class Publisher:
             results[name] = {"ok": True, "measured": {"frames": sum(st.frames), "segments": len(st.frames),
                                                       "level": st.level}}
         if self.has_audio and not self.audio_failed and self.audio_segments:
-            count = self.audio_segments if closed_early is None else min(self.audio_segments, self.segments)
+            # closed early: the audio as far as the longest video rung goes (the fast lane's may be whole)
+            longest = max([len(st.frames) for st in self.state.values() if not st.failed] + [self.segments])
+            count = self.audio_segments if closed_early is None else min(self.audio_segments, longest)
             self.audio_segments = count
             self._write_playlist(AUDIO_RENDITION, count, final=True)
             rows.append(self._audio_row(RenditionStatus.READY))

@@ -12,9 +12,11 @@ that spans the plan from a chunk boundary to the end (`whole_chunk`): same frame
 forced keyframes, same segment cuts by frame number, same timeline. So its segments are the
 segments a chunk encode would have made of this rung, numbered the same, and the per-chunk
 checks are the chunk encode's (`tasks.validate.check_chunk_segments`). ffmpeg's segment list
-says which segments are closed; as soon as every segment of the next chunk is, they are checked,
-stored, their result written beside them (`chunks/NNNNN.lane.json`, what a resumed run skips)
-and reported to the flow through the Dask event log, which publishes them.
+says which segments are closed; each is checked, stored and reported to the flow (through the
+Dask event log, which the flow publishes from) as soon as it is, and once every segment of a
+chunk is stored the chunk's result is written beside them (`chunks/NNNNN.lane.json`, what a
+resumed run skips). A segment already in storage (stored by an earlier try, perhaps published)
+is kept, never replaced.
 """
 
 from __future__ import annotations
@@ -96,34 +98,51 @@ def encode_lane_fn(chunks: list[dict], *, source_url: str, rung: dict, hls_url: 
         out_dir = Path(tmp)
         seg_list = out_dir / "segments.csv"
 
+        partial: list[dict] = []  # checks of the next chunk's segments stored so far
+
         def store_closed(fraction: float | None = None) -> None:
             closed = _closed_segments(seg_list)
             while pending:
                 c = pending[0]
-                names = [segment_name(int(c["first_segment"]) + k) for k in range(len(c["segment_frames"]))]
-                if not all(n in closed for n in names):
-                    return
-                label = f"chunk {c['index'] + 1}/{c['count']} ({c['start']:.3f}-{c['end']:.3f} s)"
+                first = int(c["first_segment"])
+                names = [segment_name(first + k) for k in range(len(c["segment_frames"]))]
                 stored = marker_url(hls_url, c["index"], LANE)
-                if storage.exists(stored):
+                if not partial and storage.exists(stored):
                     # a retry of this task: what the first try stored (and maybe published) stays
                     results[c["index"]] = json.loads(storage.read_text(stored))
                     pending.pop(0)
                     continue
-                check = check_chunk_segments([str(out_dir / n) for n in names], rung, c["segment_frames"],
-                                             first_segment=int(c["first_segment"]), timeout=settings.probe_timeout)
-                if not check["ok"]:
-                    raise ffmpeg.PermanentMediaError(
-                        f"fast lane {name}: {label} failed its checks: " + "; ".join(check["reasons"]))
-                check_lease(lease_url)
-                if plan_url and _planned_lane(plan_url) != name:
-                    raise RunStopped(f"fast lane {name}: the run was planned again; its output was dropped")
-                for n in names:
-                    storage.move_local_file(out_dir / n, storage.join(hls_url, name, n))
+                # each segment as soon as it is closed: checked, stored, reported
+                while len(partial) < len(names) and names[len(partial)] in closed:
+                    k = len(partial)
+                    local = out_dir / names[k]
+                    check = check_chunk_segments([str(local)], rung, [c["segment_frames"][k]], first_segment=first + k,
+                                                 timeout=settings.probe_timeout)
+                    if not check["ok"]:
+                        raise ffmpeg.PermanentMediaError(
+                            f"fast lane {name}: segment {first + k} failed its checks: " + "; ".join(check["reasons"]))
+                    check_lease(lease_url)
+                    if plan_url and _planned_lane(plan_url) != name:
+                        raise RunStopped(f"fast lane {name}: the run was planned again; its output was dropped")
+                    target = storage.join(hls_url, name, names[k])
+                    if storage.exists(target):
+                        # stored by an earlier try or attempt of this run, maybe published: it stays
+                        check["sizes"] = [storage.size(target)]
+                        local.unlink()
+                    else:
+                        storage.move_local_file(local, target)
+                    partial.append(check)
+                    report_progress(progress_key, fraction if fraction is not None else 0.0, segment=first + k,
+                                    frames=check["frames"][0], size=check["sizes"][0], level=check.get("level"))
+                if len(partial) < len(names):
+                    return
+                check = {**partial[0], "frames": [x["frames"][0] for x in partial],
+                         "sizes": [x["sizes"][0] for x in partial]}
                 result = {"index": c["index"], "frames": c["frames"], "start": c["start"], "end": c["end"],
                           "rungs": {name: check}, "lane": True}
                 storage.write_text(stored, json.dumps(result))
                 results[c["index"]] = result
+                partial.clear()
                 pending.pop(0)
                 report_progress(progress_key, fraction if fraction is not None else 0.0, chunk=c["index"],
                                 result=result)

@@ -231,7 +231,10 @@
     var video = rends.length ? Math.max.apply(null, rends.map(reach)) : 0;
     var audio = v.audio && playable(v.audio) ? reach(v.audio) : Infinity;
     var seconds = Math.min(video, audio);
-    return isFinite(seconds) ? seconds : null;
+    if (isFinite(seconds)) return seconds;
+    // a rendition and the audio are finished (the fast lane's) while others still grow: the whole
+    var meta = (v.metadata || (this.config.video && this.config.video.metadata) || {});
+    return meta.duration || v.duration || 0;
   };
 
   // Auto quality while the video grows: the renditions that reach far enough past the playhead
