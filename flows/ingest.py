@@ -112,6 +112,7 @@ def ingest(video_id: str) -> dict:
     resumed = resumable_run(video_id, published) if recovering else None
     if resumed:
         run = resumed
+        published = None if resumed == published else published
         logger.info("video %s: carrying on run %s, which never finished", video_id, run)
     r = IngestRun(video_id, run, owner, source_url, published, resume=bool(resumed),
                   tracker=Tracker(video_id, owner=owner), logger=logger)

@@ -329,9 +329,11 @@ def save_plan(hls_url: str, plan: dict, rungs: list[dict], settings) -> None:
 
 
 def resumable_run(video_id: str, published: str | None) -> str | None:
-    """The newest unfinished run of the video that saved a plan, if any (not the published one)."""
+    """The newest unfinished run of the video that saved a plan, if any. A finished run drops
+    its plan; the current run may look published (its fast-lane rung READY) and still be one
+    to carry on."""
     runs = [e["name"] for e in storage.list_dir(storage.url_for("hls", video_id))
-            if e["type"] == "directory" and e["name"] != published]
+            if e["type"] == "directory"]
     for run in sorted(runs, reverse=True):
         if storage.exists(storage.url_for("hls", video_id, run, PLAN_FILE)):
             return run

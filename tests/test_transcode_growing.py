@@ -450,6 +450,10 @@ def test_a_killed_ingest_keeps_what_the_fast_lane_stored(env, media_dir, tmp_pat
         run_dir = local(row["renditions"][0]["playlist_url"]).parent.parent
         _wait("the lane's results to be stored",
               lambda: len(list(run_dir.glob("chunks/*.lane.json"))) == len(chunks))
+        # killed once the lane's rung is finished (READY) while the others have not started:
+        # the run is still the one to carry on, not a published one to replace
+        _wait("the lane's rung to be finished", lambda: any(
+            r["name"] == "360p" and r["status"] == "READY" for r in video_row(vid)["renditions"]))
         assert _encoded_chunks(client) == 0
 
     result, exc = run_ingest(vid)
