@@ -15,7 +15,7 @@ from flows.publish import PLAN_FILE, Publisher
 from flows.run import IngestRun
 from catalog.runs import IngestFailed
 from tasks.encode import encode_chunk
-from tasks.lane import encode_lane
+from tasks.lane import LANE, encode_lane
 from tasks.retry import is_permanent
 
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
@@ -150,7 +150,7 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
     if lane and len(lane.done) < len(chunks):
         lane_fut = submit_lane()
     pending = {("", c["index"]): submit_chunk(c) for c in chunks if c["index"] not in done}
-    resubmits = {("", c["index"]): 0 for c in chunks} | {("lane", c["index"]): 0 for c in chunks}
+    resubmits = {("", c["index"]): 0 for c in chunks} | {(LANE, c["index"]): 0 for c in chunks}
     while pending or lane_fut is not None:
         wait_any(client, [f.wrapped_future for f in pending.values()]
                  + ([lane_fut.wrapped_future] if lane_fut is not None else []))
@@ -178,7 +178,7 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
                 r.logger.warning(lane.fallback)
                 for c in chunks:
                     if c["index"] not in lane.done:
-                        pending[("lane", c["index"])] = submit_chunk(c, "lane")
+                        pending[(LANE, c["index"])] = submit_chunk(c, LANE)
         for key, fut in list(pending.items()):
             if not fut.wrapped_future.done():
                 continue

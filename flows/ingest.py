@@ -109,7 +109,7 @@ def ingest(video_id: str) -> dict:
     source_url, published, recovering = begin(video_id, run, owner)
     # a re-dispatch after a crash carries on the run that never finished, keeping every chunk
     # it stored; a deliberate reprocess (a READY, PARTIAL or FAILED video) starts clean
-    resumed = resumable_run(video_id, published) if recovering else None
+    resumed = resumable_run(video_id) if recovering else None
     if resumed:
         run = resumed
         published = None if resumed == published else published
@@ -356,8 +356,8 @@ def _transcode(r: IngestRun) -> dict:
             "chunks": len(chunks), "seek_chunks": seek_chunks,
             "resumed_chunks": sum(1 for v in encoded.values() if v.get("resumed")),
             "encoded_chunks": sum(1 for v in encoded.values() if not v.get("resumed")), "timing": plan["timing"],
-            "chunk_modes": chunk_modes, "fallbacks": fallbacks, "lane": ({"rung": lane.name, "resumed_chunks": lane.resumed, "fallback": lane.fallback}
-                     if lane else None),
+            "chunk_modes": chunk_modes, "fallbacks": fallbacks,
+            "lane": {"rung": lane.name, "resumed_chunks": lane.resumed, "fallback": lane.fallback} if lane else None,
             "encode_seconds": {i: round(v["seconds"], 3) for i, v in encoded.items()},
             "encode_cpu_seconds": {i: v.get("cpu_seconds") for i, v in encoded.items()},
             "chunk_frames": {c["index"]: c["frames"] for c in chunks}, "intervals": intervals}

@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from catalog.models import RenditionStatus
 from catalog.runs import save_renditions
 from config import links, storage
+from tasks.lane import LANE
 from tasks.package import (
     AUDIO_CODECS,
     MARKERS,
@@ -123,9 +124,7 @@ class Publisher:
         check = result["rungs"].get(self.lane) or {"ok": False, "reasons": ["no output"]}
         st = self.state[self.lane]
         if not check["ok"]:
-            if not st.failed:
-                st.failed = (f"chunk {index + 1}/{len(self.plan['chunks'])} ({c['start']:.3f}-{c['end']:.3f} s): "
-                             + "; ".join(check["reasons"]))
+            st.failed = st.failed or self._chunk_failure(index, check)
             return
         before = len(st.frames)
         for k, (f, sz) in enumerate(zip(check["frames"], check["sizes"])):
@@ -143,9 +142,7 @@ class Publisher:
         ENDLIST, READY) now, so a viewer who plays it to the end while the other rungs encode
         sees the video end, not wait at its edge (with the audio, `finish_audio`)."""
         st = self.state[self.lane]
-        plan = self.plan
-        reasons = check_rung_totals(self.lane, st.frames, plan["frames"], len(plan["segment_starts"]),
-                                    self.durations[:len(st.frames)], plan["duration"])
+        reasons = self._rung_reasons(st)
         if reasons:
             st.failed = "; ".join(reasons)
             return
@@ -170,17 +167,25 @@ class Publisher:
     def published_anything(self) -> bool:
         return any(st.frames for st in self.state.values())
 
-    def _take(self, index: int, res: dict, names: list[str]) -> None:
+    def _chunk_failure(self, index: int, check: dict) -> str:
         chunks = self.plan["chunks"]
+        c = chunks[index]
+        return f"chunk {index + 1}/{len(chunks)} ({c['start']:.3f}-{c['end']:.3f} s): " + "; ".join(check["reasons"])
+
+    def _rung_reasons(self, st: RungState) -> list[str]:
+        """The whole-rung arithmetic over what the chunks measured (no re-read of the rung)."""
+        plan = self.plan
+        return check_rung_totals(st.rung["name"], st.frames, plan["frames"], len(plan["segment_starts"]),
+                                 self.durations[:len(st.frames)], plan["duration"])
+
+    def _take(self, index: int, res: dict, names: list[str]) -> None:
         for name in names:
             st = self.state[name]
             check = res["rungs"].get(name) or {"ok": False, "reasons": ["no output"]}
             if st.failed:
                 continue
             if not check["ok"]:
-                c = chunks[index]
-                st.failed = (f"chunk {index + 1}/{len(chunks)} ({c['start']:.3f}-{c['end']:.3f} s): "
-                             + "; ".join(check["reasons"]))
+                st.failed = self._chunk_failure(index, check)
                 continue
             st.frames += check["frames"]
             st.sizes += check["sizes"]
@@ -263,13 +268,11 @@ class Publisher:
         """Every chunk is in (or, with `closed_early`, the run stops at the published prefix):
         check each rung by arithmetic, rewrite the playlists as finished VOD playlists, mark the
         rows READY or FAILED. Returns {rung: {"ok", "reason"}}."""
-        plan = self.plan
         results: dict[str, dict] = {}
         rows = []
         for name, st in self.state.items():
             if st.failed is None and closed_early is None:
-                reasons = check_rung_totals(name, st.frames, plan["frames"], len(plan["segment_starts"]),
-                                            self.durations[:len(st.frames)], plan["duration"])
+                reasons = self._rung_reasons(st)
                 if reasons:
                     st.failed = "; ".join(reasons)
             if st.failed is not None or not st.frames:
@@ -328,7 +331,7 @@ def save_plan(hls_url: str, plan: dict, rungs: list[dict], settings) -> None:
                        json.dumps({"plan": plan, "rungs": rungs, "settings": plan_settings(settings)}))
 
 
-def resumable_run(video_id: str, published: str | None) -> str | None:
+def resumable_run(video_id: str) -> str | None:
     """The newest unfinished run of the video that saved a plan, if any. A finished run drops
     its plan; the current run may look published (its fast-lane rung READY) and still be one
     to carry on."""
@@ -358,7 +361,7 @@ def resume_state(hls_url: str, rungs: list[dict], settings) -> tuple[dict, dict[
     done: dict[int, dict] = {}
     lane: dict[int, dict] = {}
     for c in plan["chunks"]:
-        for kind, into in (("", done), ("lane", lane)):
+        for kind, into in (("", done), (LANE, lane)):
             if kind and not plan.get("lane"):
                 continue
             try:

@@ -14,7 +14,6 @@ wait for the whole track.
 
 from __future__ import annotations
 
-import csv
 import logging
 import tempfile
 import time
@@ -67,15 +66,6 @@ def build_audio_command(input_path: str, out_dir: str, *, stream_index: int, t0:
     return args
 
 
-def _finished_segments(out_dir: Path) -> list[str]:
-    """Names of the segments ffmpeg has closed (the segment list gets a line per closed one)."""
-    try:
-        with open(out_dir / "segments.csv", newline="") as f:
-            return [row[0] for row in csv.reader(f) if row]
-    except FileNotFoundError:
-        return []
-
-
 def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: float, duration: float,
                     channels: int, segment_times: list[float], progress_key: str = "audio",
                     lease_url: str | None = None) -> dict:
@@ -90,7 +80,7 @@ def encode_audio_fn(source_url: str, out_url: str, *, stream_index: int, t0: flo
         out_dir = Path(tmp)
 
         def publish_finished(fraction: float | None = None) -> None:
-            done = _finished_segments(out_dir)
+            done = ffmpeg.closed_segments(out_dir / "segments.csv")
             if len(done) <= len(sizes):
                 return
             check_lease(lease_url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import csv
 import os
 import re
 import signal
@@ -160,6 +161,16 @@ def run(
     if on_progress is not None:
         on_progress(1.0)
     return stderr
+
+
+def closed_segments(segment_list: str | os.PathLike) -> list[str]:
+    """Names of the segments ffmpeg's segment muxer has closed, in order: it adds a line to its
+    CSV segment list (`-segment_list F -segment_list_type csv`) as it closes each one."""
+    try:
+        with open(segment_list, newline="") as f:
+            return [row[0] for row in csv.reader(f) if row]
+    except FileNotFoundError:
+        return []
 
 
 def probe_json(path: str | os.PathLike, *, timeout: float, extra: Sequence[str] = ()) -> dict:

@@ -21,7 +21,6 @@ is kept, never replaced.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import tempfile
@@ -68,14 +67,6 @@ def _planned_lane(plan_url: str) -> str | None:
         return None
 
 
-def _closed_segments(path: Path) -> set[str]:
-    try:
-        with open(path, newline="") as f:
-            return {row[0] for row in csv.reader(f) if row}
-    except FileNotFoundError:
-        return set()
-
-
 def encode_lane_fn(chunks: list[dict], *, source_url: str, rung: dict, hls_url: str, rotation: int, cfr: bool,
                    frame_rate: str, keyframe_seconds: float, progress_key: str, lease_url: str | None = None,
                    deinterlace: str | None = None, threads: int | None = None, plan_url: str | None = None) -> dict:
@@ -101,7 +92,7 @@ def encode_lane_fn(chunks: list[dict], *, source_url: str, rung: dict, hls_url: 
         partial: list[dict] = []  # checks of the next chunk's segments stored so far
 
         def store_closed(fraction: float | None = None) -> None:
-            closed = _closed_segments(seg_list)
+            closed = set(ffmpeg.closed_segments(seg_list))
             while pending:
                 c = pending[0]
                 first = int(c["first_segment"])

@@ -105,6 +105,22 @@ def _idle(client) -> bool:
     return not any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
 
 
+class IngestThread(threading.Thread):
+    """`run_ingest(vid)` in a thread of its own, as a dispatch runs it; `outcome()` waits for it
+    and gives its (result, exception)."""
+
+    def __init__(self, vid: str):
+        super().__init__(daemon=True)
+        self.vid, self.value = vid, None
+
+    def run(self):
+        self.value = run_ingest(self.vid)
+
+    def outcome(self, timeout: float = 300):
+        self.join(timeout)
+        return self.value
+
+
 class PlaylistWatcher:
     """Reads every playlist of the run many times a second while it grows and checks, every
     time, what a player relies on: the listed segments are seg_00000 .. seg_k-1 with no gap,
@@ -157,8 +173,7 @@ def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path)
     chunks = _plan(src)["chunks"]
     assert len(chunks) >= 3
     vid = add_video(src)
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    runner = IngestThread(vid)
     with PlaylistWatcher(vid) as watcher:
         runner.start()
         _wait("the first chunk to be published", lambda: _growing(vid))
@@ -228,8 +243,7 @@ def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path)
             assert at <= avail, (at, avail)
             _set_paused(client, False)
             page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
-            runner.join(timeout=300)
-            result, exc = outcome["result"]
+            result, exc = runner.outcome()
             assert exc is None, exc
             finished = requests.get(f"{base}/v/{vid}/{variant}", timeout=10)
             assert "#EXT-X-ENDLIST" in finished.text and "#EXT-X-PLAYLIST-TYPE:VOD" in finished.text
@@ -278,8 +292,7 @@ def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env,
     last = chunks[-1]
     assert len(chunks) >= 3 and last["mode"] == "copy"
     vid = add_video(src)
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    runner = IngestThread(vid)
     runner.start()
     row = _wait("the first chunk to be published", lambda: _growing(vid))
     _set_paused(client, True)
@@ -289,8 +302,7 @@ def test_a_chunk_that_fails_for_good_closes_the_video_at_what_was_published(env,
     assert slice_path.exists(), ("the last chunk is a stream-copy slice that has not run yet", row)
     slice_path.write_bytes(os.urandom(slice_path.stat().st_size))
     _set_paused(client, False)
-    runner.join(timeout=300)
-    result, exc = outcome["result"]
+    result, exc = runner.outcome()
     assert exc is None, exc
     row = video_row(vid)
     assert row["status"] == "PARTIAL", row
@@ -371,8 +383,7 @@ def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir, tmp_pat
     chunks = _plan(src)["chunks"]
     assert len(chunks) >= 3
     vid = add_video(src)
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=run_ingest(vid)), daemon=True)
+    runner = IngestThread(vid)
     with PlaylistWatcher(vid) as watcher:
         runner.start()
         row = _wait("the lowest rung to be published", lambda: _growing(vid))
@@ -421,11 +432,10 @@ def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir, tmp_pat
             assert seen["cap"] == 0 and seen["height"] == 360 and seen["waits"] == 0, seen
             assert seen["available"] == pytest.approx(DURATION, abs=0.5), seen  # the lane's edge
             _set_paused(client, False)
-            runner.join(timeout=300)
+            result, exc = runner.outcome()
             page.wait_for_function("() => window.vodflowPlayer.hls.autoLevelCapping === -1", timeout=30_000)
             browser.close()
             pw.stop()
-    result, exc = outcome["result"]
     assert exc is None, exc
     assert result["lane"] == {"rung": "360p", "resumed_chunks": 0, "fallback": None}
     assert result["encoded_chunks"] == len(chunks)
