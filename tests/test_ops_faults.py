@@ -6,7 +6,8 @@ restarts it and asks maintenance to dispatch the cut-off video again), PostgreSQ
 an ingest runs and started again, and the web app's gunicorn master killed in the middle of a tus
 upload. Each time the video ends READY, and `/healthz`, `vodflow status` and the logs name what
 happened. First, without a stack, `up`'s supervision of a part that keeps exiting: restarted with
-a growing pause, every exit recorded.
+a growing pause, every exit recorded. Last, `kill -9` of `up` itself: no process and no port of
+the stack may outlive it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -340,3 +342,50 @@ def test_web_app_killed_under_up_is_restarted(stack, media_dir):
     _playable(stack, vid)
     _restarted(stack, "web", "web app")
     assert new["pid"] == stack.part("web")["pid"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _of_stack(data: Path) -> list[psutil.Process]:
+    """Every live process on the machine started by a stack with this data dir."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_zz_kill_9_of_up_leaves_no_process_and_no_port(stack):
+    """Last: it ends the stack. `kill -9` of the `up` process must take every process it
+    started with it and free every port it opened, so the next `make run` can start; and its
+    record of the stack no longer counts."""
+    tree = descendants(stack.proc.pid)
+    assert len(tree) >= 5, [p.cmdline() for p in tree]
+    ports = {name: int(stack.env[name]) for name in
+             ("VODFLOW_PREFECT_PORT", "VODFLOW_DASK_SCHEDULER_PORT", "VODFLOW_WEB_PORT", "VODFLOW_DASK_DASHBOARD_PORT")}
+    assert all(_listening(p) for name, p in ports.items() if name != "VODFLOW_DASK_DASHBOARD_PORT")
+    os.kill(stack.proc.pid, signal.SIGKILL)
+    stack.proc.wait(10)
+    deadline = time.monotonic() + 60
+    while True:
+        left = alive(tree) + _of_stack(stack.data)
+        busy = [name for name, p in ports.items() if _listening(p)]
+        if not left and not busy:
+            break
+        assert time.monotonic() < deadline, (busy, [p.cmdline() for p in left])
+        time.sleep(0.5)
+    # the record of the dead stack is not believed: a new shell starts on its own
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VODFLOW_"))},
+           "VODFLOW_DATA_DIR": str(stack.data), "VODFLOW_DATABASE_URL": stack.env["VODFLOW_DATABASE_URL"],
+           "COLUMNS": "200"}
+    status = subprocess.run([*vodflow_command(), "status", "--json"], capture_output=True, text=True, timeout=120,
+                            env=env, cwd=stack.base)
+    checks = json.loads(status.stdout)["checks"]
+    assert not checks["prefect"]["configured"], checks["prefect"]

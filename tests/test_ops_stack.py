@@ -4,14 +4,17 @@ One stack serves every test in this module (starting it costs ~15 s): an upload 
 reaching READY through the `ingest/on-demand` deployment, a batch of uploads queueing behind the
 ingest concurrency limit (1 here, so any overlap shows), a Dask worker killed mid-encode, the
 serve process killed mid-run and recovered by maintenance, a watch folder with one file under two
-names, and finally Ctrl-C in the middle of an encode, which must leave no process behind.
+names, `vodflow ingest` and `vodflow status` in a second shell joining the running stack, and
+finally Ctrl-C in the middle of an encode, which must leave no process behind.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from tests.ops_support import alive, artifacts_of, descendants, kill_group, pref
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
+VODFLOW = shutil.which("vodflow", path=str(Path(sys.executable).parent)) or "vodflow"
 TERMINAL = ("READY", "PARTIAL", "FAILED", "DELETED")
 
 
@@ -360,6 +364,42 @@ def test_same_file_dropped_twice_is_transcoded_once(stack, clip):
     assert "duplicate" in art["data"]
 
 
+def _second_shell(env: dict) -> dict:
+    """What a user's other shell has: the same data dir, no Prefect or Dask address."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "VODFLOW_"))},
+            "VODFLOW_DATA_DIR": env["VODFLOW_DATA_DIR"], "VODFLOW_WEB_PORT": env["VODFLOW_WEB_PORT"],
+            "COLUMNS": "200"}
+
+
+def test_cli_in_another_shell_joins_the_running_stack(stack, media_dir):
+    """While `up` runs, commands in another shell with the same data dir join it: `vodflow
+    ingest --wait` goes through the stack's `ingest/on-demand` deployment (it shows in the
+    stack's Prefect UI and uses its Dask workers) and `vodflow status` reports its servers."""
+    record = json.loads((stack.data / "stack.json").read_text())
+    assert record["pid"] == stack.proc.pid and record["prefect_api"] == stack.api
+    assert record["dask_address"] == f"tcp://127.0.0.1:{stack.env['VODFLOW_DASK_SCHEDULER_PORT']}"
+
+    clip = make_clip(media_dir / "second shell.mp4", duration=2, size="320x180")
+    out = subprocess.run([VODFLOW, "ingest", str(clip), "--wait"], capture_output=True, text=True,
+                         timeout=300, env=_second_shell(stack.env))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"using the Prefect API at {stack.api}" in out.stderr
+    assert "temporary Prefect server" not in out.stdout + out.stderr
+    vid = out.stdout.strip().splitlines()[-1].split()[0]
+    assert stack.video(vid)["status"] == "READY"
+    # the run is the stack's deployment run: it shows in the stack's Prefect UI
+    dep = prefect_get(stack.api, "/deployments/name/ingest/on-demand")
+    runs = prefect_post(stack.api, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}})
+    mine = [r for r in runs if r["parameters"].get("video_id") == vid]
+    assert len(mine) == 1 and mine[0]["state"]["type"] in ("RUNNING", "COMPLETED")
+
+    status = subprocess.run([VODFLOW, "status", "--json"], capture_output=True, text=True, timeout=120,
+                            env=_second_shell(stack.env))
+    checks = json.loads(status.stdout)["checks"]
+    assert checks["prefect"]["url"] == stack.api and checks["dask"]["address"] == record["dask_address"]
+    assert checks["dask"]["ok"] and checks["prefect"]["ok"]
+
+
 def _stack_processes(data: Path) -> list[psutil.Process]:
     """Every live process on the machine started by the stack with this data dir (its
     components, their workers and flow runs, and any ffmpeg they started), wherever it was
@@ -403,8 +443,6 @@ def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
     assert "stopped cleanly" in stack.output()
     # being stopped is not the video's fault: it is left PROCESSING for maintenance to dispatch
     # again when the stack is back, not FAILED
-    import sqlite3
-
     with sqlite3.connect(stack.data / "vodflow.db") as db:
         (status, error), = db.execute("select status, error from videos where id = ?", (vid,)).fetchall()
     assert status == "PROCESSING", (status, error)
