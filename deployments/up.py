@@ -249,7 +249,8 @@ class Stack:
                 "workers",
                 [py, "-m", "dask", "worker", self.dask_address, "--nworkers", str(n), "--nthreads", str(threads),
                  "--memory-limit", memory, "--local-directory", str(data / "dask-worker-space"),
-                 "--name", f"{socket.gethostname()}-w", "--no-dashboard", "--death-timeout", "120"],
+                 "--name", f"{socket.gethostname()}-w", "--no-dashboard", "--death-timeout", "120",
+                 "--preload", "tasks.preload"],
                 # each encode sizes ffmpeg's threads to its share of this machine's cores. A
                 # worker's first task asks the Prefect server for its version, and fails if the
                 # server is restarting at that moment; the workers run the server's own Prefect

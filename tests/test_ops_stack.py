@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from distributed import Client
 
 from tests.media import make_clip
 from tests.ops_support import alive, artifacts_of, descendants, kill_group, prefect_get, prefect_post
@@ -152,6 +153,11 @@ def test_stack_is_healthy_and_serves_the_deployments(stack):
     out = stack.output()
     for line in ("Prefect UI", "Dask        tcp://127.0.0.1:", "web app", "/upload"):
         assert line in out
+    # before any video, every worker has the task modules loaded (`--preload tasks.preload`): the
+    # first video's first tasks do not stall their worker for the imports
+    with Client(f"tcp://127.0.0.1:{stack.env['VODFLOW_DASK_SCHEDULER_PORT']}", timeout=30) as client:
+        loaded = client.run(lambda: sorted(m for m in sys.modules if m.startswith("tasks.")))
+    assert loaded and all({"tasks.encode", "tasks.lane", "tasks.split"} <= set(mods) for mods in loaded.values()), loaded
 
 
 def test_tus_upload_becomes_ready_through_the_deployment(stack, clip):
