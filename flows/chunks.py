@@ -11,12 +11,13 @@ import dask
 
 from flows.futures import describe, outcome, settle, wait_any
 from config import storage
-from flows.publish import PLAN_FILE, Publisher
+from flows.publish import PLAN_FILE, Publisher, resave_plan
 from flows.run import IngestRun
 from catalog.runs import IngestFailed
 from tasks.encode import encode_chunk
 from tasks.lane import LANE, encode_lane
 from tasks.retry import is_permanent
+from tasks.split import apply_slices, plan_summary, slice_source
 
 # how many times the flow itself resubmits a chunk whose task failed for a transient reason
 # after Prefect's own retries (a worker that died takes the task run with it)
@@ -81,8 +82,32 @@ def lane_rung(plan: dict, rungs: list[dict], settings) -> str | None:
     return None
 
 
+def submit_slices(r: IngestRun, plan: dict, video_stream_index: int | None):
+    """The stream-copy slices of a fresh plan, written while the fast lane and the audio start
+    (the slicing task leaves its worker slot to them); the chunk encodes wait for them. None when
+    the plan has no chunk to slice."""
+    if not any(c["mode"] == "copy" and not c.get("url") for c in plan["chunks"]):
+        return None
+    with dask.annotate(priority=len(plan["chunks"]) + 3):  # first: it frees its slot at once
+        return r.tracker.track(slice_source.submit(r.source_url, r.work_url, plan, video_stream_index,
+                                                   label=r.video_id))
+
+
+def take_slices(r: IngestRun, plan: dict, fut) -> None:
+    """Record the slices in the plan (and the saved plan, for a resume); chunks left without one
+    are read from the source with exact seeking."""
+    ok, value = outcome(fut)
+    note = apply_slices(plan, value if ok else None,
+                        None if ok else f"the stream-copy slices could not be written ({describe(value)})")
+    if note:
+        r.logger.warning(note)
+    r.logger.info(plan_summary(plan))
+    resave_plan(r.hls_url, plan)
+
+
 def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: dict[int, dict],
-                  encode_kwargs: dict, lane: Lane | None = None, audio_fut=None) -> dict[int, dict]:
+                  encode_kwargs: dict, lane: Lane | None = None, audio_fut=None,
+                  slices=None) -> dict[int, dict]:
     """Encode every chunk of the plan on the cluster, earliest first, and publish each as it
     lands (the publisher keeps the playlists a contiguous prefix); resubmit transient failures.
     Audio segments the audio task reports are published along the way. `done`: chunks an
@@ -91,7 +116,8 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
     With a `lane`, its rung is left out of the chunk encodes and made by the fast lane, ahead
     of them, published as it reports each segment, and finished (with the audio, `audio_fut`)
     as soon as it is whole; if the lane fails for good, its rung goes back to chunk encodes of
-    that rung alone (from the first chunk the lane did not store)."""
+    that rung alone (from the first chunk the lane did not store). `slices`: the future of the
+    plan's stream-copy slices, which the chunk encodes wait for (the lane and audio do not)."""
     chunks = plan["chunks"]
     tracker = r.tracker
     lane_rungs = [lane.rung] if lane else []
@@ -147,13 +173,8 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
         encoded[idx] = {**value, "resumed": True}
         tracker.chunk_done[idx] = 1.0
         publisher.chunk_done(idx, value)
-    if lane and len(lane.done) < len(chunks):
-        lane_fut = submit_lane()
-    pending = {("", c["index"]): submit_chunk(c) for c in chunks if c["index"] not in done}
-    resubmits = {("", c["index"]): 0 for c in chunks} | {(LANE, c["index"]): 0 for c in chunks}
-    while pending or lane_fut is not None:
-        wait_any(client, [f.wrapped_future for f in pending.values()]
-                 + ([lane_fut.wrapped_future] if lane_fut is not None else []))
+    def take_news() -> None:
+        """Publish what the audio and the lane reported since the last look."""
         audio_segments, lane_news = tracker.poll_events(client, r.run)
         if audio_segments:
             publisher.audio_progress(audio_segments)
@@ -162,6 +183,20 @@ def encode_chunks(r: IngestRun, plan: dict, client, publisher: Publisher, done: 
                 lane_took(msg["result"])
             else:
                 publisher.lane_segment(int(msg["segment"]), msg["frames"], msg["size"], msg.get("level"))
+
+    if lane and len(lane.done) < len(chunks):
+        lane_fut = submit_lane()
+    while slices is not None and not slices.wrapped_future.done():
+        wait_any(client, [slices.wrapped_future])  # the lane's first segments are published meanwhile
+        take_news()
+    if slices is not None:
+        take_slices(r, plan, slices)
+    pending = {("", c["index"]): submit_chunk(c) for c in chunks if c["index"] not in done}
+    resubmits = {("", c["index"]): 0 for c in chunks} | {(LANE, c["index"]): 0 for c in chunks}
+    while pending or lane_fut is not None:
+        wait_any(client, [f.wrapped_future for f in pending.values()]
+                 + ([lane_fut.wrapped_future] if lane_fut is not None else []))
+        take_news()
         if lane_fut is not None and lane_fut.wrapped_future.done():
             ok, value = outcome(lane_fut)
             lane_fut = None

@@ -47,7 +47,8 @@ from config import storage
 from config.settings import get_settings, prefect_api_url
 from flows import cluster
 from flows.captions import import_source_captions
-from flows.chunks import P_ENCODED, P_SPLIT, ChunkFailed, Lane, Replan, encode_chunks, lane_rung, settle_audio
+from flows.chunks import (P_ENCODED, P_SPLIT, ChunkFailed, Lane, Replan, encode_chunks, lane_rung, settle_audio,
+                          submit_slices)
 from flows.futures import Tracker, describe, settle
 from flows.intake import video_fields
 from flows.publish import (
@@ -66,7 +67,7 @@ from tasks.package import AUDIO_RENDITION
 from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
 from tasks.retry import RETRY_OPTIONS
-from tasks.split import split_source
+from tasks.split import plan_source
 from tasks.thumbnails import preview_plan, thumbnails_task
 
 log = logging.getLogger(__name__)
@@ -201,11 +202,11 @@ def _transcode(r: IngestRun) -> dict:
     client = FlowRunContext.get().task_runner.client
     workers = cluster.slots(client)
 
-    def split(timing: str | None) -> dict:
+    def split(timing: str | None) -> tuple[dict, object]:
+        """The plan, saved, and the future of its stream-copy slices (being written)."""
         with r.timed("split"):
-            plan = split_source.submit(r.source_url, r.work_url, workers, info.video_stream_index,
-                                       info.frame_rate_fraction, settings.keyframe_seconds,
-                                       settings.segment_seconds, timing=timing).result()
+            plan = plan_source.submit(r.source_url, workers, info.video_stream_index, info.frame_rate_fraction,
+                                      settings.keyframe_seconds, settings.segment_seconds, timing=timing).result()
         r.tracker.total_frames = plan["frames"]
         plan["lane"] = lane_rung(plan, rungs, settings)
         r.logger.info("%d chunks on %d worker slots; %d frames, %.3f s; timing from %s%s", len(plan["chunks"]),
@@ -213,7 +214,7 @@ def _transcode(r: IngestRun) -> dict:
                       "decoded frames" if plan["timing"] == "decoded" else "container timestamps",
                       f"; fast lane {plan['lane']}" if plan["lane"] else "")
         save_plan(r.hls_url, plan, rungs, settings)
-        return plan
+        return plan, submit_slices(r, plan, info.video_stream_index)
 
     def submit_audio(plan: dict):
         # audio first: it takes one slot for a short while, publishes its segments as it goes
@@ -233,6 +234,7 @@ def _transcode(r: IngestRun) -> dict:
     carried = resume_state(r.hls_url, rungs, settings) if r.resume else None
     done: dict[int, dict] = {}
     lane_done: dict[int, dict] = {}
+    slices = None  # a resumed plan has its slices (or reads those chunks by exact seek)
     if carried is not None:
         plan, done, lane_done = carried
         r.tracker.total_frames = plan["frames"]
@@ -246,7 +248,7 @@ def _transcode(r: IngestRun) -> dict:
             # made for another ladder or other settings: start the run over
             withdraw_run(r.video_id, r.run, owner=r.owner)
             storage.delete(r.hls_url)
-        plan = split(None)
+        plan, slices = split(None)
     r.tracker.set(P_SPLIT, "encode")
     audio_fut = submit_audio(plan)
     publisher = publisher_for(plan)
@@ -263,7 +265,7 @@ def _transcode(r: IngestRun) -> dict:
                     out_url=storage.join(r.work_url, "enc"),
                     hls_url=r.hls_url, rotation=info.rotation, cfr=plan["cfr"], frame_rate=plan["frame_rate"],
                     keyframe_seconds=settings.keyframe_seconds, previews=previews, lease_url=r.lease_url,
-                    deinterlace=info.field_order), lane, audio_fut)
+                    deinterlace=info.field_order), lane, audio_fut, slices)
                 break
             except ChunkFailed as exc:
                 if not publisher.published_anything:
@@ -286,7 +288,7 @@ def _transcode(r: IngestRun) -> dict:
                     audio_fut.wrapped_future.cancel()
                 withdraw_run(r.video_id, r.run, owner=r.owner)
                 storage.delete(r.hls_url)
-                plan, done = split("decoded"), {}
+                (plan, slices), done = split("decoded"), {}
                 audio_fut = submit_audio(plan)
                 publisher = publisher_for(plan)
                 lane = Lane.of(r, plan, rungs, info, settings, {})

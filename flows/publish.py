@@ -331,6 +331,13 @@ def save_plan(hls_url: str, plan: dict, rungs: list[dict], settings) -> None:
                        json.dumps({"plan": plan, "rungs": rungs, "settings": plan_settings(settings)}))
 
 
+def resave_plan(hls_url: str, plan: dict) -> None:
+    """The saved plan, with what changed since `save_plan` (the slices written)."""
+    url = storage.join(hls_url, PLAN_FILE)
+    saved = json.loads(storage.read_text(url))
+    storage.write_text(url, json.dumps({**saved, "plan": plan}))
+
+
 def resumable_run(video_id: str) -> str | None:
     """The newest unfinished run of the video that saved a plan, if any. A finished run drops
     its plan; the current run may look published (its fast-lane rung READY) and still be one

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from distributed import get_worker, secede
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -90,6 +91,8 @@ class Chunk:
     segment_frames: list = field(default_factory=list)  # frames of each of the chunk's segments
     # chunk-relative times of the frames inside the chunk (after its first) that must be keyframes
     keyframes: list = field(default_factory=list)
+    # decode index of the packet a stream-copy slice starts at (-1: no slice starts here)
+    slice_at: int = -1
 
     @property
     def duration(self) -> float:
@@ -417,6 +420,7 @@ def plan_split(pk: Packets, *, workers: int, keyframe_seconds: float, segment_se
             if chunk_mode is None else "timing from decoded frames",
         ))
         starts.append(dec_idx if dec_idx is not None else -1)
+        chunks[-1].slice_at = starts[-1]
     seg_bounds = seg_starts + [n]
     for c in chunks:
         k0 = seg_starts.index(c.first_frame)
@@ -451,15 +455,15 @@ def _logger():
         return log
 
 
-def split_source_fn(source_url: str, work_url: str, *, workers: int, video_stream_index: int | None = None,
-                    avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
-                    segment_seconds: float | None = None, timing: str | None = None) -> dict:
-    """Plan the chunks and write the stream-copy slices under `work_url`/chunks/.
+def plan_source_fn(source_url: str, *, workers: int, video_stream_index: int | None = None,
+                   avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
+                   segment_seconds: float | None = None, timing: str | None = None) -> dict:
+    """Plan the chunks from the source's packets (one scan, nothing written). Chunks in "copy"
+    mode have no slice yet: `slice_source_fn` writes them (and `apply_slices` records them), so
+    the fast lane and the audio, which read the source itself, need not wait for that.
 
     `timing` forces where frame times come from ("container" or "decoded"); by default the
-    container's packet timestamps unless `needs_decoded_timing` says they cannot be trusted.
-    A stream-copy split that ffmpeg refuses (packets its muxer cannot place) is not the
-    video's end: its chunks are read from the source with exact seeking instead."""
+    container's packet timestamps unless `needs_decoded_timing` says they cannot be trusted."""
     settings = get_settings()
     keyframe_seconds = keyframe_seconds or settings.keyframe_seconds
     segment_seconds = segment_seconds or settings.segment_seconds
@@ -471,7 +475,7 @@ def split_source_fn(source_url: str, work_url: str, *, workers: int, video_strea
         if why:
             decoded = read_decoded_frames(src, pk, video_stream_index, avg_frame_rate)
             mode = "frames" if decoded.regenerated else "seek"
-            plan, starts = plan_split(
+            plan, _ = plan_split(
                 decoded.packets, workers=workers, keyframe_seconds=keyframe_seconds,
                 segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate, chunk_mode=mode,
                 timing="decoded", presentation_t0=decoded.stream_start if pk.missing_pts else None)
@@ -481,45 +485,104 @@ def split_source_fn(source_url: str, work_url: str, *, workers: int, video_strea
             for c in plan.chunks:
                 c["reason"] = why
         else:
-            plan, starts = plan_split(pk, workers=workers, keyframe_seconds=keyframe_seconds,
-                                      segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate)
-        for note in plan.notes:
-            logger.warning(note)
-        copy_chunks = [c for c in plan.chunks if c["mode"] == "copy"]
-        if copy_chunks:
-            try:
-                _copy_split(src, plan, starts, copy_chunks, work_url, video_stream_index)
-            except ffmpeg.MediaError as exc:
-                if not isinstance(exc, ChunkCountMismatch) and (
-                        exc.returncode is None or exc.returncode < 0 or exc.returncode in (137, 143)):
-                    raise  # killed or timed out, not refused: Prefect retries the split
-                note = (f"stream-copy split failed ({exc}); its {len(copy_chunks)} chunk(s) are read from "
-                        "the source with exact seeking instead")
-                logger.warning(note)
-                plan.notes.append(note)
-                for c in copy_chunks:
-                    c.update(mode="seek", url=None, reason=f"stream-copy split failed: {exc}")
-    n_seek = sum(1 for c in plan.chunks if c["mode"] == "seek")
-    n_frames = sum(1 for c in plan.chunks if c["mode"] == "frames")
-    logger.info("split into %d chunks (%d stream copy, %d exact seek, %d by frame number), %d frames, %.3f s, "
-                "%s, timing from %s", len(plan.chunks), len(plan.chunks) - n_seek - n_frames, n_seek, n_frames,
-                plan.frames, plan.duration, "constant frame rate" if plan.cfr else "variable frame rate",
-                "decoded frames" if plan.timing == "decoded" else "container timestamps")
+            plan, _ = plan_split(pk, workers=workers, keyframe_seconds=keyframe_seconds,
+                                 segment_seconds=segment_seconds, avg_frame_rate=avg_frame_rate)
+    for note in plan.notes:
+        logger.warning(note)
     return plan.to_dict()
+
+
+def slice_source_fn(source_url: str, work_url: str, plan: dict, video_stream_index: int | None = None) -> dict:
+    """Write the stream-copy slices of the plan's "copy" chunks under `work_url`/chunks/.
+    Returns {"urls": {chunk index: url}} or, when ffmpeg refuses the stream copy (packets its
+    muxer cannot place), {"urls": {}, "note": why}: not the video's end, its chunks are read from
+    the source with exact seeking instead (`apply_slices`).
+
+    On a Dask worker the task first leaves the worker's pool of task slots (`secede`): it is a
+    stream copy, mostly disk, and the fast lane and the audio, submitted with it, take the slots
+    at once instead of waiting for it."""
+    settings = get_settings()
+    copy_chunks = [c for c in plan["chunks"] if c["mode"] == "copy"]
+    if not copy_chunks:
+        return {"urls": {}}
+    try:
+        get_worker()
+    except ValueError:  # not on a Dask worker (tests, bench): nothing to leave
+        pass
+    else:
+        secede()
+    with storage.local_copy(source_url, settings.work_dir) as src:
+        try:
+            urls = _copy_split(src, plan, copy_chunks, work_url, video_stream_index)
+        except ffmpeg.MediaError as exc:
+            if not isinstance(exc, ChunkCountMismatch) and (
+                    exc.returncode is None or exc.returncode < 0 or exc.returncode in (137, 143)):
+                raise  # killed or timed out, not refused: Prefect retries the slicing
+            return {"urls": {}, "note": f"stream-copy split failed ({exc})"}
+    return {"urls": urls}
+
+
+def apply_slices(plan: dict, sliced: dict | None, failure: str | None = None) -> str | None:
+    """Record the slices `slice_source_fn` wrote in the plan; a "copy" chunk left without one (the
+    stream copy was refused, or `failure`: the slicing failed) is read from the source with exact
+    seeking. Returns the note saying so, if any (also added to the plan's notes)."""
+    urls = {int(k): v for k, v in ((sliced or {}).get("urls") or {}).items()}
+    why = (sliced or {}).get("note") or failure
+    unsliced = [c for c in plan["chunks"] if c["mode"] == "copy" and not c.get("url") and int(c["index"]) not in urls]
+    for c in plan["chunks"]:
+        if c["mode"] == "copy" and int(c["index"]) in urls:
+            c["url"] = urls[int(c["index"])]
+    if not unsliced:
+        return None
+    note = (f"{why or 'no stream-copy slice was written'}; its {len(unsliced)} chunk(s) are read from the source "
+            "with exact seeking instead")
+    for c in unsliced:
+        c.update(mode="seek", url=None, reason=note)
+    plan["notes"].append(note)
+    return note
+
+
+def plan_summary(plan: dict) -> str:
+    n_seek = sum(1 for c in plan["chunks"] if c["mode"] == "seek")
+    n_frames = sum(1 for c in plan["chunks"] if c["mode"] == "frames")
+    return ("split into %d chunks (%d stream copy, %d exact seek, %d by frame number), %d frames, %.3f s, %s, "
+            "timing from %s") % (
+        len(plan["chunks"]), len(plan["chunks"]) - n_seek - n_frames, n_seek, n_frames, plan["frames"],
+        plan["duration"], "constant frame rate" if plan["cfr"] else "variable frame rate",
+        "decoded frames" if plan["timing"] == "decoded" else "container timestamps")
+
+
+def split_source_fn(source_url: str, work_url: str, *, workers: int, video_stream_index: int | None = None,
+                    avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
+                    segment_seconds: float | None = None, timing: str | None = None) -> dict:
+    """Plan the chunks and write their stream-copy slices, in one call (`plan_source_fn`, then
+    `slice_source_fn` and `apply_slices`)."""
+    plan = plan_source_fn(source_url, workers=workers, video_stream_index=video_stream_index,
+                          avg_frame_rate=avg_frame_rate, keyframe_seconds=keyframe_seconds,
+                          segment_seconds=segment_seconds, timing=timing)
+    note = apply_slices(plan, slice_source_fn(source_url, work_url, plan, video_stream_index))
+    logger = _logger()
+    if note:
+        logger.warning(note)
+    logger.info(plan_summary(plan))
+    return plan
 
 
 class ChunkCountMismatch(ffmpeg.TransientMediaError):
     """The stream-copy split wrote a different number of slices than planned."""
 
 
-def _copy_split(src, plan: SplitPlan, starts: list[int], copy_chunks: list[dict], work_url: str,
-                video_stream_index: int | None) -> None:
-    """One stream-copy pass cut at every chunk start that is a clean keyframe (`starts`: its
-    decode index, -1 where the chunk starts elsewhere). The slice that begins at a copy chunk's
-    start ends at its end (copy chunks end on a clean keyframe too); the others are not needed."""
+def _copy_split(src, plan: dict, copy_chunks: list[dict], work_url: str,
+                video_stream_index: int | None) -> dict[int, str]:
+    """One stream-copy pass cut at every chunk start that is a clean keyframe (a chunk's
+    `slice_at`: its decode index, -1 where the chunk starts elsewhere). The slice that begins at a
+    copy chunk's start ends at its end (copy chunks end on a clean keyframe too); the others are
+    not needed. Returns {chunk index: slice url} of the copy chunks."""
     settings = get_settings()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    sliced = [c["index"] for c in plan.chunks if starts[c["index"]] >= 0]  # chunks a slice starts at
+    sliced = [c["index"] for c in plan["chunks"] if c["slice_at"] >= 0]  # chunks a slice starts at
+    starts = {c["index"]: c["slice_at"] for c in plan["chunks"]}
+    urls: dict[int, str] = {}
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="split-") as tmp:
         cuts = [starts[i] for i in sliced if i > 0]
         args = [*ffmpeg.SAFE_INPUT, "-i", str(src), "-map", f"0:{video_stream_index}"
@@ -536,22 +599,28 @@ def _copy_split(src, plan: SplitPlan, starts: list[int], copy_chunks: list[dict]
         if len(made) != len(sliced):
             raise ChunkCountMismatch(f"split made {len(made)} chunks, expected {len(sliced)}")
         copy_indices = {c["index"] for c in copy_chunks}
-        by_index = {c["index"]: c for c in copy_chunks}
         for index, path in zip(sliced, made):
             if index not in copy_indices:
                 continue
             url = storage.join(work_url, "chunks", f"chunk_{index:05d}.mkv")
             storage.move_local_file(path, url)
-            by_index[index]["url"] = url
+            urls[index] = url
+    return urls
 
 
-@task(name="split", task_run_name="split {source_url}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
-def split_source(source_url: str, work_url: str, workers: int, video_stream_index: int | None = None,
-                 avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
-                 segment_seconds: float | None = None, timing: str | None = None) -> dict:
-    return split_source_fn(source_url, work_url, workers=workers, video_stream_index=video_stream_index,
-                           avg_frame_rate=avg_frame_rate, keyframe_seconds=keyframe_seconds,
-                           segment_seconds=segment_seconds, timing=timing)
+@task(name="plan chunks", task_run_name="plan chunks {source_url}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def plan_source(source_url: str, workers: int, video_stream_index: int | None = None,
+                avg_frame_rate: str | None = None, keyframe_seconds: float | None = None,
+                segment_seconds: float | None = None, timing: str | None = None) -> dict:
+    return plan_source_fn(source_url, workers=workers, video_stream_index=video_stream_index,
+                          avg_frame_rate=avg_frame_rate, keyframe_seconds=keyframe_seconds,
+                          segment_seconds=segment_seconds, timing=timing)
+
+
+@task(name="slice", task_run_name="slice {label}", cache_policy=NO_CACHE, **RETRY_OPTIONS)
+def slice_source(source_url: str, work_url: str, plan: dict, video_stream_index: int | None = None,
+                 label: str = "") -> dict:
+    return slice_source_fn(source_url, work_url, plan, video_stream_index)
 
 
 def chunk_math_ok(plan: dict) -> bool:
