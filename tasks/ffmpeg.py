@@ -87,6 +87,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup(nice: int) -> Callable[[], None]:
+    def setup() -> None:
+        _die_with_parent()
+        if nice:
+            os.nice(nice)  # background work: whatever else runs on these cores goes first
+    return setup
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -102,8 +110,10 @@ def run(
     on_progress: Callable[[float], None] | None = None,
     duration: float | None = None,
     cwd: str | os.PathLike | None = None,
+    nice: int = 0,
 ) -> str:
-    """Run ffmpeg with `args` (without the program name). Returns stderr.
+    """Run ffmpeg with `args` (without the program name). Returns stderr. `nice`: a lower CPU
+    priority for work that must not slow what runs beside it.
 
     With `on_progress` and `duration`, ffmpeg's `-progress` stream is read and the callback gets
     the fraction done (0..1), at most twice a second. The process runs in its own process group
@@ -121,7 +131,7 @@ def run(
         stderr=subprocess.PIPE,
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_child_setup(nice),
         text=True,
         errors="replace",
     )

@@ -60,6 +60,9 @@ MAX_CHUNK_SECONDS = 30.0
 CHUNKS_PER_WORKER = 4
 # segments in the first chunk: a short first chunk publishes the first segments early
 FIRST_CHUNK_SEGMENTS = 1
+# CPU priority of the stream-copy slicing (nice): it runs beside the fast lane and the audio,
+# which a viewer waits for; the chunk encodes that need the slices come after those anyway
+SLICE_NICE = 10
 
 # ffprobe format names whose video timestamps are not presentation times of every frame:
 # AVI (decode order only), MPEG-PS (one timestamp per PES), FLV/ASF (milliseconds, and
@@ -594,7 +597,8 @@ def _copy_split(src, plan: dict, copy_chunks: list[dict], work_url: str,
         else:
             args += ["-segment_time", str(10**9)]
         args += ["-segment_start_number", "0", str(Path(tmp) / "chunk_%05d.mkv")]
-        ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)")
+        # at a lower priority: beside it the fast lane and the audio make the first segments
+        ffmpeg.run(args, timeout=settings.ffmpeg_timeout, what="split (stream copy)", nice=SLICE_NICE)
         made = sorted(Path(tmp).glob("chunk_*.mkv"))
         if len(made) != len(sliced):
             raise ChunkCountMismatch(f"split made {len(made)} chunks, expected {len(sliced)}")

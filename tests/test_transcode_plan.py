@@ -206,3 +206,28 @@ def test_a_deinterlaced_chunk_keeps_its_frames(tmp_path, monkeypatch):
         counts = dict(re.findall(r"(TFF|BFF|Progressive): *(\d+)", text.split("Single frame detection:")[1]))
         # the source's frames comb in every one; idet mistakes a few clean frames (~1 in 20)
         assert int(counts["TFF"]) + int(counts["BFF"]) <= 0.1 * chunk["frames"], counts
+
+
+def test_the_stream_copy_slicing_gives_way_to_the_encodes_beside_it(tmp_path):
+    """The slicing runs beside the fast lane and the audio (it leaves its Dask slot to them), so
+    its ffmpeg runs at a lower CPU priority: seen on the process itself while it runs."""
+    import psutil
+
+    from tasks import ffmpeg
+    from tasks.split import SLICE_NICE
+
+    seen: list[int] = []
+
+    def look(_fraction: float) -> None:
+        for child in psutil.Process().children():
+            try:
+                if child.name().startswith("ffmpeg"):
+                    seen.append(child.nice() - psutil.Process().nice())
+            except psutil.Error:
+                pass
+
+    # a source read at its own pace (-re) keeps ffmpeg running long enough to be looked at
+    ffmpeg.run(["-re", "-f", "lavfi", "-i", "testsrc2=size=64x36:rate=10:duration=2", "-f", "null", "-"],
+               timeout=60, on_progress=look, duration=2.0, nice=SLICE_NICE)
+    assert seen and set(seen) == {SLICE_NICE}, seen
+    assert SLICE_NICE > 0
