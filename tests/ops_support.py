@@ -232,6 +232,22 @@ def descendants(pid: int) -> list:
         return []
 
 
+def stack_processes(data: Path) -> list:
+    """Every live process on the machine started by the stack with this data dir (its
+    components, their workers and flow runs, and any ffmpeg they started), wherever it was
+    re-parented to."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
 def alive(procs) -> list:
     import psutil
 

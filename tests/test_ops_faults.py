@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from tests.media import make_clip
-from tests.ops_support import alive, descendants, prefect_get, prefect_post
+from tests.ops_support import alive, descendants, prefect_get, prefect_post, stack_processes
 from tests.servers import free_port, vodflow_command
 from tests.upload_support import OFFSET_TYPE, TUS, metadata
 
@@ -350,18 +350,6 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _of_stack(data: Path) -> list[psutil.Process]:
-    """Every live process on the machine started by a stack with this data dir."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
 def test_zz_kill_9_of_up_leaves_no_process_and_no_port(stack):
     """Last: it ends the stack. `kill -9` of the `up` process must take every process it
     started with it and free every port it opened, so the next `make run` can start; and its
@@ -375,7 +363,7 @@ def test_zz_kill_9_of_up_leaves_no_process_and_no_port(stack):
     stack.proc.wait(10)
     deadline = time.monotonic() + 60
     while True:
-        left = alive(tree) + _of_stack(stack.data)
+        left = alive(tree) + stack_processes(stack.data)
         busy = [name for name, p in ports.items() if _listening(p)]
         if not left and not busy:
             break

@@ -27,7 +27,8 @@ import requests
 from distributed import Client
 
 from tests.media import make_clip
-from tests.ops_support import alive, artifacts_of, descendants, kill_group, prefect_get, prefect_post
+from tests.ops_support import (alive, artifacts_of, descendants, kill_group, prefect_get, prefect_post,
+                               stack_processes)
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -406,20 +407,6 @@ def test_cli_in_another_shell_joins_the_running_stack(stack, media_dir):
     assert checks["dask"]["ok"] and checks["prefect"]["ok"]
 
 
-def _stack_processes(data: Path) -> list[psutil.Process]:
-    """Every live process on the machine started by the stack with this data dir (its
-    components, their workers and flow runs, and any ffmpeg they started), wherever it was
-    re-parented to."""
-    found = []
-    for p in psutil.process_iter(["name"]):
-        try:
-            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
 def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
     """Last in the module, as it stops the stack: Ctrl-C while a worker's ffmpeg is encoding."""
     # 720p: three rungs per chunk, so one encode outlasts the web and serve stops (~3 s)
@@ -444,7 +431,7 @@ def test_zz_ctrl_c_mid_encode_stops_everything(stack, media_dir):
         time.sleep(0.1)
     left = alive(tree)
     assert left == [], [p.cmdline() for p in left]
-    left = _stack_processes(stack.data)
+    left = stack_processes(stack.data)
     assert left == [], [p.cmdline() for p in left]
     assert "stopped cleanly" in stack.output()
     # being stopped is not the video's fault: it is left PROCESSING for maintenance to dispatch
