@@ -73,6 +73,8 @@ RECOVERY_AFTER = ("prefect", "scheduler")
 # the recovery run starts this long after the part is back: time for the runs the restart cut
 # short to record their end, which is what maintenance goes by
 RECOVERY_DELAY = 10.0
+# how long `up` keeps asking a Prefect server that refuses (503 while it recovers) for that run
+RECOVERY_ASK_SECONDS = 120.0
 # what the operator reads for each part (logs, `vodflow status`)
 TITLES = {"prefect": "Prefect server", "scheduler": "Dask scheduler", "workers": "Dask workers",
           "serve": "serve process", "web": "web app", "front": "nginx"}
@@ -534,7 +536,10 @@ class Stack:
                         self.say("up", f"{c.name} is healthy again, {time.time() - c.started_at:.1f} s after "
                                        "its restart")
                         if c.name in RECOVERY_AFTER:
-                            self.request_recovery(c.name)
+                            # in a thread: the Prefect server may answer 503 for a while after a
+                            # restart of its own, and supervision must not wait for it
+                            threading.Thread(target=self.request_recovery, args=(c.name,), daemon=True,
+                                             name=f"recovery after {c.name}").start()
                     continue
                 now = time.monotonic()
                 c.restarts.append(now)
@@ -572,20 +577,28 @@ class Stack:
         next hourly run."""
 
         api = self.prefect_api
-        when = datetime.now(timezone.utc) + timedelta(seconds=RECOVERY_DELAY)
-        try:
-            dep = requests.get(f"{api}/deployments/name/maintenance/hourly", timeout=10)
-            dep.raise_for_status()
-            run = requests.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", timeout=10,
-                                json={"parameters": {"cleanup": False}, "name": f"recovery after {after} restart",
-                                      "tags": ["vodflow", "recovery"],
-                                      "state": {"type": "SCHEDULED", "name": "Scheduled",
-                                                "state_details": {"scheduled_time": when.isoformat()}}})
-            run.raise_for_status()
-        except (requests.RequestException, KeyError, ValueError) as exc:
-            self.say("up", f"could not ask for a maintenance run after the {after} restart ({exc}); "
-                           "the hourly run (or `vodflow maintain`) will check the videos in flight")
-            return
+        deadline = time.monotonic() + RECOVERY_ASK_SECONDS
+        pause = 1.0
+        while True:
+            when = datetime.now(timezone.utc) + timedelta(seconds=RECOVERY_DELAY)
+            try:
+                dep = requests.get(f"{api}/deployments/name/maintenance/hourly", timeout=10)
+                dep.raise_for_status()
+                run = requests.post(f"{api}/deployments/{dep.json()['id']}/create_flow_run", timeout=10,
+                                    json={"parameters": {"cleanup": False}, "name": f"recovery after {after} restart",
+                                          "tags": ["vodflow", "recovery"],
+                                          "state": {"type": "SCHEDULED", "name": "Scheduled",
+                                                    "state_details": {"scheduled_time": when.isoformat()}}})
+                run.raise_for_status()
+                break
+            except (requests.RequestException, KeyError, ValueError) as exc:
+                # a Prefect server that is itself recovering answers 503 for a while: ask again
+                if time.monotonic() + pause > deadline or self.stopping.is_set():
+                    self.say("up", f"could not ask for a maintenance run after the {after} restart ({exc}); "
+                                   "the hourly run (or `vodflow maintain`) will check the videos in flight")
+                    return
+                time.sleep(pause)
+                pause = min(pause * 2, 15.0)
         self.say("up", f"asked maintenance to check the videos in flight after the {after} restart "
                        f"(flow run '{run.json().get('name')}', in {RECOVERY_DELAY:.0f} s)")
 
