@@ -232,20 +232,23 @@ def descendants(pid: int) -> list:
         return []
 
 
+def of_data_dir(p, data: Path) -> bool:
+    """Whether live process `p` was started by the stack (or CLI) with this data dir."""
+    import psutil
+
+    try:
+        return p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def stack_processes(data: Path) -> list:
     """Every live process on the machine started by the stack with this data dir (its
     components, their workers and flow runs, and any ffmpeg they started), wherever it was
     re-parented to."""
     import psutil
 
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+    return [p for p in psutil.process_iter() if of_data_dir(p, data)]
 
 
 def alive(procs) -> list:

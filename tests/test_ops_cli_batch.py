@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from tests.media import make_clip
+from tests.ops_support import of_data_dir, stack_processes
 
 pytestmark = pytest.mark.slow
 VODFLOW = shutil.which("vodflow", path=str(Path(sys.executable).parent)) or "vodflow"
@@ -96,8 +97,8 @@ def test_a_folder_of_clips_without_a_stack(tmp_path, media_dir):
     print(f"{CLIPS} clips ingested in {took:.1f} s")
     # nothing of the batch is left running once it has put its server and cluster away
     deadline = time.monotonic() + 60
-    while [p for p in psutil.process_iter() if _is_ours(p, data)]:
-        assert time.monotonic() < deadline, [p.cmdline() for p in psutil.process_iter() if _is_ours(p, data)]
+    while stack_processes(data):
+        assert time.monotonic() < deadline, [p.cmdline() for p in stack_processes(data)]
         time.sleep(0.5)
 
     # the same batch again: every file is known, which is success
@@ -110,13 +111,6 @@ def test_a_folder_of_clips_without_a_stack(tmp_path, media_dir):
     bad = subprocess.run([VODFLOW, "ingest", str(folder)], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 1
     assert "notes.mp4" in bad.stdout and "not a video" in bad.stdout
-
-
-def _is_ours(p: psutil.Process, data: Path) -> bool:
-    try:
-        return p.environ().get("VODFLOW_DATA_DIR") == str(data) and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def test_a_prefect_server_that_cannot_start_is_reported_within_a_minute(tmp_path, clip):
@@ -149,7 +143,7 @@ def test_wait_reports_a_run_that_died(tmp_path, media_dir):
             assert proc.poll() is None and time.monotonic() < deadline, "no ingest process ran"
             for p in psutil.process_iter():
                 try:
-                    if "-m flows.ingest" in " ".join(p.cmdline()) and _is_ours(p, data):
+                    if "-m flows.ingest" in " ".join(p.cmdline()) and of_data_dir(p, data):
                         victim = p
                 except psutil.Error:
                     continue
