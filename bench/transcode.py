@@ -45,7 +45,7 @@ from config.settings import get_settings, reset_settings
 from flows.cluster import start_local_cluster
 from flows.ingest import ingest
 from flows.intake import accept
-from tasks.audio import encode_audio_fn
+from tasks.audio import audio_renditions, encode_audio_fn
 from tasks.encode import encode_chunk_fn
 from tasks.ladder import choose_ladder
 from tasks.probe import probe_path
@@ -140,8 +140,8 @@ def ideal_run(source: Path, info, rungs: list[dict], work: Path, slots: int) -> 
     previews = preview_plan(plan["duration"], info.display_width, info.display_height)
     jobs = []
     if info.has_audio:
-        jobs.append(lambda: encode_audio_fn(str(source), str(out / "hls" / "audio"), stream_index=info.audio_stream_index,
-                                            t0=plan["t0"], duration=plan["duration"], channels=info.audio_channels,
+        jobs.append(lambda: encode_audio_fn(str(source), str(out / "hls"), tracks=audio_renditions(info.audio_tracks),
+                                            t0=plan["t0"], duration=plan["duration"],
                                             segment_times=plan["segment_times"]))
     for c in plan["chunks"]:
         jobs.append(lambda c=c: encode_chunk_fn(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -158,6 +159,12 @@ class Rendition(Base):
     segment_count: Mapped[int | None] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(8), default="video", server_default="video")  # "video" | "audio"
     available_seconds: Mapped[float | None] = mapped_column(Float)  # published so far (all, once READY)
+    # an audio rendition's EXT-X-MEDIA attributes (`tasks.audio.audio_renditions`); empty for video
+    language: Mapped[str | None] = mapped_column(String(35))  # BCP 47, "und" when unknown
+    label: Mapped[str | None] = mapped_column(String(100))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    role: Mapped[str | None] = mapped_column(String(16))  # main, commentary, description
+    characteristics: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[RenditionStatus] = mapped_column(_enum(RenditionStatus), default=RenditionStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

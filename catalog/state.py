@@ -93,7 +93,8 @@ PLAYABLE_RENDITIONS = (RenditionStatus.READY, RenditionStatus.GROWING)
 
 def published_renditions(session: Session, video: Video, kind: str = "video") -> list[Rendition]:
     """Renditions of the video's current run that players may use (READY, or GROWING: published
-    chunk by chunk), by bandwidth. `kind="audio"`: the run's audio rendition, if any."""
+    chunk by chunk), by bandwidth. `kind="audio"`: the run's audio renditions, the default first,
+    then in the source's order."""
     if not video.current_run:
         return []
     return list(
@@ -105,6 +106,7 @@ def published_renditions(session: Session, video: Video, kind: str = "video") ->
                 Rendition.status.in_(PLAYABLE_RENDITIONS),
                 Rendition.kind == kind,
             )
-            .order_by(Rendition.bandwidth, Rendition.height)
+            .order_by(*((Rendition.is_default.desc(), Rendition.id) if kind == "audio"
+                        else (Rendition.bandwidth, Rendition.height)))
         )
     )

@@ -60,10 +60,9 @@ from flows.publish import (
     save_plan,
 )
 from flows.run import IngestRun
-from tasks.audio import encode_audio
+from tasks.audio import audio_renditions, encode_audio, skipped_note
 from tasks.ffmpeg import MediaError
 from tasks.ladder import choose_ladder
-from tasks.package import AUDIO_RENDITION
 from tasks.probe import MediaInfo
 from tasks.probe import probe as probe_source
 from tasks.retry import RETRY_OPTIONS
@@ -216,19 +215,20 @@ def _transcode(r: IngestRun) -> dict:
         save_plan(r.hls_url, plan, rungs, settings)
         return plan, submit_slices(r, plan, info.video_stream_index)
 
+    audio = audio_renditions(info.audio_tracks)
+
     def submit_audio(plan: dict):
         # audio first: it takes one slot for a short while, publishes its segments as it goes
         # and is far ahead of the video
-        if not info.has_audio:
+        if not audio:
             return None
         with dask.annotate(priority=len(plan["chunks"]) + 2):
             return r.tracker.track(encode_audio.submit(
-                r.source_url, storage.join(r.hls_url, AUDIO_RENDITION), info.audio_stream_index, plan["t0"],
-                plan["duration"], info.audio_channels, plan["segment_times"], label=r.video_id,
-                progress_key=f"{r.run}:audio", lease_url=r.lease_url))
+                r.source_url, r.hls_url, audio, plan["t0"], plan["duration"], plan["segment_times"],
+                label=r.video_id, progress_key=f"{r.run}:audio", lease_url=r.lease_url))
 
     def publisher_for(plan: dict) -> Publisher:
-        return Publisher(r.video_id, r.run, r.hls_url, rungs, plan, info.has_audio, info.frame_rate,
+        return Publisher(r.video_id, r.run, r.hls_url, rungs, plan, audio, info.frame_rate,
                          make_current=r.progressive, owner=r.owner, logger=r.logger, lane=plan.get("lane"))
 
     carried = resume_state(r.hls_url, rungs, settings) if r.resume else None
@@ -255,7 +255,7 @@ def _transcode(r: IngestRun) -> dict:
     lane = Lane.of(r, plan, rungs, info, settings, lane_done)
     previews = preview_plan(plan["duration"], info.display_width, info.display_height)
 
-    fallbacks: list[str] = []  # what the run had to fall back to, for the result and the artifact
+    fallbacks = [skipped_note(x) for x in info.audio_skipped]  # fallen back to, left out: for the report
     closed_early: str | None = None
     with r.timed("encode"):
         while True:  # once more, from decoded frames, if the container's timing gave wrong chunks

@@ -30,7 +30,6 @@ from tasks.package import (
     AUDIO_CODECS,
     MARKERS,
     marker_url,
-    AUDIO_RENDITION,
     PLAYLIST,
     audio_peak,
     bit_rates,
@@ -61,7 +60,7 @@ class Publisher:
     hls_url: str
     rungs: list[dict]
     plan: dict
-    has_audio: bool
+    audio: list[dict]  # the audio group's renditions (`tasks.audio.audio_renditions`), main first
     frame_rate: float
     make_current: bool  # a first transcode: the master lists this run while it grows
     owner: str | None = None
@@ -75,11 +74,15 @@ class Publisher:
         self.results: dict[int, dict] = {}  # chunk index -> encode result
         self.prefix = 0  # chunks published, from the first
         self.segments = 0  # segments published per rung
-        self.audio_segments = 0
-        self.audio_sizes: list[int] = []
+        self.audio_segments = 0  # published, the same count in every audio rendition
+        self.audio_sizes: dict[str, list[int]] = {a["name"]: [] for a in self.audio}
         self.audio_failed: str | None = None
         self.lane_segments: dict[int, tuple] = {}  # segment index -> (frames, size, level), not yet contiguous
         self.audio_finished = False
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio)
 
     # -- what arrives -----------------------------------------------------------------------
 
@@ -159,9 +162,9 @@ class Publisher:
         self.audio_done(result)
         if self.audio_segments != len(self.durations):
             return
-        self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=True)
+        self._write_audio_playlists(final=True)
         self.audio_finished = True
-        save_renditions(self.video_id, self.run, [self._audio_row(RenditionStatus.READY)], owner=self.owner)
+        save_renditions(self.video_id, self.run, self._audio_rows(RenditionStatus.READY), owner=self.owner)
 
     @property
     def published_anything(self) -> bool:
@@ -195,15 +198,16 @@ class Publisher:
         if not self.has_audio or self.audio_failed or self.audio_finished or segments <= self.audio_segments:
             return
         self.audio_segments = min(segments, len(self.durations))
-        self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
-        save_renditions(self.video_id, self.run, [self._audio_row(RenditionStatus.GROWING)], owner=self.owner)
+        self._write_audio_playlists(final=False)
+        save_renditions(self.video_id, self.run, self._audio_rows(RenditionStatus.GROWING), owner=self.owner)
 
     def audio_done(self, result: dict | None, failure: str | None = None) -> None:
         if failure is not None or result is None:
             self.audio_failed = failure or "no audio"
             return
-        self.audio_sizes = list(result["segment_sizes"])
-        self.audio_segments = len(self.audio_sizes)
+        tracks = result.get("tracks") or {self.audio[0]["name"]: result["segment_sizes"]}
+        self.audio_sizes = {a["name"]: list(tracks[a["name"]]) for a in self.audio}
+        self.audio_segments = min(len(v) for v in self.audio_sizes.values())
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -216,23 +220,33 @@ class Publisher:
         storage.write_text(url, media_playlist(self.durations, count, final=final, target=self.target))
         return url
 
-    def _audio_row(self, status: RenditionStatus) -> dict:
+    def _write_audio_playlists(self, *, final: bool) -> None:
+        for a in self.audio:
+            self._write_playlist(a["name"], self.audio_segments, final=final)
+
+    def _audio_rows(self, status: RenditionStatus) -> list[dict]:
         count = self.audio_segments
-        peak, average = bit_rates(self.audio_sizes, self.durations[:len(self.audio_sizes)])
-        return {"name": AUDIO_RENDITION, "kind": "audio", "width": 0, "height": 0, "codecs": AUDIO_CODECS,
-                "bandwidth": peak or None, "average_bandwidth": average or None, "segment_count": count,
-                "available_seconds": round(float(sum(self.durations[:count])), 6),
-                "playlist_url": storage.join(self.hls_url, AUDIO_RENDITION, PLAYLIST), "status": status}
+        rows = []
+        for a in self.audio:
+            sizes = self.audio_sizes[a["name"]]
+            peak, average = bit_rates(sizes, self.durations[:len(sizes)])
+            rows.append({"name": a["name"], "kind": "audio", "width": 0, "height": 0, "codecs": AUDIO_CODECS,
+                         "bandwidth": peak or None, "average_bandwidth": average or None, "segment_count": count,
+                         "available_seconds": round(float(sum(self.durations[:count])), 6),
+                         "playlist_url": storage.join(self.hls_url, a["name"], PLAYLIST), "status": status,
+                         "language": a["language"], "label": a["label"], "is_default": a["default"],
+                         "role": a["role"], "characteristics": a["characteristics"]})
+        return rows
 
     def _video_row(self, st: RungState, status: RenditionStatus, count: int) -> dict:
         r = st.rung
         peak, average = bit_rates(st.sizes, self.durations[:len(st.sizes)])
         with_audio = self.has_audio and not self.audio_failed
         if with_audio:
-            # BANDWIDTH covers the whole variant: this rung and the audio it references
-            peak += audio_peak(self.audio_sizes, self.durations[:len(self.audio_sizes)])
-            a_avg = bit_rates(self.audio_sizes, self.durations[:len(self.audio_sizes)])[1]
-            average += a_avg or 0
+            # BANDWIDTH covers the whole variant: this rung and the audio it references, the
+            # most demanding rendition of the group (RFC 8216 section 4.3.4.2)
+            peak += max(audio_peak(v, self.durations[:len(v)]) for v in self.audio_sizes.values())
+            average += max(bit_rates(v, self.durations[:len(v)])[1] or 0 for v in self.audio_sizes.values())
         return {"name": r["name"], "kind": "video", "width": r["width"], "height": r["height"],
                 "bandwidth": peak, "average_bandwidth": average, "codecs": rung_codecs(r, with_audio),
                 "frame_rate": self.frame_rate, "segment_count": count,
@@ -248,8 +262,8 @@ class Publisher:
         if self.has_audio and not self.audio_failed and not self.audio_finished:
             # the audio group is in the master from the first variant on (a player that loaded
             # the master without it would play silent); its playlist may still be empty
-            self._write_playlist(AUDIO_RENDITION, self.audio_segments, final=False)
-            rows.append(self._audio_row(RenditionStatus.GROWING))
+            self._write_audio_playlists(final=False)
+            rows += self._audio_rows(RenditionStatus.GROWING)
         for st in self.state.values():
             if st.failed or not st.frames or st.finished:
                 continue
@@ -288,11 +302,12 @@ class Publisher:
             longest = max([len(st.frames) for st in self.state.values() if not st.failed] + [self.segments])
             count = self.audio_segments if closed_early is None else min(self.audio_segments, longest)
             self.audio_segments = count
-            self._write_playlist(AUDIO_RENDITION, count, final=True)
-            rows.append(self._audio_row(RenditionStatus.READY))
+            self._write_audio_playlists(final=True)
+            rows += self._audio_rows(RenditionStatus.READY)
         elif self.has_audio:
-            rows.append({"name": AUDIO_RENDITION, "kind": "audio", "status": RenditionStatus.FAILED,
-                         "error": (self.audio_failed or "no audio segments")[:2000], "available_seconds": None})
+            rows += [{"name": a["name"], "kind": "audio", "status": RenditionStatus.FAILED,
+                      "error": (self.audio_failed or "no audio segments")[:2000], "available_seconds": None}
+                     for a in self.audio]
         for name, st in self.state.items():
             if results[name]["ok"]:
                 count = len(st.frames)

@@ -50,6 +50,17 @@ class MediaInfo:
     # frames where the stream says unknown, tb or bt (see `field_order_from`). Probes stored
     # before it was read load as "unknown": encoded as progressive, as they were.
     field_order: str = "unknown"
+    # every audio stream the pipeline encodes, the main one first (`audio_tracks_of`); probes
+    # stored before they were read load with none and use the one `audio_stream_index` names
+    audio_tracks: list = field(default_factory=list)
+    # audio streams it cannot use, with the reason (listed in the ingest report)
+    audio_skipped: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.audio_tracks and self.audio_stream_index is not None:
+            self.audio_tracks = [{"index": self.audio_stream_index, "codec": self.audio_codec or "unknown",
+                                  "language": None, "title": None, "channels": self.audio_channels,
+                                  "default": True, "role": MAIN}]
 
     @property
     def has_audio(self) -> bool:
@@ -149,7 +160,8 @@ def parse(data: dict, size_bytes: int | None = None) -> MediaInfo:
     if rate is None or rate > 1000:
         raise PermanentMediaError("the video has no usable frame rate")
     vfr = bool(avg and real and abs(float(avg) - float(real)) > 0.01 * float(real))
-    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    tracks, skipped = audio_tracks_of(streams)
+    audio = next((s for s in streams if tracks and s.get("index") == tracks[0]["index"]), None)
     bitrate = fmt.get("bit_rate") or video.get("bit_rate")
     return MediaInfo(
         duration=duration,
@@ -175,7 +187,53 @@ def parse(data: dict, size_bytes: int | None = None) -> MediaInfo:
         audio_stream_index=int(audio["index"]) if audio else None,
         size_bytes=size_bytes or (int(fmt["size"]) if str(fmt.get("size", "")).isdigit() else None),
         field_order=field_order_from(video.get("field_order")),
+        audio_tracks=tracks,
+        audio_skipped=skipped,
     )
+
+
+# An audio stream's role, from its disposition: a commentary or an audio description for blind
+# and partially sighted viewers is offered, never picked for a viewer who did not ask for it.
+COMMENTARY, DESCRIPTION, MAIN = "commentary", "description", "main"
+
+
+def _audio_role(disposition: dict) -> str:
+    if disposition.get("comment"):
+        return COMMENTARY
+    if disposition.get("visual_impaired") or disposition.get("descriptions"):
+        return DESCRIPTION
+    return MAIN
+
+
+def audio_tracks_of(streams: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(tracks, skipped): each audio stream of the source the encoder can use, as
+    {index, codec, channels, language, title, default, role}, the main track first (the first
+    stream flagged default that is not a commentary or a description, else the first main one,
+    else the first), the others in stream order; and the streams it cannot use, with why."""
+    tracks, skipped = [], []
+    for st in streams:
+        if st.get("codec_type") != "audio":
+            continue
+        tags = {k.lower(): v for k, v in (st.get("tags") or {}).items()}
+        disposition = st.get("disposition") or {}
+        codec = st.get("codec_name")
+        language = tags.get("language")
+        desc = {"index": int(st["index"]), "codec": codec or "unknown",
+                "language": language if language and language.lower() not in ("und", "unk", "xx") else None,
+                "title": (tags.get("title") or "").strip() or None}
+        if not codec or codec == "none":
+            skipped.append({**desc, "reason": "ffmpeg has no decoder for this audio codec"})
+            continue
+        if not str(st.get("sample_rate") or "").isdigit() or int(st["sample_rate"]) <= 0:
+            skipped.append({**desc, "reason": "the stream has no sample rate; it may be empty or damaged"})
+            continue
+        tracks.append({**desc, "channels": int(st.get("channels") or 0),
+                       "default": bool(disposition.get("default")), "role": _audio_role(disposition)})
+    main = (next((t for t in tracks if t["default"] and t["role"] == MAIN), None)
+            or next((t for t in tracks if t["role"] == MAIN), None) or (tracks[0] if tracks else None))
+    if main is not None:
+        tracks = [main] + [t for t in tracks if t is not main]
+    return tracks, skipped
 
 
 def first_frames(path: str | Path, stream_index: int, packets: int = FIELD_PROBE_PACKETS) -> list[dict]:

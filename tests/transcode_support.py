@@ -129,7 +129,7 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
     with session_scope() as s:
         v = get_video(s, video_id)
         audio_rows = published_renditions(s, v, kind="audio")
-        master_text = render_master(published_renditions(s, v), audio=audio_rows[0] if audio_rows else None)
+        master_text = render_master(published_renditions(s, v), audio=audio_rows)
         audio_playlist = local(audio_rows[0].playlist_url) if audio_rows else None
     master = m3u8.loads(master_text)
     assert master.playlists, master_text

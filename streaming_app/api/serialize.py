@@ -33,12 +33,21 @@ def rendition_dict(r: Rendition) -> dict:
     }
 
 
+def audio_track_dict(r: Rendition) -> dict:
+    """An audio rendition with what a track menu shows: language (BCP 47, "und" when the source
+    did not say), label, default, role (main, commentary, description)."""
+    return {**rendition_dict(r), "language": r.language or "und", "label": r.label or r.name,
+            "default": bool(r.is_default), "role": r.role or "main"}
+
+
 def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
     status = VideoStatus(v.status)
     rends = renditions if renditions is not None else [
         r for r in v.renditions if r.run == v.current_run
     ]
-    audio = next((r for r in rends if (r.kind or "video") == "audio"), None)
+    tracks = sorted((r for r in rends if (r.kind or "video") == "audio"),
+                    key=lambda r: (not r.is_default, r.id or 0))
+    audio = tracks[0] if tracks else None
     rends = [r for r in rends if (r.kind or "video") != "audio"]
     return {
         "id": v.id,
@@ -71,8 +80,10 @@ def video_dict(v: Video, renditions: list[Rendition] | None = None) -> dict:
             "size": v.source_size,
         },
         "renditions": [rendition_dict(r) for r in rends],
-        # the audio rendition every variant shares (None for a silent video)
+        # the audio rendition every variant shares by default (None for a silent video), and
+        # every rendition of the audio group, that one first: one per language of the source
         "audio": rendition_dict(audio) if audio is not None else None,
+        "audio_tracks": [audio_track_dict(r) for r in tracks],
         "master_url": links.master_url(v.id) if status in PLAYABLE else None,
         "watch_url": links.watch_url(v.id),
         "status_url": links.status_url(v.id),

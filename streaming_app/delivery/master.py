@@ -70,22 +70,39 @@ def subtitle_media(captions: list[Caption]) -> list[str]:
 AUDIO_GROUP = "aud"
 
 
-def audio_media(audio: Rendition | None) -> list[str]:
-    """The audio rendition as an EXT-X-MEDIA:TYPE=AUDIO group every video variant references:
-    encoded once, stored once, whatever the rung."""
-    if audio is None:
-        return []
-    return [f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="Main",DEFAULT=YES,AUTOSELECT=YES,'
-            f'CHANNELS="2",URI="{audio.run}/{audio.name}/index.m3u8"']
+def audio_media(audio: list[Rendition]) -> list[str]:
+    """The audio renditions as one EXT-X-MEDIA:TYPE=AUDIO group every video variant references:
+    each encoded once, stored once, whatever the rung. NAME is unique in the group, DEFAULT=YES
+    on the first (the main track); a commentary is not AUTOSELECT (RFC 8216 section 4.3.4.1:
+    a client may pick an AUTOSELECT rendition for a viewer who did not ask), an audio
+    description says so in CHARACTERISTICS."""
+    lines, names = [], set()
+    for n, a in enumerate(audio):
+        base = _quoted(a.label or "") or ("Main" if n == 0 else f"Audio {n + 1}")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base} ({k})", k + 1
+        names.add(name)
+        attrs = [f'TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="{name}"']
+        if a.language and a.language != "und":
+            attrs.append(f'LANGUAGE="{_quoted(a.language)}"')
+        attrs.append(f'DEFAULT={"YES" if n == 0 else "NO"}')
+        attrs.append(f'AUTOSELECT={"NO" if a.role == "commentary" else "YES"}')
+        if a.characteristics:
+            attrs.append(f'CHARACTERISTICS="{_quoted(a.characteristics)}"')
+        attrs.append(f'CHANNELS="2",URI="{a.run}/{a.name}/index.m3u8"')
+        lines.append("#EXT-X-MEDIA:" + ",".join(attrs))
+    return lines
 
 
-def render_master(renditions: list[Rendition], captions: list[Caption] = (), audio: Rendition | None = None) -> str:
+def render_master(renditions: list[Rendition], captions: list[Caption] = (), audio: list[Rendition] = ()) -> str:
     """RFC 8216 master playlist: one EXT-X-STREAM-INF per rendition, lowest bandwidth first
-    (players start with the first variant listed), the audio rendition as an AUDIO group and
+    (players start with the first variant listed), the audio renditions as an AUDIO group and
     the captions as a SUBTITLES group that every variant references; without captions,
     `CLOSED-CAPTIONS=NONE` (Apple's authoring rule: say there are no CEA-608 captions in the
     video)."""
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    audio = list(audio)
     lines += audio_media(audio)
     subs = subtitle_media(list(captions))
     lines += subs
@@ -98,7 +115,7 @@ def render_master(renditions: list[Rendition], captions: list[Caption] = (), aud
         attrs.append(f"RESOLUTION={r.width}x{r.height}")
         if r.frame_rate:
             attrs.append(f"FRAME-RATE={r.frame_rate:.3f}")
-        if audio is not None:
+        if audio:
             attrs.append(f'AUDIO="{AUDIO_GROUP}"')
         attrs.append('SUBTITLES="subs"' if subs else "CLOSED-CAPTIONS=NONE")
         # not in RFC 8216's list for STREAM-INF, but players (hls.js level.name) show it
@@ -183,13 +200,13 @@ def _load(video_id: str) -> VideoView:
         rends = published_renditions(s, video)
         if not rends:
             return VideoView(**base)
-        audio = next(iter(published_renditions(s, video, kind="audio")), None)
+        audio = published_renditions(s, video, kind="audio")
         body = render_master(rends, captions, audio).encode("utf-8")
         # the latest change to the video row or to a listed rendition, so Last-Modified only
         # moves forward when the list changes (a new run, a rendition published)
         changed = max([epoch_seconds(video.updated_at)]
                       + [epoch_seconds(r.published_at or r.created_at) for r in rends]
-                      + [epoch_seconds(r.published_at or r.created_at) for r in ([audio] if audio else [])]
+                      + [epoch_seconds(r.published_at or r.created_at) for r in audio]
                       + [epoch_seconds(c.created_at) for c in captions])
     rep = Representation(size=len(body), etag=hashlib.sha1(body).hexdigest()[:32], last_modified=changed)
     return VideoView(**base, master=body, master_rep=rep)
