@@ -13,6 +13,7 @@
   var STORE_MUTED = "vodflow.muted";
   var STORE_CAPTIONS = "vodflow.captions"; // "off", or "language|name" of the chosen track
   var STORE_AUDIO_ONLY = "vodflow.audioOnly"; // "1": play the audio rendition alone
+  var STORE_AUDIO_TRACK = "vodflow.audioTrack"; // "language|label" of the chosen audio language
   var AUDIO_ONLY = "audio"; // the quality menu's value for it, and its name in the analytics
   var MEDIA_RECOVERY_INTERVAL_MS = 5000; // hls.js docs: do not call recoverMediaError more often
   var NETWORK_RETRY_DELAYS_MS = [2000, 5000, 10000];
@@ -111,6 +112,14 @@
     try { global.localStorage.setItem(key, value); } catch (e) { /* private mode: not remembered */ }
   }
 
+  // "fr" -> "French" in the viewer's own language, where the browser knows it
+  function languageName(tag) {
+    try {
+      var names = new Intl.DisplayNames([global.navigator.language || "en"], { type: "language" });
+      return names.of(tag) || tag;
+    } catch (e) { return tag; }
+  }
+
   function VodPlayer(root, config) {
     this.root = root;
     this.config = config || {};
@@ -148,6 +157,8 @@
     this.chapters = [];
     this.captionTrack = -1; // hls.js subtitle track shown, -1: off
     this.audio = null; // the API's audio rendition, when the video has one
+    this.audioTracks = []; // the API's audio renditions (one per language), the default first
+    this.audioTrack = 0; // the one chosen, an index into audioTracks
     this.audioOnly = false; // playing the audio rendition's own playlist: no video is fetched
     this.wantAudioOnly = storageGet(STORE_AUDIO_ONLY) === "1"; // the viewer's saved choice
     this._switchAt = null; // while a source is swapped: the time playback resumes at
@@ -272,6 +283,7 @@
     this.videoInfo = v;
     var hadAudio = this._audioUrl();
     this.audio = v.audio || null;
+    this._setAudioTracks(v.audio_tracks || (v.audio ? [v.audio] : []));
     var ready = this._readyRenditions(v);
     this.availableSeconds = this._availableSeconds(v);
     this._renderAvailable();
@@ -410,6 +422,8 @@
     hls.on(Hls.Events.SUBTITLE_TRACK_SWITCH, function (_e, data) {
       if (self.captionTracks && data.id !== self.captionTrack) hls.subtitleTrack = self.captionTrack;
     });
+    // hls.js starts with the group's DEFAULT audio; the viewer's language wins
+    hls.on(Hls.Events.AUDIO_TRACKS_UPDATED, function () { self._applyAudioTrack(); });
     hls.loadSource(this._sourceUrl());
     hls.attachMedia(this.video);
   };
@@ -422,9 +436,9 @@
     return this.audioOnly ? this._audioUrl() : this.config.masterUrl;
   };
 
-  // The audio rendition's playlist while it can be played (READY, or GROWING with the video)
+  // The chosen audio rendition's playlist while it can be played (READY, or GROWING with the video)
   P._audioUrl = function () {
-    var a = this.audio;
+    var a = this.audioTracks[this.audioTrack] || this.audio;
     return a && (a.status === "READY" || a.status === "GROWING") && a.playlist ? a.playlist : null;
   };
 
@@ -732,6 +746,7 @@
     this._bindMenu(els["speed-button"], els["speed-menu"], this._chooseSpeed);
     this._bindMenu(els["quality-button"], els["quality-menu"], this._chooseQuality);
     this._bindMenu(els["cc-button"], els["cc-menu"], this._chooseCaptions);
+    if (els["audio-button"]) this._bindMenu(els["audio-button"], els["audio-menu"], this._chooseAudio);
     this._on(v.textTracks, "addtrack", function (e) {
       this._on(e.track, "cuechange", this._renderCaptions);
     });
@@ -945,6 +960,84 @@
   P._hidePreview = function () {
     this.els.preview.hidden = true;
     this.els.hoverbar.style.width = "0";
+  };
+
+  // ---- audio languages -----------------------------------------------------------------------
+  // The menu lists the API's audio renditions (in audio-only mode hls.js plays one media
+  // playlist and knows of no other); the choice is remembered as "language|label" and matched
+  // to hls.js's tracks (the master's EXT-X-MEDIA lines) by language, then name.
+  P._setAudioTracks = function (tracks) {
+    var playable = tracks.filter(function (t) { return t.status === "READY" || t.status === "GROWING"; });
+    var key = function (t) { return (t.language || "") + "|" + (t.label || t.name); };
+    if (playable.map(key).join("\n") === this.audioTracks.map(key).join("\n")) return;
+    this.audioTracks = playable;
+    var saved = storageGet(STORE_AUDIO_TRACK), choice = 0;
+    if (saved) {
+      var lang = saved.split("|")[0], label = saved.slice(lang.length + 1);
+      var same = [], exact = -1;
+      playable.forEach(function (t, i) {
+        if ((t.language || "") !== lang) return;
+        same.push(i);
+        if (exact < 0 && (t.label || t.name) === label) exact = i;
+      });
+      choice = exact >= 0 ? exact : (same.length ? same[0] : 0);
+    }
+    this.audioTrack = choice;
+    this._buildAudioMenu();
+    this._applyAudioTrack();
+  };
+
+  // The label, with a bare language tag ("fr", "en (commentary)") named in the viewer's language
+  P._trackName = function (t) {
+    var label = t.label || t.name || "", lang = t.language;
+    if (lang && lang !== "und") {
+      if (label === lang) return languageName(lang);
+      if (label.indexOf(lang + " (") === 0) return languageName(lang) + label.slice(lang.length);
+    }
+    return label;
+  };
+
+  // Tell hls.js which of the master's audio tracks to play (not in audio-only mode: there the
+  // chosen rendition's playlist is the source itself)
+  P._applyAudioTrack = function () {
+    var hls = this.hls, t = this.audioTracks[this.audioTrack];
+    if (!hls || this.audioOnly || !t || !hls.audioTracks || !hls.audioTracks.length) return;
+    var name = this._trackName(t), label = t.label || t.name, lang = t.language === "und" ? "" : t.language;
+    var match = -1;
+    hls.audioTracks.forEach(function (h, i) {
+      if (match >= 0 || (h.lang || "") !== (lang || "")) return;
+      if (h.name === label || h.name === name) match = i;
+    });
+    if (match < 0) {
+      hls.audioTracks.forEach(function (h, i) { if (match < 0 && lang && h.lang === lang) match = i; });
+    }
+    if (match >= 0 && hls.audioTrack !== match) hls.audioTrack = match;
+  };
+
+  P._buildAudioMenu = function () {
+    var menu = this.els["audio-menu"], btn = this.els["audio-button"];
+    if (!menu || !btn) return;
+    var tracks = this.audioTracks;
+    menu.textContent = "";
+    for (var i = 0; i < tracks.length; i++) {
+      var t = tracks[i];
+      menu.appendChild(this._menuItem(i, this._trackName(t), t.language !== "und" ? t.language : null, i === this.audioTrack));
+    }
+    // one language has nothing to choose from
+    this.els["audio-wrap"].hidden = tracks.length < 2;
+    btn.disabled = tracks.length < 2;
+    var on = tracks[this.audioTrack];
+    btn.setAttribute("aria-label", "Audio: " + (on ? this._trackName(on) : "default"));
+  };
+
+  P._chooseAudio = function (value) {
+    var index = parseInt(value, 10), t = this.audioTracks[index];
+    if (!t || index === this.audioTrack) return;
+    storageSet(STORE_AUDIO_TRACK, (t.language || "") + "|" + (t.label || t.name));
+    this.audioTrack = index;
+    this._buildAudioMenu();
+    if (this.audioOnly) this._reloadSource(); // the source is that rendition's own playlist
+    else this._applyAudioTrack();
   };
 
   // ---- captions ------------------------------------------------------------------------------
