@@ -155,6 +155,32 @@ def test_import_source_captions_extracts_text_streams_and_chapters(tmp_path):
     assert again["captions"] == [] and len(list_captions(vid)) == 2
 
 
+def test_a_mov_text_stream_of_an_mp4_is_imported_with_its_language(tmp_path):
+    """MP4 carries its subtitles as mov_text (3GPP timed text), not SubRip."""
+    from config import storage
+    from flows.captions import import_source_captions, list_captions
+
+    ladder = tmp_path / "ladder"
+    encode_ladder(ladder, duration=DURATION, rungs=RUNGS)
+    (tmp_path / "en.srt").write_text(SRT_EN)
+    source = tmp_path / "source.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(ladder / "source.mp4"), "-i", str(tmp_path / "en.srt"),
+                    "-map", "0", "-map", "1", "-c", "copy", "-c:s", "mov_text", "-metadata:s:s:0", "language=spa",
+                    str(source)], check=True)
+    assert [s["codec_name"] for s in ffprobe_json(str(source), "-show_streams")["streams"]
+            if s["codec_type"] == "subtitle"] == ["mov_text"]
+    vid = create_video("mov_text", duration=DURATION)
+    publish(vid, ladder, rungs=RUNGS, thumbnails=False)
+    source_url = storage.url_for("sources", vid, "source.mp4")
+    storage.put_file(source, source_url)
+    result = import_source_captions(vid, source_url, None)
+    assert [(c["language"], c["cues"], c["source"]) for c in result["captions"]] == [("es", 3, "source")]
+    (caption,) = list_captions(vid)
+    seg = storage.read_text(storage.url_for("captions", vid, caption["id"], caption["playlist"].split("/", 2)[2]
+                                            .replace("index.m3u8", "seg_00000.vtt")))
+    assert "00:00:05.000 --> 00:00:06.500\nFive seconds" in seg
+
+
 # ---------------------------------------------------------------- API, master, browser
 
 @dataclass
@@ -291,11 +317,13 @@ def test_the_player_shows_chosen_captions_at_their_time_and_remembers(site, uplo
     expect(cc).to_have_attribute("aria-label", "Subtitles: English")
     captions = page.locator("[data-role=captions]")
     # the cue at 5.0 s starts with the frame at 5.0 s: its media time minus the first frame's
-    page.evaluate("() => { const v = document.getElementById('video'); v.pause(); v.currentTime = 0; }")
+    # the first frame is the one a seek to 0 presents (paused: no later frame can come first)
     first = page.evaluate("""() => new Promise(done => {
         const v = document.getElementById('video');
+        v.pause();
         v.requestVideoFrameCallback((now, meta) => done(meta.mediaTime));
-        v.play(); })""")
+        v.currentTime = 0; })""")
+    page.evaluate("() => document.getElementById('video').play()")
     page.wait_for_function("""() => { const t = [...document.getElementById('video').textTracks]
         .find(t => t.mode === 'hidden' && t.cues && t.cues.length >= 3); return !!t; }""", timeout=30_000)
     start = page.evaluate("""() => [...[...document.getElementById('video').textTracks]
