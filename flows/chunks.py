@@ -26,16 +26,28 @@ FLOW_RESUBMITS = 2
 P_SPLIT, P_ENCODED = 5.0, 98.0
 
 
-def settle_audio(r: IngestRun, client, audio_fut, publisher: Publisher, intervals: list) -> str | None:
-    """Wait for the audio rendition (long done in most runs: audio encodes far faster than video);
-    a video whose sound cannot be encoded is still worth watching: say so and publish it silent."""
+def settle_audio(r: IngestRun, client, audio_fut, publisher: Publisher, intervals: list,
+                 skipped: list[dict] = ()) -> str | None:
+    """Wait for the audio renditions (long done in most runs: audio encodes far faster than video);
+    a video whose sound cannot be encoded is still worth watching: say so and publish it silent,
+    or without the tracks left out. `skipped`: the source's audio streams the probe found unusable."""
     if audio_fut is None:
-        return None
+        if not skipped:
+            return None
+        note = ("no audio stream of the source could be used (" + "; ".join(
+            f"#{x['index']} {x['codec']}: {x['reason']}" for x in skipped) + "); published without sound")
+        r.logger.warning(note)
+        return note
     ok, value = settle(client, audio_fut)
     if ok:
         publisher.audio_done(value)
         intervals.append(("audio", 0, value["started_at"], value["ended_at"]))
-        return None
+        if not publisher.audio_dropped:
+            return None
+        note = "; ".join(f"the audio track {label} could not be encoded ({why}); published without it"
+                         for label, why in publisher.audio_dropped.items())
+        r.logger.warning(note)
+        return note
     note = f"the audio track could not be encoded ({describe(value)}); published without sound"
     r.logger.warning(note)
     publisher.audio_done(None, failure=note)

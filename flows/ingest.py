@@ -303,7 +303,7 @@ def _transcode(r: IngestRun) -> dict:
         fallbacks.append(lane.fallback)
 
     intervals = [("encode", i, v["started_at"], v["ended_at"]) for i, v in sorted(encoded.items())]
-    audio_note = settle_audio(r, client, audio_fut, publisher, intervals)
+    audio_note = settle_audio(r, client, audio_fut, publisher, intervals, info.audio_skipped)
     r.tracker.set(P_ENCODED, "publish")
 
     with r.timed("publish"):

@@ -77,6 +77,7 @@ class Publisher:
         self.audio_segments = 0  # published, the same count in every audio rendition
         self.audio_sizes: dict[str, list[int]] = {a["name"]: [] for a in self.audio}
         self.audio_failed: str | None = None
+        self.audio_dropped: dict[str, str] = {}  # label -> why, of tracks the audio task left out
         self.lane_segments: dict[int, tuple] = {}  # segment index -> (frames, size, level), not yet contiguous
         self.audio_finished = False
 
@@ -206,6 +207,17 @@ class Publisher:
             self.audio_failed = failure or "no audio"
             return
         tracks = result.get("tracks") or {self.audio[0]["name"]: result["segment_sizes"]}
+        gone = [a for a in self.audio if a["name"] not in tracks]
+        if gone:
+            # tracks the task had to leave out (`tasks.audio`): withdrawn from the group, the rest plays
+            why = result.get("dropped") or {}
+            self.audio = [a for a in self.audio if a["name"] in tracks]
+            self.audio_dropped.update({a["label"]: why.get(a["name"], "not encoded") for a in gone})
+            save_renditions(self.video_id, self.run, [
+                {"name": a["name"], "kind": "audio", "status": RenditionStatus.FAILED, "available_seconds": None,
+                 "error": why.get(a["name"], "not encoded")[:2000]} for a in gone], owner=self.owner)
+            for a in gone:
+                storage.delete(storage.join(self.hls_url, a["name"]))
         self.audio_sizes = {a["name"]: list(tracks[a["name"]]) for a in self.audio}
         self.audio_segments = min(len(v) for v in self.audio_sizes.values())
 

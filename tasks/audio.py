@@ -31,7 +31,7 @@ from config import storage
 from config.settings import get_settings
 from tasks import ffmpeg
 from tasks.ladder import AUDIO_BITRATE
-from tasks.captions import CaptionError, normalize_language
+from tasks.captions import CaptionError, language_name, normalize_language
 from tasks.package import AUDIO_CODECS, AUDIO_RENDITION, SEGMENT_PATTERN, TS_OFFSET, segment_name
 from tasks.probe import DESCRIPTION, MAIN
 from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
@@ -48,23 +48,29 @@ AAC_PRIMING_SECONDS = AAC_PRIMING_SAMPLES / SAMPLE_RATE
 def audio_renditions(tracks: list[dict]) -> list[dict]:
     """The audio group's renditions from the probe's tracks (`tasks.probe.audio_tracks_of`, main
     first): {name, stream_index, channels, language (BCP 47, "und" when unknown), label, default,
-    role, characteristics}. The main track is the group's DEFAULT; a commentary is never
-    auto-selected; an audio description carries Apple's `describes-video` characteristic."""
-    out = []
+    role, characteristics}. The label is the stream's title, else its language named in itself
+    ("Français"), with the role when it is not the main one; labels are unique (they are the
+    master's NAME, and what a remembered choice matches). The main track is the group's
+    DEFAULT; an audio description carries Apple's `describes-video` characteristic."""
+    out, labels = [], set()
     for n, t in enumerate(tracks):
         try:
             language = normalize_language(t.get("language")) if t.get("language") else "und"
         except CaptionError:
             language = "und"
-        label = t.get("title") or (language if language != "und" else ("Main" if n == 0 else f"Audio {n + 1}"))
-        if not t.get("title") and t.get("role", MAIN) != MAIN:
-            label += f" ({t['role']})"
+        role = t.get("role", MAIN)
+        base = t.get("title") or (language_name(language) if language != "und"
+                                  else ("Main" if n == 0 else f"Audio {n + 1}"))
+        if not t.get("title") and role != MAIN:
+            base += f" ({role})"
+        label, k = base[:100], 2
+        while label in labels:
+            label, k = f"{base[:90]} ({k})", k + 1
+        labels.add(label)
         out.append({"name": AUDIO_RENDITION if n == 0 else f"{AUDIO_RENDITION}-{n + 1}",
                     "stream_index": int(t["index"]), "channels": int(t.get("channels") or 0),
-                    "language": language, "label": label[:100], "default": n == 0,
-                    "role": t.get("role", MAIN),
-                    "characteristics": ("public.accessibility.describes-video"
-                                        if t.get("role") == DESCRIPTION else None)})
+                    "language": language, "label": label, "default": n == 0, "role": role,
+                    "characteristics": "public.accessibility.describes-video" if role == DESCRIPTION else None})
     return out
 
 
@@ -113,7 +119,24 @@ def encode_audio_fn(source_url: str, hls_url: str, *, tracks: list[dict], t0: fl
                     segment_times: list[float], progress_key: str = "audio",
                     lease_url: str | None = None) -> dict:
     """Encode the audio renditions (`audio_renditions`) into `hls_url`/{name}/seg_00000.ts, ...
-    Returns {"tracks": {name: segment sizes}, "segment_sizes": the main track's, ...}."""
+    Returns {"tracks": {name: segment sizes}, "segment_sizes": the main track's, "dropped":
+    {name: why}, ...}. One stream that cannot be encoded must not silence the video: when the
+    input refuses the whole set, the main track is encoded alone and the others are dropped."""
+    try:
+        return _encode_tracks(source_url, hls_url, tracks=tracks, t0=t0, duration=duration,
+                              segment_times=segment_times, progress_key=progress_key, lease_url=lease_url)
+    except ffmpeg.PermanentMediaError as exc:
+        if len(tracks) == 1:
+            raise
+        _logger().warning("the audio tracks could not be encoded together (%s); encoding the main one alone", exc)
+        result = _encode_tracks(source_url, hls_url, tracks=tracks[:1], t0=t0, duration=duration,
+                                segment_times=segment_times, progress_key=progress_key, lease_url=lease_url)
+        result["dropped"] = {t["name"]: str(exc)[:500] for t in tracks[1:]}
+        return result
+
+
+def _encode_tracks(source_url: str, hls_url: str, *, tracks: list[dict], t0: float, duration: float,
+                   segment_times: list[float], progress_key: str, lease_url: str | None) -> dict:
     settings = get_settings()
     logger = _logger()
     t_begin = time.monotonic()
@@ -160,7 +183,7 @@ def encode_audio_fn(source_url: str, hls_url: str, *, tracks: list[dict], t0: fl
                 len(tracks), duration, SAMPLE_RATE, len(segment_times), seconds,
                 ", ".join(str(t.get("channels") or 0) for t in tracks))
     main = tracks[0]["name"]
-    return {"url": storage.join(hls_url, main), "segment_sizes": sizes[main], "tracks": sizes,
+    return {"url": storage.join(hls_url, main), "segment_sizes": sizes[main], "tracks": sizes, "dropped": {},
             "seconds": seconds, "codecs": AUDIO_CODECS, "channels_in": tracks[0].get("channels") or 0,
             "started_at": started_at, "ended_at": time.time()}
 

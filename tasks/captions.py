@@ -20,6 +20,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import langcodes
+
 from tasks import ffmpeg
 
 MAX_CAPTION_BYTES = 2 * 1024 * 1024  # a feature film's subtitles are ~100 KB
@@ -45,18 +47,6 @@ IMAGE_SUBTITLE_CODECS = {
     "dvb_teletext": "teletext subtitles need a teletext decoder",
 }
 
-# ISO 639-2 (as containers tag streams) -> the shortest BCP 47 tag (ISO 639-1 where one exists)
-_ISO639_2_TO_1 = {
-    "ara": "ar", "bul": "bg", "cat": "ca", "ces": "cs", "cze": "cs", "chi": "zh", "zho": "zh",
-    "dan": "da", "deu": "de", "ger": "de", "ell": "el", "gre": "el", "eng": "en", "spa": "es",
-    "est": "et", "eus": "eu", "baq": "eu", "fas": "fa", "per": "fa", "fin": "fi", "fra": "fr",
-    "fre": "fr", "gle": "ga", "glg": "gl", "heb": "he", "hin": "hi", "hrv": "hr", "hun": "hu",
-    "ind": "id", "isl": "is", "ice": "is", "ita": "it", "jpn": "ja", "kor": "ko", "lit": "lt",
-    "lav": "lv", "msa": "ms", "may": "ms", "nld": "nl", "dut": "nl", "nor": "no", "nob": "nb",
-    "nno": "nn", "pol": "pl", "por": "pt", "ron": "ro", "rum": "ro", "rus": "ru", "slk": "sk",
-    "slo": "sk", "slv": "sl", "srp": "sr", "swe": "sv", "tha": "th", "tur": "tr", "ukr": "uk",
-    "vie": "vi", "cym": "cy", "wel": "cy", "afr": "af", "ben": "bn", "tam": "ta", "urd": "ur",
-}
 _BCP47 = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}")
 
 
@@ -92,11 +82,23 @@ def normalize_language(tag: str | None) -> str:
         raise CaptionError("a language is required: a BCP 47 tag such as 'en', 'fr' or 'pt-BR'")
     if not _BCP47.fullmatch(text):
         raise CaptionError(f"'{tag[:40]}' is not a BCP 47 language tag; use one such as 'en', 'fr' or 'pt-BR'")
-    parts = text.split("-")
-    primary = parts[0].lower()
-    primary = _ISO639_2_TO_1.get(primary, primary)
-    rest = [p.upper() if len(p) == 2 else (p.title() if len(p) == 4 else p.lower()) for p in parts[1:]]
-    return "-".join([primary, *rest])
+    try:
+        # CLDR's rules: the shortest code (ISO 639-2 'eng', 'fre', 'ger' -> 'en', 'fr', 'de'),
+        # case by part ('zh-hant-tw' -> 'zh-Hant-TW'), deprecated tags replaced
+        return langcodes.standardize_tag(text)
+    except langcodes.LanguageTagError as exc:
+        raise CaptionError(f"'{tag[:40]}' is not a BCP 47 language tag ({exc}); "
+                           "use one such as 'en', 'fr' or 'pt-BR'") from None
+
+
+def language_name(tag: str) -> str:
+    """A language's name in itself, as a track menu shows it: 'fr' -> 'Français', 'pt-BR' ->
+    'Português (Brasil)'. The tag itself when CLDR does not know it."""
+    lang = langcodes.Language.get(tag)
+    if not lang.is_valid() or lang.language in (None, "und"):
+        return tag
+    name = lang.autonym()
+    return name[:1].upper() + name[1:]
 
 
 # ---------------------------------------------------------------- decoding

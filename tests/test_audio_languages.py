@@ -93,13 +93,40 @@ def test_the_probe_lists_each_audio_stream_main_first_and_what_it_leaves_out():
     assert [t["index"] for t in tracks] == [3, 1, 2, 4]
     assert [t["role"] for t in tracks] == ["main", "main", "commentary", "description"]
     rends = audio_renditions(tracks)
+    # labels: the title, else the language named in itself, with the role; unique in the group
     assert [(r["name"], r["language"], r["label"], r["default"]) for r in rends] == [
-        ("audio", "es", "es", True), ("audio-2", "fr", "fr", False), ("audio-3", "en", "Director", False),
-        ("audio-4", "en", "en (description)", False)]
+        ("audio", "es", "Español", True), ("audio-2", "fr", "Français", False),
+        ("audio-3", "en", "Director", False), ("audio-4", "en", "English (description)", False)]
     assert rends[3]["characteristics"] == "public.accessibility.describes-video"
     assert rends[1]["channels"] == 6  # downmixed by the encode
     assert [s["index"] for s in skipped] == [5]
     assert skipped_note(skipped[0]) == "audio stream #5 (unknown, deu) left out: ffmpeg has no decoder for this audio codec"
+    # two untitled tracks of one language still get names a viewer (and a saved choice) tells apart
+    twins = audio_renditions([{"index": 1, "language": "eng", "role": "main"}, {"index": 2, "language": "eng"}])
+    assert [r["label"] for r in twins] == ["English", "English (2)"]
+
+
+def test_the_master_follows_rfc_8216_for_the_audio_group():
+    """DEFAULT=YES implies AUTOSELECT=YES; a commentary, or a track a client could not tell from
+    an earlier one (same LANGUAGE and CHARACTERISTICS), is not AUTOSELECT; NAME is unique."""
+    from types import SimpleNamespace
+
+    from streaming_app.delivery.master import audio_media
+
+    def row(name, label, language, role="main", characteristics=None):
+        return SimpleNamespace(run="r1", name=name, label=label, language=language, role=role,
+                               characteristics=characteristics)
+
+    lines = audio_media([row("audio", "English (commentary)", "en", "commentary"), row("audio-2", "English", "en"),
+                         row("audio-3", "English", "en"), row("audio-4", "English (description)", "en", "description",
+                                                              "public.accessibility.describes-video"),
+                         row("audio-5", "", "und")])
+    attrs = [dict(a.split("=", 1) for a in re.findall(r'[A-Z-]+=(?:"[^"]*"|[^,]*)', line)) for line in lines]
+    assert [(a["NAME"], a.get("LANGUAGE"), a["DEFAULT"], a["AUTOSELECT"]) for a in attrs] == [
+        ('"English (commentary)"', '"en"', "YES", "YES"), ('"English"', '"en"', "NO", "NO"),
+        ('"English (2)"', '"en"', "NO", "NO"), ('"English (description)"', '"en"', "NO", "YES"),
+        ('"Audio 5"', None, "NO", "YES")]
+    assert attrs[3]["CHARACTERISTICS"] == '"public.accessibility.describes-video"'
 
 
 def test_every_audio_language_is_a_rendition_the_player_switches_and_remembers(ingest_env, tmp_path):
@@ -125,18 +152,19 @@ def test_every_audio_language_is_a_rendition_the_player_switches_and_remembers(i
         master = requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10).text
         run = row["current_run"]
         assert [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:TYPE=AUDIO")] == [
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="en",LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES,'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="English",LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES,'
             f'CHANNELS="2",URI="{run}/audio/index.m3u8"',
             f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="Français",LANGUAGE="fr",DEFAULT=NO,AUTOSELECT=YES,'
             f'CHANNELS="2",URI="{run}/audio-2/index.m3u8"',
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="en (commentary)",LANGUAGE="en",DEFAULT=NO,'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aud",NAME="English (commentary)",LANGUAGE="en",DEFAULT=NO,'
             f'AUTOSELECT=NO,CHANNELS="2",URI="{run}/audio-3/index.m3u8"']
         assert all('AUDIO="aud"' in line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF"))
         # the source's subtitle stream and chapters came along
         assert 'TYPE=SUBTITLES' in master and 'LANGUAGE="en"' in master
         api = requests.get(f"{base}/api/videos/{vid}", timeout=10).json()
         assert [(t["language"], t["label"], t["default"], t["role"]) for t in api["audio_tracks"]] == [
-            ("en", "en", True, "main"), ("fr", "Français", False, "main"), ("en", "en (commentary)", False, "commentary")]
+            ("en", "English", True, "main"), ("fr", "Français", False, "main"),
+            ("en", "English (commentary)", False, "commentary")]
         assert api["audio"]["name"] == "audio" and len(api["chapters"]) == 2
         # ffprobe reads the master over HTTP and finds the three audio renditions
         probe = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", f"{base}/v/{vid}/master.m3u8"],

@@ -318,11 +318,12 @@ def test_the_player_shows_chosen_captions_at_their_time_and_remembers(site, uplo
     captions = page.locator("[data-role=captions]")
     # the cue at 5.0 s starts with the frame at 5.0 s: its media time minus the first frame's
     # the first frame is the one a seek to 0 presents (paused: no later frame can come first)
-    first = page.evaluate("""() => new Promise(done => {
+    first = page.evaluate("""() => new Promise((done, fail) => {
         const v = document.getElementById('video');
         v.pause();
         v.requestVideoFrameCallback((now, meta) => done(meta.mediaTime));
-        v.currentTime = 0; })""")
+        v.currentTime = 0;
+        setTimeout(() => fail(new Error('no frame presented 20 s after a seek to 0')), 20000); })""")
     page.evaluate("() => document.getElementById('video').play()")
     page.wait_for_function("""() => { const t = [...document.getElementById('video').textTracks]
         .find(t => t.mode === 'hidden' && t.cues && t.cues.length >= 3); return !!t; }""", timeout=30_000)

@@ -90,7 +90,7 @@ def _growing(vid: str):
     row = video_row(vid)
     # (the row and its renditions are two reads: wait for both to show the publication)
     return row if row["current_run"] and any(
-        r["status"] == "GROWING" and r["name"] != "audio" for r in row["renditions"]) else None
+        r["status"] == "GROWING" and not r["name"].startswith("audio") for r in row["renditions"]) else None
 
 
 def _encoded_chunks(client) -> int:

@@ -72,22 +72,27 @@ AUDIO_GROUP = "aud"
 
 def audio_media(audio: list[Rendition]) -> list[str]:
     """The audio renditions as one EXT-X-MEDIA:TYPE=AUDIO group every video variant references:
-    each encoded once, stored once, whatever the rung. NAME is unique in the group, DEFAULT=YES
-    on the first (the main track); a commentary is not AUTOSELECT (RFC 8216 section 4.3.4.1:
-    a client may pick an AUTOSELECT rendition for a viewer who did not ask), an audio
-    description says so in CHARACTERISTICS."""
-    lines, names = [], set()
+    each encoded once, stored once, whatever the rung. RFC 8216 section 4.3.4.1: NAME unique in
+    the group; DEFAULT=YES on the first (the main track), which is then AUTOSELECT=YES. A client
+    may pick an AUTOSELECT rendition for a viewer who did not ask, so a commentary is not one,
+    nor a track that repeats the LANGUAGE and CHARACTERISTICS of one before it (which a client
+    could not tell apart); an audio description says so in CHARACTERISTICS."""
+    lines, names, auto = [], set(), set()
     for n, a in enumerate(audio):
         base = _quoted(a.label or "") or ("Main" if n == 0 else f"Audio {n + 1}")
         name, k = base, 2
         while name in names:
             name, k = f"{base} ({k})", k + 1
         names.add(name)
+        language = a.language if a.language and a.language != "und" else None
+        kind = (language, a.characteristics)
+        autoselect = n == 0 or (a.role != "commentary" and kind not in auto)
+        if autoselect:
+            auto.add(kind)
         attrs = [f'TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="{name}"']
-        if a.language and a.language != "und":
-            attrs.append(f'LANGUAGE="{_quoted(a.language)}"')
-        attrs.append(f'DEFAULT={"YES" if n == 0 else "NO"}')
-        attrs.append(f'AUTOSELECT={"NO" if a.role == "commentary" else "YES"}')
+        if language:
+            attrs.append(f'LANGUAGE="{_quoted(language)}"')
+        attrs.append(f'DEFAULT={"YES" if n == 0 else "NO"},AUTOSELECT={"YES" if autoselect else "NO"}')
         if a.characteristics:
             attrs.append(f'CHARACTERISTICS="{_quoted(a.characteristics)}"')
         attrs.append(f'CHANNELS="2",URI="{a.run}/{a.name}/index.m3u8"')

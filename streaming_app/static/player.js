@@ -374,6 +374,7 @@
       this._nativeSource = true;
       this.video.src = this.config.masterUrl;
       this._buildQualityMenu([]);
+      this._buildAudioMenu();
     } else {
       this._showError("This browser cannot play HLS video. Try a current Chrome, Firefox, Edge or Safari.", false);
       return;
@@ -964,23 +965,25 @@
 
   // ---- audio languages -----------------------------------------------------------------------
   // The menu lists the API's audio renditions (in audio-only mode hls.js plays one media
-  // playlist and knows of no other); the choice is remembered as "language|label" and matched
-  // to hls.js's tracks (the master's EXT-X-MEDIA lines) by language, then name.
+  // playlist and knows of no other). hls.js's tracks (the master's EXT-X-MEDIA lines) are
+  // matched to them by playlist URL. The choice is remembered as "language|role|label": the
+  // next video picks the same label, else the same language in the same role (a viewer who
+  // chose plain French never lands on a French commentary), else its default.
+  function audioKey(t) { return (t.language || "") + "|" + (t.role || "main") + "|" + (t.label || t.name); }
+
   P._setAudioTracks = function (tracks) {
     var playable = tracks.filter(function (t) { return t.status === "READY" || t.status === "GROWING"; });
-    var key = function (t) { return (t.language || "") + "|" + (t.label || t.name); };
-    if (playable.map(key).join("\n") === this.audioTracks.map(key).join("\n")) return;
+    if (playable.map(audioKey).join("\n") === this.audioTracks.map(audioKey).join("\n")) return;
     this.audioTracks = playable;
-    var saved = storageGet(STORE_AUDIO_TRACK), choice = 0;
-    if (saved) {
-      var lang = saved.split("|")[0], label = saved.slice(lang.length + 1);
-      var same = [], exact = -1;
+    var saved = (storageGet(STORE_AUDIO_TRACK) || "").split("|"), choice = 0;
+    if (saved.length >= 3) {
+      var lang = saved[0], role = saved[1], label = saved.slice(2).join("|"), alike = -1, exact = -1;
       playable.forEach(function (t, i) {
-        if ((t.language || "") !== lang) return;
-        same.push(i);
+        if ((t.language || "") !== lang || (t.role || "main") !== role) return;
+        if (alike < 0) alike = i;
         if (exact < 0 && (t.label || t.name) === label) exact = i;
       });
-      choice = exact >= 0 ? exact : (same.length ? same[0] : 0);
+      choice = exact >= 0 ? exact : (alike >= 0 ? alike : 0);
     }
     this.audioTrack = choice;
     this._buildAudioMenu();
@@ -1002,22 +1005,19 @@
   P._applyAudioTrack = function () {
     var hls = this.hls, t = this.audioTracks[this.audioTrack];
     if (!hls || this.audioOnly || !t || !hls.audioTracks || !hls.audioTracks.length) return;
-    var name = this._trackName(t), label = t.label || t.name, lang = t.language === "und" ? "" : t.language;
-    var match = -1;
+    var tail = "/" + t.name + "/index.m3u8", match = -1;
     hls.audioTracks.forEach(function (h, i) {
-      if (match >= 0 || (h.lang || "") !== (lang || "")) return;
-      if (h.name === label || h.name === name) match = i;
+      var url = (h.url || "").split("?")[0];
+      if (match < 0 && url.slice(-tail.length) === tail) match = i;
     });
-    if (match < 0) {
-      hls.audioTracks.forEach(function (h, i) { if (match < 0 && lang && h.lang === lang) match = i; });
-    }
     if (match >= 0 && hls.audioTrack !== match) hls.audioTrack = match;
   };
 
   P._buildAudioMenu = function () {
     var menu = this.els["audio-menu"], btn = this.els["audio-button"];
     if (!menu || !btn) return;
-    var tracks = this.audioTracks;
+    // the platform's own HLS (no MSE) chooses its audio by itself: nothing to offer
+    var tracks = this._nativeSource ? [] : this.audioTracks;
     menu.textContent = "";
     for (var i = 0; i < tracks.length; i++) {
       var t = tracks[i];
@@ -1032,8 +1032,8 @@
 
   P._chooseAudio = function (value) {
     var index = parseInt(value, 10), t = this.audioTracks[index];
-    if (!t || index === this.audioTrack) return;
-    storageSet(STORE_AUDIO_TRACK, (t.language || "") + "|" + (t.label || t.name));
+    if (!t || index === this.audioTrack || this._nativeSource) return;
+    storageSet(STORE_AUDIO_TRACK, audioKey(t));
     this.audioTrack = index;
     this._buildAudioMenu();
     if (this.audioOnly) this._reloadSource(); // the source is that rendition's own playlist
