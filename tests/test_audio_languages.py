@@ -225,3 +225,35 @@ def check_the_player(base: str, vid: str) -> None:
         assert errors == []
         context.close()
         browser.close()
+
+
+def test_a_track_the_audio_task_left_out_is_withdrawn_and_the_rest_plays(tmp_path):
+    """What the flow does with an audio result that dropped a track (the task encodes the main
+    track alone when the input refuses the set). The refusal itself could not be caused with
+    generated media; the result is the task's, the catalog and storage are real."""
+    from catalog.db import session_scope
+    from catalog.models import Rendition, RenditionStatus
+    from config import storage
+    from flows.publish import Publisher
+    from sqlalchemy import select
+    from tasks.audio import audio_renditions
+    from tests.player_support import create_video
+
+    vid = create_video("dropped", duration=12.0)
+    hls = storage.url_for("hls", vid, "r1")
+    audio = audio_renditions([{"index": 1, "language": "eng"}, {"index": 2, "language": "fre"}])
+    plan = {"segment_times": [0.0, 6.0], "duration": 12.0, "chunks": [], "frames": 300, "segment_starts": [0, 150]}
+    pub = Publisher(vid, "r1", hls, [], plan, audio, 25.0, make_current=True)
+    for a in audio:  # both tracks had published their first segment
+        storage.write_bytes(storage.join(hls, a["name"], "seg_00000.ts"), b"\x47" * 188)
+    pub.audio_progress(1)
+    pub.audio_done({"tracks": {"audio": [1000, 1000]}, "segment_sizes": [1000, 1000],
+                    "dropped": {"audio-2": "the input refused the set of tracks"}})
+    with session_scope() as s:
+        rows = {r.name: r for r in s.scalars(select(Rendition).where(Rendition.video_id == vid))}
+        assert rows["audio-2"].status == RenditionStatus.FAILED
+        assert rows["audio-2"].error == "the input refused the set of tracks"
+        assert rows["audio"].status == RenditionStatus.GROWING
+    assert not storage.exists(storage.join(hls, "audio-2", "seg_00000.ts"))
+    assert [a["name"] for a in pub.audio] == ["audio"] and pub.audio_segments == 2
+    assert pub.audio_dropped == {"Français": "the input refused the set of tracks"}
