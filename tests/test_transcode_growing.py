@@ -219,48 +219,48 @@ def test_a_video_is_playable_while_later_chunks_encode(env, media_dir, tmp_path)
             assert rung["available_seconds"] < DURATION
             etag_growing = master.headers["ETag"]
             # a viewer: headless Chromium starts playing before READY, on the same page to the end
-            pw = sync_playwright().start()
-            browser = launch_chromium(pw)
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            # the library says how much of each rung can be watched already
-            page.goto(f"{base}/")
-            page.wait_for_function(f"""() => {{ const c = document.querySelector('.card[data-id="{vid}"]');
-                return c && /playable: 180p [1-9][0-9]* s of 26 s/.test(c.textContent); }}""", timeout=30_000)
-            page.goto(f"{base}/watch/{vid}")
-            page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
-            page.evaluate("() => { window.__samePage = true; }")
-            assert video_row(vid)["status"] == "PROCESSING"  # playing before READY
-            avail = page.evaluate("() => window.vodflowPlayer.availableSeconds")
-            assert avail == pytest.approx(rung["available_seconds"], abs=1e-3)
-            width = page.evaluate("""() => { const a = document.querySelector('[data-role=available]');
-                return a.hidden ? -1 : parseFloat(a.style.width); }""")
-            assert 0 < width < 100, width
-            # a seek past the published part waits at its edge instead of failing
-            page.evaluate(f"() => window.vodflowPlayer.seek({DURATION - 2})")
-            at = page.evaluate("() => document.getElementById('video').currentTime")
-            assert at <= avail, (at, avail)
-            _set_paused(client, False)
-            page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
-            result, exc = runner.outcome()
-            assert exc is None, exc
-            finished = requests.get(f"{base}/v/{vid}/{variant}", timeout=10)
-            assert "#EXT-X-ENDLIST" in finished.text and "#EXT-X-PLAYLIST-TYPE:VOD" in finished.text
-            # the finished playlist continues the growing one: same segments, same durations
-            done = m3u8.loads(finished.text).segments
-            assert [(s.uri, s.duration) for s in done[:listed]] == [(s.uri, s.duration) for s in pl.segments]
-            assert "immutable" in finished.headers["Cache-Control"]
-            master_done = _wait("the master to show the finished ladder", lambda: (
-                lambda r: r if r.headers["ETag"] != etag_growing else None)(
-                requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10)))
-            assert _max_age(master_done) == 5
-            page.wait_for_function("() => document.getElementById('video').ended", timeout=180_000)
-            state = page.evaluate("""() => ({same: window.__samePage === true,
-                t: document.getElementById('video').currentTime,
-                hidden: document.querySelector('[data-role=available]').hidden})""")
-            browser.close()
-            pw.stop()
+            with sync_playwright() as pw:  # stopped even when a check fails: a driver left running
+                # makes every later sync_playwright() in this process refuse to start
+                browser = launch_chromium(pw)
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                # the library says how much of each rung can be watched already
+                page.goto(f"{base}/")
+                page.wait_for_function(f"""() => {{ const c = document.querySelector('.card[data-id="{vid}"]');
+                    return c && /playable: 180p [1-9][0-9]* s of 26 s/.test(c.textContent); }}""", timeout=30_000)
+                page.goto(f"{base}/watch/{vid}")
+                page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
+                page.evaluate("() => { window.__samePage = true; }")
+                assert video_row(vid)["status"] == "PROCESSING"  # playing before READY
+                avail = page.evaluate("() => window.vodflowPlayer.availableSeconds")
+                assert avail == pytest.approx(rung["available_seconds"], abs=1e-3)
+                width = page.evaluate("""() => { const a = document.querySelector('[data-role=available]');
+                    return a.hidden ? -1 : parseFloat(a.style.width); }""")
+                assert 0 < width < 100, width
+                # a seek past the published part waits at its edge instead of failing
+                page.evaluate(f"() => window.vodflowPlayer.seek({DURATION - 2})")
+                at = page.evaluate("() => document.getElementById('video').currentTime")
+                assert at <= avail, (at, avail)
+                _set_paused(client, False)
+                page.evaluate("() => { document.getElementById('video').playbackRate = 2; }")
+                result, exc = runner.outcome()
+                assert exc is None, exc
+                finished = requests.get(f"{base}/v/{vid}/{variant}", timeout=10)
+                assert "#EXT-X-ENDLIST" in finished.text and "#EXT-X-PLAYLIST-TYPE:VOD" in finished.text
+                # the finished playlist continues the growing one: same segments, same durations
+                done = m3u8.loads(finished.text).segments
+                assert [(s.uri, s.duration) for s in done[:listed]] == [(s.uri, s.duration) for s in pl.segments]
+                assert "immutable" in finished.headers["Cache-Control"]
+                master_done = _wait("the master to show the finished ladder", lambda: (
+                    lambda r: r if r.headers["ETag"] != etag_growing else None)(
+                    requests.get(f"{base}/v/{vid}/master.m3u8", timeout=10)))
+                assert _max_age(master_done) == 5
+                page.wait_for_function("() => document.getElementById('video').ended", timeout=180_000)
+                state = page.evaluate("""() => ({same: window.__samePage === true,
+                    t: document.getElementById('video').currentTime,
+                    hidden: document.querySelector('[data-role=available]').hidden})""")
+                browser.close()
     assert state["same"], "the page was reloaded"
     assert state["t"] == pytest.approx(DURATION, abs=0.5)
     assert state["hidden"], "the seek bar still shows a published part once the video is READY"
@@ -414,28 +414,28 @@ def test_the_lowest_rung_runs_ahead_of_the_chunk_encodes(env, media_dir, tmp_pat
                                                  for r in video_row(vid)["renditions"]))
         with vodflow_web({"VODFLOW_DATA_DIR": os.environ["VODFLOW_DATA_DIR"]}, tmp_path / "web.log",
                          workers=1) as base:
-            pw = sync_playwright().start()
-            browser = launch_chromium(pw)
-            page = browser.new_page()
-            page.goto(f"{base}/watch/{vid}")
-            page.wait_for_function("() => window.vodflowPlayer && window.vodflowPlayer.hls"
-                                   " && window.vodflowPlayer.levels.length === 2", timeout=60_000)
-            page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
-            page.evaluate("""() => { const v = document.getElementById('video'); window.__waits = 0;
-                v.addEventListener('waiting', () => { window.__waits++; }); v.playbackRate = 2; }""")
-            # past 480p's published edge: still playing, on 360p, never waiting
-            page.wait_for_function(f"() => document.getElementById('video').currentTime > {edge + 2}",
-                                   timeout=90_000)
-            seen = page.evaluate("""() => { const p = window.vodflowPlayer, v = document.getElementById('video');
-                return {cap: p.hls.autoLevelCapping, height: v.videoHeight, waits: window.__waits,
-                        available: p.availableSeconds}; }""")
-            assert seen["cap"] == 0 and seen["height"] == 360 and seen["waits"] == 0, seen
-            assert seen["available"] == pytest.approx(DURATION, abs=0.5), seen  # the lane's edge
-            _set_paused(client, False)
-            result, exc = runner.outcome()
-            page.wait_for_function("() => window.vodflowPlayer.hls.autoLevelCapping === -1", timeout=30_000)
-            browser.close()
-            pw.stop()
+            with sync_playwright() as pw:  # stopped even when a check fails: a driver left running
+                # makes every later sync_playwright() in this process refuse to start
+                browser = launch_chromium(pw)
+                page = browser.new_page()
+                page.goto(f"{base}/watch/{vid}")
+                page.wait_for_function("() => window.vodflowPlayer && window.vodflowPlayer.hls"
+                                       " && window.vodflowPlayer.levels.length === 2", timeout=60_000)
+                page.wait_for_function("() => document.getElementById('video').currentTime > 0.5", timeout=60_000)
+                page.evaluate("""() => { const v = document.getElementById('video'); window.__waits = 0;
+                    v.addEventListener('waiting', () => { window.__waits++; }); v.playbackRate = 2; }""")
+                # past 480p's published edge: still playing, on 360p, never waiting
+                page.wait_for_function(f"() => document.getElementById('video').currentTime > {edge + 2}",
+                                       timeout=90_000)
+                seen = page.evaluate("""() => { const p = window.vodflowPlayer, v = document.getElementById('video');
+                    return {cap: p.hls.autoLevelCapping, height: v.videoHeight, waits: window.__waits,
+                            available: p.availableSeconds}; }""")
+                assert seen["cap"] == 0 and seen["height"] == 360 and seen["waits"] == 0, seen
+                assert seen["available"] == pytest.approx(DURATION, abs=0.5), seen  # the lane's edge
+                _set_paused(client, False)
+                result, exc = runner.outcome()
+                page.wait_for_function("() => window.vodflowPlayer.hls.autoLevelCapping === -1", timeout=30_000)
+                browser.close()
     assert exc is None, exc
     assert result["lane"] == {"rung": "360p", "resumed_chunks": 0, "fallback": None}
     assert result["encoded_chunks"] == len(chunks)
