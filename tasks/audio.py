@@ -50,18 +50,22 @@ def audio_renditions(tracks: list[dict]) -> list[dict]:
     first): {name, stream_index, channels, language (BCP 47, "und" when unknown), label, default,
     role, characteristics}. The label is the stream's title, else its language named in itself
     ("Français"), with the role when it is not the main one; labels are unique (they are the
-    master's NAME, and what a remembered choice matches). The main track is the group's
-    DEFAULT; an audio description carries Apple's `describes-video` characteristic."""
+    master's NAME, and what a remembered choice matches). A lone track, with nothing to choose
+    from, is "Main" unless titled: naming a language loads CLDR's name data (about a second of
+    CPU in each new flow process), which a video with one track should not pay on its way to its
+    first frame. The main track is the group's DEFAULT; an audio description carries Apple's
+    `describes-video` characteristic."""
     out, labels = [], set()
+    named = len(tracks) > 1
     for n, t in enumerate(tracks):
         try:
             language = normalize_language(t.get("language")) if t.get("language") else "und"
         except CaptionError:
             language = "und"
         role = t.get("role", MAIN)
-        base = t.get("title") or (language_name(language) if language != "und"
+        base = t.get("title") or (language_name(language) if named and language != "und"
                                   else ("Main" if n == 0 else f"Audio {n + 1}"))
-        if not t.get("title") and role != MAIN:
+        if named and not t.get("title") and role != MAIN:
             base += f" ({role})"
         label, k = base[:100], 2
         while label in labels:
