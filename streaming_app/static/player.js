@@ -427,6 +427,10 @@
     hls.on(Hls.Events.AUDIO_TRACKS_UPDATED, function () { self._applyAudioTrack(); });
     hls.loadSource(this._sourceUrl());
     hls.attachMedia(this.video);
+    // A swap resumes at `startPosition`. Set on the element now (its new source has no metadata
+    // yet, so this is HTML's default playback start position), play() cannot begin at 0 in the
+    // moment before hls.js seeks there, which a busy machine showed.
+    if (startPosition > 0) this.video.currentTime = startPosition;
   };
 
   // What hls.js plays: the master (every video rendition and the audio group), or in audio-only
