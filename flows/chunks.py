@@ -16,6 +16,7 @@ from flows.run import IngestRun
 from catalog.runs import IngestFailed
 from tasks.encode import encode_chunk
 from tasks.lane import LANE, encode_lane
+from tasks.package import is_fmp4
 from tasks.retry import is_permanent
 from tasks.split import apply_slices, plan_summary, slice_source
 
@@ -88,8 +89,10 @@ class Lane:
 def lane_rung(plan: dict, rungs: list[dict], settings) -> str | None:
     """The rung a plan gives a fast lane: the lowest, when there is a ladder and more than one
     chunk (else it would only decode the source twice), and never for a plan made from decoded
-    frames (the lane reads with an exact seek)."""
-    if settings.fast_lane and len(rungs) > 1 and len(plan["chunks"]) > 1 and plan["timing"] == "container":
+    frames (the lane reads with an exact seek). The lowest rung is always H.264 (MPEG-TS), the
+    only packaging the lane writes."""
+    if (settings.fast_lane and len(rungs) > 1 and len(plan["chunks"]) > 1 and plan["timing"] == "container"
+            and not is_fmp4(rungs[0])):
         return rungs[0]["name"]
     return None
 

@@ -34,6 +34,7 @@ from tasks.package import (
     audio_peak,
     bit_rates,
     check_rung_totals,
+    is_fmp4,
     media_playlist,
     rung_codecs,
     segment_durations,
@@ -51,6 +52,8 @@ class RungState:
     failed: str | None = None
     level: int | None = None
     finished: bool = False  # its playlist is VOD + ENDLIST already (the fast lane's rung)
+    init: str | None = None  # fragmented MP4: digest of the first chunk's init segment
+    codecs: str | None = None  # fragmented MP4: the video CODECS its init segment declares
 
 
 @dataclass
@@ -191,6 +194,14 @@ class Publisher:
             if not check["ok"]:
                 st.failed = self._chunk_failure(index, check)
                 continue
+            if check.get("init"):
+                if st.init is None:
+                    st.init, st.codecs = check["init"], check.get("codecs")
+                elif check["init"] != st.init:
+                    # one EXT-X-MAP serves the rung: a chunk with other stream headers cannot join it
+                    st.failed = self._chunk_failure(index, {"reasons": [
+                        "its init segment (stream headers) differs from the first chunk's"]})
+                    continue
             st.frames += check["frames"]
             st.sizes += check["sizes"]
             st.level = check.get("level", st.level)
@@ -229,7 +240,8 @@ class Publisher:
 
     def _write_playlist(self, name: str, count: int, *, final: bool) -> str:
         url = storage.join(self.hls_url, name, PLAYLIST)
-        storage.write_text(url, media_playlist(self.durations, count, final=final, target=self.target))
+        fmp4 = is_fmp4(self.state[name].rung) if name in self.state else False
+        storage.write_text(url, media_playlist(self.durations, count, final=final, target=self.target, fmp4=fmp4))
         return url
 
     def _write_audio_playlists(self, *, final: bool) -> None:
@@ -260,7 +272,7 @@ class Publisher:
             peak += max(audio_peak(v, self.durations[:len(v)]) for v in self.audio_sizes.values())
             average += max(bit_rates(v, self.durations[:len(v)])[1] or 0 for v in self.audio_sizes.values())
         return {"name": r["name"], "kind": "video", "width": r["width"], "height": r["height"],
-                "bandwidth": peak, "average_bandwidth": average, "codecs": rung_codecs(r, with_audio),
+                "bandwidth": peak, "average_bandwidth": average, "codecs": rung_codecs(r, with_audio, st.codecs),
                 "frame_rate": self.frame_rate, "segment_count": count,
                 "available_seconds": round(float(sum(self.durations[:count])), 6),
                 "playlist_url": storage.join(self.hls_url, r["name"], PLAYLIST), "status": status, "error": None}

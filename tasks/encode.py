@@ -28,8 +28,9 @@ from config import storage
 from config.settings import available_cores, get_settings
 from tasks import ffmpeg, thumbnails
 from tasks.ffmpeg import PermanentMediaError, TransientMediaError
-from tasks.ladder import Rung
-from tasks.package import SEGMENT_PATTERN, TS_OFFSET, marker_url
+from tasks.ladder import HEVC, Rung
+from tasks.package import (INIT_SEGMENT, TS_MUX_DELAY, TS_OFFSET, is_fmp4, marker_url, segment_pattern,
+                           split_fmp4)
 from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
 from tasks.validate import check_chunk_segments
 from tasks.split import _logger
@@ -81,13 +82,44 @@ def scale_filters(rung: Rung | dict) -> list[str]:
     r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
     # explicit size from the display aspect, then square pixels: plain scale=-2:480 keeps the
     # source's sample aspect and leaves 854x480 at SAR 1280:1281
-    return [f"scale={r.width}:{r.height}:flags=bicubic", "setsar=1", "format=yuv420p"]
+    return [f"scale={r.width}:{r.height}:flags=bicubic", "setsar=1", f"format={pixel_format(r)}"]
+
+
+def pixel_format(rung: Rung) -> str:
+    return "yuv420p10le" if rung.profile == "main10" else "yuv420p"
+
+
+def _keyint(frame_rate: float, keyframe_seconds: float) -> int:
+    # forced keyframes carry the grid; keyint only bounds the gap if a force is missed
+    return max(2, int(math.ceil(keyframe_seconds * max(frame_rate, 1.0))) * 2 + 1)
+
+
+def video_args(rung: Rung | dict, *, threads: int, frame_rate: float, keyframe_seconds: float) -> list[str]:
+    """The encoder arguments of a rung: x264, or x265 for an HEVC rung."""
+    r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
+    if r.codec == HEVC:
+        return x265_args(r, threads=threads, frame_rate=frame_rate, keyframe_seconds=keyframe_seconds)
+    return x264_args(r, threads=threads, frame_rate=frame_rate, keyframe_seconds=keyframe_seconds)
+
+
+def x265_args(r: Rung, *, threads: int, frame_rate: float, keyframe_seconds: float) -> list[str]:
+    """x265 with the x264 rung's rules (forced IDR frames on the grid, closed GOPs, no scene cuts)
+    and `info=0`: x265 otherwise writes its whole option string, which differs between the
+    first chunk and the others (vbv-init), into the stream headers, so each chunk would have
+    another init segment and one EXT-X-MAP could not serve the rung."""
+    level_idc = int(round(float(r.level) * 10))
+    params = (f"keyint={_keyint(frame_rate, keyframe_seconds)}:min-keyint=1:scenecut=0:open-gop=0:info=0:"
+              f"level-idc={level_idc}:log-level=error" + (f":pools={threads}" if threads > 0 else ""))
+    return [
+        "-c:v", "libx265", "-preset", r.preset, "-profile:v", r.profile,
+        "-crf", str(r.crf), "-maxrate", str(r.maxrate), "-bufsize", str(r.bufsize),
+        "-pix_fmt", pixel_format(r), "-x265-params", params, "-forced-idr", "1", "-tag:v", "hvc1",
+    ]
 
 
 def x264_args(rung: Rung | dict, *, threads: int, frame_rate: float, keyframe_seconds: float) -> list[str]:
     r = rung if isinstance(rung, Rung) else Rung.from_dict(rung)
-    # forced keyframes carry the grid; keyint only bounds the gap if a force is missed
-    keyint = max(2, int(math.ceil(keyframe_seconds * max(frame_rate, 1.0))) * 2 + 1)
+    keyint = _keyint(frame_rate, keyframe_seconds)
     params = f"scenecut=0:open-gop=0:keyint={keyint}:min-keyint=1:threads={threads}"
     return [
         "-c:v", "libx264", "-preset", r.preset, "-profile:v", r.profile, "-level:v", r.level,
@@ -183,38 +215,69 @@ def build_encode_command(chunk: dict, input_path: str, rungs: list[dict], out_pa
         # before; a frame's own time lands on that frame.
         kf = ",".join(f"{t:.6f}" for t in [0.0, *chunk["keyframes"]])
     for i, (r, out) in enumerate(zip(rungs, out_paths)):
-        x264 = x264_args(r, threads=threads, frame_rate=float(rate), keyframe_seconds=keyframe_seconds)
+        venc = video_args(r, threads=threads, frame_rate=float(rate), keyframe_seconds=keyframe_seconds)
         if chunk["index"] > 0:
             # x264 starts every stream with its VBV buffer 90 % full and spends that on the first
             # frames; stitched, each chunk would repeat that burst (1080p came out 8-12 % larger
             # than one continuous encode, and over the cap at every join). Mid-stream, a capped
             # encode's buffer sits lower: 0.5 measured closest to a continuous encode's size.
-            x264[x264.index("-x264-params") + 1] += ":vbv-init=0.5"
-        args += ["-map", f"[v{i}]", *x264,
+            # (x265 has the same option, with the same default.)
+            at = next(k for k, a in enumerate(venc) if a in ("-x264-params", "-x265-params"))
+            venc[at + 1] += ":vbv-init=0.5"
+        args += ["-map", f"[v{i}]", *venc,
                  "-force_key_frames", kf, "-fps_mode", "passthrough", "-an", "-sn", "-dn",
-                 *segment_output(chunk, out, keyframe_seconds, segment_list=segment_list)]
+                 *segment_output(chunk, out, keyframe_seconds, segment_list=segment_list,
+                                 fmp4=is_fmp4(r))]
     return args + preview_outputs
 
 
 def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float, *,
-                   segment_list: str | None = None) -> list[str]:
+                   segment_list: str | None = None, fmp4: bool = False) -> list[str]:
     """The chunk's final HLS segments of one rung: cut by frame number at the planned segment
     starts, numbered globally, placed on the video's timeline (`tasks.package`). Every segment
     starts with PAT/PMT (a new muxer per segment); repeating them each keyframe interval, not
-    ffmpeg's default 0.1 s, was 6 % of a 360p rung's bytes."""
+    ffmpeg's default 0.1 s, was 6 % of a 360p rung's bytes.
+
+    `fmp4`: fragmented MP4 instead (HEVC rungs). Each file is a whole fragmented MP4 (ftyp, an
+    empty moov, then a fragment per keyframe interval) that `tasks.package.split_fmp4` turns into
+    the rung's init segment and a media segment. The timeline must survive the muxer: the MP4
+    muxer's default shifts a file to start at 0 (`avoid_negative_ts`), `frag_discont` makes the
+    first fragment's decode time the packet's own, and without an edit list that time is the
+    decode time, as in every later fragment. The offset adds the MPEG-TS muxer's delay, so a frame
+    has the same time in an HEVC rung as in the H.264 rungs and the audio."""
     period = f"{keyframe_seconds:g}"
     cuts, total = [], 0
     for frames in chunk["segment_frames"][:-1]:
         total += int(frames)
         cuts.append(str(total))
-    args = ["-output_ts_offset", f"{TS_OFFSET + float(chunk['start']):.6f}",
-            "-f", "segment", "-segment_format", "mpegts",
-            "-segment_format_options", f"pat_period={period}:sdt_period={period}",
+    if fmp4:
+        offset = TS_OFFSET + TS_MUX_DELAY + float(chunk["start"])
+        muxer = ["-segment_format", "mp4", "-segment_format_options",
+                 "movflags=+frag_keyframe+empty_moov+default_base_moof+frag_discont+skip_trailer"
+                 ":use_editlist=0:avoid_negative_ts=disabled"]
+    else:
+        offset = TS_OFFSET + float(chunk["start"])
+        muxer = ["-segment_format", "mpegts", "-segment_format_options", f"pat_period={period}:sdt_period={period}"]
+    args = ["-output_ts_offset", f"{offset:.6f}", "-f", "segment", *muxer,
             "-reset_timestamps", "0", "-segment_start_number", str(int(chunk["first_segment"]))]
     args += ["-segment_frames", ",".join(cuts)] if cuts else ["-segment_time", str(10**9)]
     if segment_list:
         args += ["-segment_list", segment_list, "-segment_list_type", "csv"]
     return args + [out_pattern]
+
+
+def _check_rung_dir(d: Path, rung: dict, chunk: dict, timeout: float) -> dict:
+    """Check one rung's segments of a chunk as ffmpeg left them in `d`; an fMP4 rung's files are
+    first split into its init segment (`d`/init.mp4) and media segments."""
+    init = None
+    if is_fmp4(rung):
+        try:
+            init = split_fmp4(sorted(d.glob("seg_*.m4s")), d / INIT_SEGMENT)
+        except ValueError as exc:
+            return {"ok": False, "reasons": [str(exc)], "frames": [], "sizes": []}
+    suffix = "m4s" if is_fmp4(rung) else "ts"
+    return check_chunk_segments([str(p) for p in sorted(d.glob(f"seg_*.{suffix}"))], rung, chunk["segment_frames"],
+                                first_segment=int(chunk["first_segment"]), timeout=timeout, init=init)
 
 
 def _first_packet_pts(path: str) -> float:
@@ -288,7 +351,7 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                if previews else [])
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="encode-") as tmp:
         rung_dirs = [Path(tmp) / "rungs" / r["name"] for r in rungs]
-        outs = [str(d / SEGMENT_PATTERN) for d in rung_dirs]
+        outs = [str(d / segment_pattern(r)) for r, d in zip(rungs, rung_dirs)]
         frames_dir = Path(tmp) / "previews"
         frames_dir.mkdir()
         # the fallback chain: stream-copy slice, exact seek in the source, and - when the plan's
@@ -330,10 +393,8 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                         d.mkdir(parents=True)
                     run_encode()
             # per-chunk validation: the segments the plan asked for, each with its frames
-            checks = {r["name"]: check_chunk_segments(
-                [str(p) for p in sorted(d.glob("seg_*.ts"))], r, chunk["segment_frames"],
-                first_segment=int(chunk["first_segment"]), timeout=settings.probe_timeout)
-                for r, d in zip(rungs, rung_dirs)}
+            checks = {r["name"]: _check_rung_dir(d, r, chunk, settings.probe_timeout)
+                      for r, d in zip(rungs, rung_dirs)}
             frames_seen = {name: sum(c["frames"]) for name, c in checks.items()}
             if all(v == chunk["frames"] for v in frames_seen.values()):
                 break
@@ -368,6 +429,10 @@ def encode_chunk_fn(chunk: dict, *, source_url: str, rungs: list[dict], out_url:
                 logger.warning("%s: no timeline previews from this chunk (%s)", label, exc)
         for r, d in zip(rungs, rung_dirs):
             check = checks[r["name"]]
+            if is_fmp4(r) and chunk["index"] > 0:
+                # the first chunk stores the rung's init segment; the flow holds every other
+                # chunk's to it (its digest is in the check) before publishing its segments
+                (d / INIT_SEGMENT).unlink(missing_ok=True)
             if check["ok"]:
                 storage.publish_dir(d, storage.join(hls_url, r["name"]))
             else:

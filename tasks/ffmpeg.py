@@ -183,12 +183,14 @@ def closed_segments(segment_list: str | os.PathLike) -> list[str]:
         return []
 
 
-def probe_json(path: str | os.PathLike, *, timeout: float, extra: Sequence[str] = ()) -> dict:
-    """ffprobe's JSON for a local file: format and streams (plus `extra` options)."""
-    if not Path(path).exists():
+def probe_json(path: str | os.PathLike, *, timeout: float, extra: Sequence[str] = (),
+               protocols: str = "file,pipe") -> dict:
+    """ffprobe's JSON for a local file: format and streams (plus `extra` options). `protocols`
+    as in `iter_probe_rows`."""
+    if protocols == "file,pipe" and not Path(path).exists():
         raise PermanentMediaError(f"no such file: {path}")
     cmd = [
-        FFPROBE, "-v", "error", *SAFE_INPUT, "-print_format", "json",
+        FFPROBE, "-v", "error", "-protocol_whitelist", protocols, "-print_format", "json",
         "-show_format", "-show_streams", *extra, str(path),
     ]
     try:

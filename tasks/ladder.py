@@ -2,15 +2,18 @@
 
 Rungs are named by the short side of the displayed picture ("720p" is 1280x720 for landscape
 and 720x1280 for portrait). Caps follow Apple's HLS authoring ladder; rate control is capped
-quality (CRF with maxrate/bufsize), so easy content costs fewer bits than the cap. Every rung is
-H.264 High at the lowest level that holds it, and never above 4.2 (the media rules: what every
-HLS player decodes in hardware); a picture too big for 4.2 at its frame rate is left out, so a
-4K source tops out at 1080p.
+quality (CRF with maxrate/bufsize), so easy content costs fewer bits than the cap. A rung is
+H.264 High at the lowest level that holds it, never above 4.2 (the media rules: what every HLS
+player decodes in hardware). A picture too big for 4.2 at its frame rate (1440p and 2160p) is
+HEVC instead, Main (Main10 for a source of more than 8 bits), at most level 5.0, in fragmented
+MP4 (Apple's HLS authoring rules: HEVC must be fMP4, at most level 5.0), next to the unchanged
+H.264 rungs that every player can play; a picture even HEVC 5.0 cannot hold is left out.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 from tasks.ffmpeg import PermanentMediaError
@@ -47,6 +50,23 @@ H264_LEVELS: list[tuple[str, int, int, int, int]] = [
 ]
 HIGH_FACTOR = 1.25
 
+# H.265 Table A.8: level -> (MaxLumaPs, MaxLumaSr, MaxBR kb/s, MaxCPB kbit), Main tier; Main and
+# Main10 use these figures as they are (CpbVclFactor 1000, Table A.9)
+HEVC_LEVELS: list[tuple[str, int, int, int, int]] = [
+    ("3.1", 983040, 33177600, 10000, 10000),
+    ("4.0", 2228224, 66846720, 12000, 12000),
+    ("4.1", 2228224, 133693440, 20000, 20000),
+    ("5.0", 8912896, 267386880, 25000, 25000),
+    ("5.1", 8912896, 534773760, 40000, 40000),
+]
+HEVC_MAX_LEVEL = "5.0"
+# HEVC reaches H.264's picture at roughly two thirds of its bit rate; its caps are H.264's
+# scaled by this, and its CRF is x265's default 28, which FFmpeg's H.265 guide gives as the
+# visual match of x264's 23 at about half the size.
+HEVC_RATE = 0.65
+HEVC_CRF = 28
+H264, HEVC = "h264", "hevc"
+
 
 class LadderError(PermanentMediaError):
     """No rung can be made from this source (retrying cannot help)."""
@@ -63,6 +83,7 @@ class Rung:
     profile: str
     level: str
     preset: str = PRESET
+    codec: str = H264  # "hevc": fragmented MP4 segments, see tasks.package
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +117,23 @@ def h264_level(width: int, height: int, fps: float, maxrate: int, bufsize: int) 
                 and maxrate <= max_br * 1000 * HIGH_FACTOR and bufsize <= max_cpb * 1000 * HIGH_FACTOR):
             return name
     return None
+
+
+def hevc_level(width: int, height: int, fps: float, maxrate: int, bufsize: int) -> str | None:
+    """The lowest HEVC level (Main tier) that holds this picture size, frame rate and VBV;
+    None when even 5.1 cannot."""
+    ps = width * height
+    for name, max_ps, max_sr, max_br, max_cpb in HEVC_LEVELS:
+        side_limit = math.sqrt(8 * max_ps)
+        if (ps <= max_ps and ps * fps <= max_sr and width <= side_limit and height <= side_limit
+                and maxrate <= max_br * 1000 and bufsize <= max_cpb * 1000):
+            return name
+    return None
+
+
+def is_high_bit_depth(pix_fmt: str | None) -> bool:
+    """More than 8 bits per sample (yuv420p10le, p010le, yuv422p12le...): HEVC Main10 keeps it."""
+    return bool(re.search(r"p1[0-6]|p0[1-9]0", pix_fmt or ""))
 
 
 def _level_value(level: str) -> float:
@@ -152,11 +190,21 @@ def choose_ladder(info: MediaInfo) -> list[Rung]:
         maxrate = int(maxrate_k * 1000 * fps_factor)
         bufsize = 2 * maxrate
         level = h264_level(width, height, fps, maxrate, bufsize)
-        if level is None or _level_value(level) > _level_value(MAX_LEVEL):
+        if level is not None and _level_value(level) <= _level_value(MAX_LEVEL):
+            rungs.append(Rung(name=f"{side}p", width=width, height=height, maxrate=maxrate,
+                              bufsize=bufsize, crf=CRF, profile="high", level=level))
             continue
-        rungs.append(Rung(name=f"{side}p", width=width, height=height, maxrate=maxrate,
-                          bufsize=bufsize, crf=CRF, profile="high", level=level))
-    if not rungs:
+        # too big for every H.264 player: HEVC, for the players that have it
+        maxrate = int(maxrate * HEVC_RATE)
+        # the buffer is two seconds of the cap where the level's CPB allows, else the CPB
+        level = hevc_level(width, height, fps, maxrate, maxrate)
+        if level is None or _level_value(level) > _level_value(HEVC_MAX_LEVEL):
+            continue
+        bufsize = min(2 * maxrate, next(cpb for n, *_, cpb in HEVC_LEVELS if n == level) * 1000)
+        rungs.append(Rung(name=f"{side}p", width=width, height=height, maxrate=maxrate, bufsize=bufsize,
+                          crf=HEVC_CRF, profile="main10" if is_high_bit_depth(info.pix_fmt) else "main",
+                          level=level, codec=HEVC))
+    if not any(r.codec == H264 for r in rungs):
         raise LadderError(
             f"no H.264 level up to {MAX_LEVEL} holds {dw}x{dh} at {fps:g} fps; "
             "re-export the video at 60 fps or less")

@@ -13,16 +13,32 @@ frame) has the presentation time `TS_OFFSET + t` when muxed (plus the MPEG-TS mu
 delay), in every rung and in the audio rendition, whichever process wrote the segment. The
 offset keeps every decode timestamp positive, so the muxer never shifts one chunk differently
 from another.
+
+HEVC rungs are fragmented MP4 (`EXT-X-MAP`), as Apple's rules ask: one init segment per rung,
+written by the first chunk, and media segments carrying their decode time (`tfdt`) on the same
+timeline as the MPEG-TS ones (`TS_MUX_DELAY` added). Every chunk's init must be byte for byte the
+first chunk's (the flow checks the digest), so one `EXT-X-MAP` serves the whole rung.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import shutil
+import struct
+from pathlib import Path
 
-from tasks.ladder import AUDIO_BITRATE, codec_string
+from tasks.ladder import AUDIO_BITRATE, HEVC, codec_string
 
 PLAYLIST = "index.m3u8"
 SEGMENT_PATTERN = "seg_%05d.ts"
+FMP4_SEGMENT_PATTERN = "seg_%05d.m4s"
+INIT_SEGMENT = "init.mp4"
+# ffmpeg's MPEG-TS muxer presents the first frame 1.4 s after the timestamp it was given (its
+# default mux delay; measured with ffprobe, and the growing-transcode test holds the fMP4 rungs'
+# frames to the MPEG-TS rungs' times)
+TS_MUX_DELAY = 1.4
 AUDIO_RENDITION = "audio"  # folder of the audio rendition in a run, beside the video rungs
 TS_OFFSET = 10.0
 AUDIO_CODECS = "mp4a.40.2"  # AAC-LC
@@ -39,8 +55,103 @@ def marker_url(hls_url: str, index: int, kind: str = "") -> str:
     return f"{hls_url.rstrip('/')}/{MARKERS}/{index:05d}{'.' + kind if kind else ''}.json"
 
 
-def segment_name(index: int) -> str:
-    return SEGMENT_PATTERN % index
+def is_fmp4(rung: dict) -> bool:
+    """An HEVC rung, packaged as fragmented MP4."""
+    return (rung.get("codec") if isinstance(rung, dict) else getattr(rung, "codec", None)) == HEVC
+
+
+def segment_pattern(rung: dict | None = None) -> str:
+    return FMP4_SEGMENT_PATTERN if rung is not None and is_fmp4(rung) else SEGMENT_PATTERN
+
+
+def segment_name(index: int, rung: dict | None = None) -> str:
+    return segment_pattern(rung) % index
+
+
+def _boxes(f) -> list[tuple[bytes, int, int]]:
+    """(type, offset, size) of the top-level ISO BMFF boxes of an open file."""
+    out, off = [], 0
+    end = f.seek(0, os.SEEK_END)
+    while off < end:
+        f.seek(off)
+        head = f.read(16)
+        if len(head) < 8:
+            raise ValueError(f"a truncated box at byte {off}")
+        size, kind = struct.unpack(">I4s", head[:8])
+        if size == 1:
+            size = struct.unpack(">Q", head[8:16])[0]
+        elif size == 0:
+            size = end - off
+        if size < 8 or off + size > end:
+            raise ValueError(f"a bad {kind!r} box at byte {off}")
+        out.append((kind, off, size))
+        off += size
+    return out
+
+
+def split_fmp4(paths: list[Path], init_path: Path) -> str:
+    """Turn the whole fragmented MP4 files ffmpeg's segment muxer wrote (ftyp, moov, then
+    moof/mdat pairs) into media segments (their fragments only, in place) and one init segment
+    (ftyp and moov) at `init_path`. Every file must carry the same init; returns its path.
+
+    Written here because no muxer of this ffmpeg both cuts at planned frame numbers and writes a
+    separate init segment with the source's timeline: the HLS muxer cuts by time, and restarts the
+    timeline at zero in every chunk."""
+    init: bytes | None = None
+    for path in paths:
+        with open(path, "rb") as f:
+            boxes = _boxes(f)
+            head = [b for b in boxes if b[0] in (b"ftyp", b"moov")]
+            if [b[0] for b in head] != [b"ftyp", b"moov"] or boxes[:2] != head:
+                raise ValueError(f"{path.name} does not open with ftyp and moov")
+            f.seek(0)
+            this = f.read(boxes[2][1] if len(boxes) > 2 else boxes[1][1] + boxes[1][2])
+            if init is None:
+                init = this
+            elif this != init:
+                raise ValueError(f"{path.name} has another init segment than the chunk's first")
+            tmp = path.with_suffix(".part")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out)  # from the first fragment on
+        os.replace(tmp, path)
+    if init is None:
+        raise ValueError("no segments")
+    init_path.write_bytes(init)
+    return str(init_path)
+
+
+def init_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _child(data: bytes, kind: bytes, start: int = 0) -> bytes:
+    off = start
+    while off + 8 <= len(data):
+        size, k = struct.unpack(">I4s", data[off:off + 8])
+        if size < 8:
+            break
+        if k == kind:
+            return data[off + 8:off + size]
+        off += size
+    raise ValueError(f"no {kind.decode()} box")
+
+
+def hevc_codecs(init: bytes) -> str:
+    """The RFC 6381 CODECS value of an HEVC init segment, from its hvcC box (ISO/IEC 14496-15
+    Annex E): hvc1.<profile>.<compatibility flags, bit-reversed>.<tier><level>.<constraints>."""
+    box = init
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"):
+        box = _child(box, kind)
+    entry = _child(box, b"hvc1", 8)  # stsd: version, flags, entry count, then the sample entry
+    hvcc = _child(entry, b"hvcC", 78)  # after the VisualSampleEntry's fixed 78 bytes
+    space, tier, profile = hvcc[1] >> 6, (hvcc[1] >> 5) & 1, hvcc[1] & 0x1F
+    compat = int("{:032b}".format(int.from_bytes(hvcc[2:6], "big"))[::-1], 2)
+    constraints = list(hvcc[6:12])
+    while constraints and constraints[-1] == 0:
+        constraints.pop()
+    parts = [f"hvc1.{'ABC'[space - 1] if space else ''}{profile}", f"{compat:X}",
+             f"{'H' if tier else 'L'}{hvcc[12]}"] + [f"{b:02X}" for b in constraints]
+    return ".".join(parts)
 
 
 def segment_durations(segment_times: list[float], duration: float) -> list[float]:
@@ -54,15 +165,21 @@ def target_duration(durations: list[float]) -> int:
     return max(1, max(int(round(d)) for d in durations)) if durations else 1
 
 
-def media_playlist(durations: list[float], available: int, *, final: bool, target: int | None = None) -> str:
+def media_playlist(durations: list[float], available: int, *, final: bool, target: int | None = None,
+                   fmp4: bool = False) -> str:
     """A media playlist (RFC 8216, version 3: decimal EXTINF) listing the first `available`
     segments. `final`: the rung is complete (`VOD`, `EXT-X-ENDLIST`); otherwise a growing
-    `EVENT` playlist, which only ever appends."""
+    `EVENT` playlist, which only ever appends. `fmp4`: fragmented MP4 segments behind an
+    `EXT-X-MAP` (version 6, §4.3.2.5)."""
     target = target or target_duration(durations)
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
-             f"#EXT-X-PLAYLIST-TYPE:{'VOD' if final else 'EVENT'}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{6 if fmp4 else 3}", f"#EXT-X-TARGETDURATION:{target}",
+             "#EXT-X-MEDIA-SEQUENCE:0", f"#EXT-X-PLAYLIST-TYPE:{'VOD' if final else 'EVENT'}",
+             "#EXT-X-INDEPENDENT-SEGMENTS"]
+    if fmp4:
+        lines.append(f'#EXT-X-MAP:URI="{INIT_SEGMENT}"')
+    pattern = FMP4_SEGMENT_PATTERN if fmp4 else SEGMENT_PATTERN
     for i, d in enumerate(durations[:available]):
-        lines += [f"#EXTINF:{d:.6f},", segment_name(i)]
+        lines += [f"#EXTINF:{d:.6f},", pattern % i]
     if final:
         lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
@@ -77,10 +194,11 @@ def bit_rates(sizes: list[int], durations: list[float]) -> tuple[int, int]:
     return peak, average
 
 
-def rung_codecs(rung: dict, with_audio: bool) -> str:
-    """CODECS of a variant: its video, and the audio of the group it references (RFC 8216
+def rung_codecs(rung: dict, with_audio: bool, video: str | None = None) -> str:
+    """CODECS of a variant: its video (`video`, read from an HEVC rung's init segment, else
+    H.264 High at the rung's level), and the audio of the group it references (RFC 8216
     §4.3.4.2: every format in the variant, renditions included)."""
-    return codec_string(rung["level"]) + (f",{AUDIO_CODECS}" if with_audio else "")
+    return (video or codec_string(rung["level"])) + (f",{AUDIO_CODECS}" if with_audio else "")
 
 
 def audio_peak(sizes: list[int], durations: list[float]) -> int:

@@ -1,21 +1,22 @@
-"""The ladder: never upscale, even sizes, display aspect kept, H.264 level right and <= 4.2."""
+"""The ladder: never upscale, even sizes, display aspect kept, H.264 level right and <= 4.2,
+HEVC (Main, Main10 for deep colour, level <= 5.0) only above what H.264 4.2 holds."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks.ladder import choose_ladder, codec_string, h264_level, macroblocks
+from tasks.ladder import HEVC, choose_ladder, codec_string, h264_level, hevc_level, macroblocks
 from tasks.probe import MediaInfo
 
 
-def info(w, h, *, sar="1:1", rotation=0, fps=30.0) -> MediaInfo:
+def info(w, h, *, sar="1:1", rotation=0, fps=30.0, pix_fmt="yuv420p") -> MediaInfo:
     num, den = (int(x) for x in sar.split(":"))
     dw, dh = round(w * num / den), h
     if rotation in (90, 270):
         dw, dh = dh, dw
     return MediaInfo(duration=10, width=w, height=h, display_width=dw, display_height=dh, display_aspect="",
                      sample_aspect=sar, rotation=rotation, frame_rate=fps, frame_rate_fraction=f"{int(fps)}/1",
-                     variable_frame_rate=False, video_codec="h264", pix_fmt="yuv420p", bitrate=None,
+                     variable_frame_rate=False, video_codec="h264", pix_fmt=pix_fmt, bitrate=None,
                      format_name="mp4")
 
 
@@ -49,8 +50,9 @@ def test_portrait_rotated_and_non_square_pixels():
 def test_levels_fit_and_never_exceed_4_2():
     for src in (info(3840, 2160), info(3840, 2160, fps=60), info(1920, 1080, fps=60), info(2560, 1440)):
         rungs = choose_ladder(src)
-        assert rungs[-1].height <= 1080  # above 1080p H.264 needs level 5.x
-        for r in rungs:
+        h264 = [r for r in rungs if r.codec == "h264"]
+        assert h264[-1].height == 1080  # above 1080p H.264 needs level 5.x
+        for r in h264:
             assert float(r.level) <= 4.2
             assert h264_level(r.width, r.height, src.frame_rate, r.maxrate, r.bufsize) == r.level
     by = {r.name: r.level for r in choose_ladder(info(1920, 1080))}
@@ -64,6 +66,24 @@ def test_levels_fit_and_never_exceed_4_2():
                                            (1920, 1080, 60, "4.2"), (3840, 2160, 30, "5.1")])
 def test_h264_level_table(w, h, fps, level):
     assert h264_level(w, h, fps, 1_000_000, 2_000_000) == level
+
+
+def test_above_1080p_the_ladder_adds_hevc_rungs_up_to_level_5():
+    uhd = choose_ladder(info(3840, 2160))
+    assert [(r.name, r.codec, r.profile, r.level) for r in uhd] == [
+        ("360p", "h264", "high", "3.0"), ("480p", "h264", "high", "3.1"), ("720p", "h264", "high", "3.1"),
+        ("1080p", "h264", "high", "4.0"), ("1440p", HEVC, "main", "5.0"), ("2160p", HEVC, "main", "5.0")]
+    for r in uhd[4:]:
+        assert hevc_level(r.width, r.height, 30, r.maxrate, r.bufsize) == r.level
+        assert r.maxrate < 25_000_000 and r.crf == 28
+    # a 10-bit source keeps its depth in the HEVC rungs (Main10); the H.264 rungs stay 8-bit High
+    deep = choose_ladder(info(3840, 2160, pix_fmt="yuv420p10le"))
+    assert [r.profile for r in deep] == ["high"] * 4 + ["main10"] * 2
+    # 2160p60 needs HEVC 5.1, above Apple's 5.0: left out; 1440p60 fits 5.0
+    assert [(r.name, r.codec) for r in choose_ladder(info(3840, 2160, fps=60))][-2:] == [
+        ("1080p", "h264"), ("1440p", HEVC)]
+    # up to 1080p nothing changes
+    assert {r.codec for r in choose_ladder(info(1920, 1080, fps=60))} == {"h264"}
 
 
 def test_codec_strings_and_macroblocks():

@@ -162,7 +162,8 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
     for variant in master.playlists:
         si = variant.stream_info
         assert si.bandwidth > 0 and si.average_bandwidth and si.average_bandwidth <= si.bandwidth
-        assert si.codecs.startswith("avc1.64"), si.codecs
+        hevc = si.codecs.startswith("hvc1.")
+        assert si.codecs.startswith("avc1.64") or (hevc and si.resolution[1] > 1080), si.codecs
         assert ("mp4a.40.2" in si.codecs) == expect_audio, si.codecs
         assert si.resolution and si.frame_rate
         rend = next(r for r in row["renditions"] if r["run"] == row["current_run"] and variant.uri.startswith(
@@ -176,11 +177,26 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
         seg_paths = [playlist_path.parent / s.uri for s in pl.segments]
         for s in pl.segments:
             assert round(s.duration) <= pl.target_duration
-        concat = "concat:" + "|".join(str(p) for p in seg_paths)
-        streams = ffprobe(str(seg_paths[0]), "-show_streams")["streams"]
+        # fragmented MP4 (HEVC): every segment is read behind the rung's one init segment
+        head = []
+        if hevc:
+            assert pl.version >= 6 and pl.segment_map and [m.uri for m in pl.segment_map] == ["init.mp4"], text
+            assert all(p.suffix == ".m4s" for p in seg_paths)
+            head = [str(playlist_path.parent / "init.mp4")]
+
+        def readable(*paths) -> str:
+            return "concat:" + "|".join(head + [str(p) for p in paths]) if head else str(paths[0])
+
+        concat = "concat:" + "|".join(head + [str(p) for p in seg_paths])
+        streams = ffprobe(readable(seg_paths[0]), "-show_streams")["streams"]
         v = next(s for s in streams if s["codec_type"] == "video")
-        assert v["codec_name"] == "h264" and v["profile"] == "High" and v["pix_fmt"] == "yuv420p"
-        assert int(v["level"]) <= 42
+        if hevc:
+            assert v["codec_name"] == "hevc" and v["profile"] in ("Main", "Main 10"), v
+            assert v["codec_tag_string"] == "hvc1" and int(v["level"]) <= 150  # level 5.0
+            assert v["pix_fmt"] == ("yuv420p10le" if v["profile"] == "Main 10" else "yuv420p")
+        else:
+            assert v["codec_name"] == "h264" and v["profile"] == "High" and v["pix_fmt"] == "yuv420p"
+            assert int(v["level"]) <= 42
         assert (v["width"], v["height"]) == tuple(si.resolution)
         assert v.get("sample_aspect_ratio", "1:1") in ("1:1", "N/A")
         # video segments carry no audio: the audio rendition is shared by every rung
@@ -188,16 +204,20 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
         # every frame, per segment: count, keyframe at each segment start, same cut in every rung
         starts, seg_first_key, vpts = [], [], []
         for p in seg_paths:
-            pk = ffprobe(str(p), "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+            pk = ffprobe(readable(p), "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
                          "-show_packets")["packets"]
             seg_first_key.append("K" in pk[0]["flags"])
             starts.append(len(vpts))
             vpts += [float(x["pts_time"]) for x in pk]
         assert len(vpts) == n_src, f"{rend['name']}: {len(vpts)} frames, source has {n_src}"
         assert all(seg_first_key), f"{rend['name']}: a segment does not start with a keyframe"
-        # a player starts decoding at any segment: each opens with the PAT, then the PMT
+        # a player starts decoding at any segment: each opens with the PAT, then the PMT (MPEG-TS),
+        # or with a movie fragment (fMP4)
         for p in seg_paths:
-            assert _opens_with_pat_and_pmt(p.read_bytes()[:188 * 8]), f"{p.name} does not open with PAT + PMT"
+            if hevc:
+                assert p.read_bytes()[4:8] == b"moof", f"{p.name} does not open with a movie fragment"
+            else:
+                assert _opens_with_pat_and_pmt(p.read_bytes()[:188 * 8]), f"{p.name} does not open with PAT + PMT"
         out_duration = max(vpts) - min(vpts) + src_interval
         assert abs(out_duration - src_duration) <= src_interval + 1e-3, (out_duration, src_duration)
         if boundaries is None:
@@ -225,7 +245,8 @@ def check_published(video_id: str, source: Path, *, expect_audio: bool, expect_s
             assert len(pl.segments) == facts_audio["segments"], "audio and video segment grids differ"
             assert abs(facts_audio["duration"] - sum(seg.duration for seg in pl.segments)) < 1e-3
         facts["renditions"][rend["name"]] = {"width": v["width"], "height": v["height"], "segments": len(seg_paths),
-                                             "frames": len(vpts), "bandwidth": si.bandwidth}
+                                             "frames": len(vpts), "bandwidth": si.bandwidth, "codecs": si.codecs,
+                                             "first_pts": min(vpts), "fmp4": bool(head)}
     facts["source_frames"] = n_src
     facts["row"] = row
     return facts
