@@ -51,6 +51,16 @@
   }
 
   // Rungs are named by the short side of the picture ("720p" for 1280x720 and 720x1280).
+  // A rendition this browser can decode. hls.js leaves the others out of its levels the same way
+  // (MediaSource.isTypeSupported on the variant's CODECS): an HEVC rung, for a browser without
+  // HEVC, is neither offered nor counted, and never fetched.
+  function decodable(r) {
+    var video = (r.codecs || "").split(",")[0];
+    var MS = global.MediaSource || global.ManagedMediaSource;
+    if (!video || !MS || !MS.isTypeSupported) return true;
+    return MS.isTypeSupported('video/mp4; codecs="' + video + '"');
+  }
+
   function rungLabel(width, height) {
     if (!width || !height) return "";
     return Math.min(width, height) + "p";
@@ -226,7 +236,9 @@
   // ---- processing state ------------------------------------------------------------------
   // playable: finished (READY) or published chunk by chunk while the rest encodes (GROWING)
   P._readyRenditions = function (v) {
-    return (v.renditions || []).filter(function (r) { return r.status === "READY" || r.status === "GROWING"; }).length;
+    return (v.renditions || []).filter(function (r) {
+      return (r.status === "READY" || r.status === "GROWING") && decodable(r);
+    }).length;
   };
 
   // How far a viewer can play while the video is still being published: as far as the furthest
@@ -451,7 +463,7 @@
   // menu while the master is not loaded. A choice among them is matched by name once it is.
   P._levelsFromApi = function () {
     var rends = (this.videoInfo.renditions || []).filter(function (r) {
-      return (r.status === "READY" || r.status === "GROWING") && r.width && r.height;
+      return (r.status === "READY" || r.status === "GROWING") && r.width && r.height && decodable(r);
     });
     rends.sort(function (a, b) { return (a.height - b.height) || ((a.bandwidth || 0) - (b.bandwidth || 0)); });
     return rends.map(function (r, i) {
