@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from tasks.encode import scale_filters, x264_args
+from tasks.encode import scale_filters, video_args
+from tasks.package import is_fmp4
 
 # ---------------------------------------------------------------------------------------------
 # measuring a process tree
@@ -116,33 +117,43 @@ def make_source(path: Path, duration: float, size: str, rate: str) -> Path:
 
 def baseline_command(source: Path, rungs: list[dict], out_dir: Path, keyframe_seconds: float,
                      segment_seconds: float, has_audio: bool) -> list[str]:
-
+    """One ffmpeg making the same ladder: one decode, `split`, every rung's encoder with the
+    pipeline's own options, HLS out (MPEG-TS; the HEVC rungs, as in vodflow, fragmented MP4 in a
+    second HLS output of the same process)."""
     n = len(rungs)
     graph = f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n)) + ";"
     graph += ";".join(f"[s{i}]" + ",".join(scale_filters(r)) + f"[v{i}]" for i, r in enumerate(rungs))
     args = ["ffmpeg", "-hide_banner", "-v", "error", "-y", "-threads", "0", "-i", str(source),
             "-filter_complex", graph]
-    for i, r in enumerate(rungs):
-        args += ["-map", f"[v{i}]"]
-    if has_audio:
-        for _ in rungs:
-            args += ["-map", "0:a:0"]
-    for i, r in enumerate(rungs):
-        x = x264_args(r, threads=0, frame_rate=30.0, keyframe_seconds=keyframe_seconds)
-        # per-stream form of the same options
-        opts = []
-        it = iter(x)
-        for k in it:
-            v = next(it)
-            key = k.split(":")[0]
-            opts += [f"{key}:v:{i}", v]
-        args += opts
-    args += ["-threads", "0", "-force_key_frames", f"expr:gte(t,n_forced*{keyframe_seconds})"]
-    if has_audio:
-        args += ["-c:a", "aac", "-b:a", "128000", "-ac", "2", "-ar", "48000"]
-    stream_map = " ".join(f"v:{i},a:{i},name:{r['name']}" if has_audio else f"v:{i},name:{r['name']}"
-                          for i, r in enumerate(rungs))
-    args += ["-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
-             "-hls_flags", "independent_segments", "-hls_segment_filename", str(out_dir / "%v" / "seg_%05d.ts"),
-             "-master_pl_name", "master.m3u8", "-var_stream_map", stream_map, str(out_dir / "%v" / "index.m3u8")]
+    groups = [[(i, r) for i, r in enumerate(rungs) if is_fmp4(r) == fmp4] for fmp4 in (False, True)]
+    for fmp4, group in zip((False, True), groups):
+        if not group:
+            continue
+        for k, (i, _) in enumerate(group):
+            args += ["-map", f"[v{i}]"]
+        if has_audio:
+            for _ in group:
+                args += ["-map", "0:a:0"]
+        for k, (i, r) in enumerate(group):
+            x = video_args(r, threads=0, frame_rate=30.0, keyframe_seconds=keyframe_seconds)
+            # per-stream form of the same options
+            opts = []
+            it = iter(x)
+            for key in it:
+                v = next(it)
+                opts += [f"{key.split(':')[0]}:v:{k}", v]
+            args += opts
+        args += ["-threads", "0", "-force_key_frames", f"expr:gte(t,n_forced*{keyframe_seconds})"]
+        if has_audio:
+            args += ["-c:a", "aac", "-b:a", "128000", "-ac", "2", "-ar", "48000"]
+        stream_map = " ".join(f"v:{k},a:{k},name:{r['name']}" if has_audio else f"v:{k},name:{r['name']}"
+                              for k, (_, r) in enumerate(group))
+        ext = "m4s" if fmp4 else "ts"
+        args += ["-f", "hls", "-hls_time", str(segment_seconds), "-hls_playlist_type", "vod",
+                 "-hls_flags", "independent_segments", "-hls_segment_filename", str(out_dir / "%v" / f"seg_%05d.{ext}"),
+                 "-master_pl_name", "master.m3u8" if not fmp4 else "master-hevc.m3u8",
+                 "-var_stream_map", stream_map]
+        if fmp4:
+            args += ["-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4"]
+        args += [str(out_dir / "%v" / "index.m3u8")]
     return args

@@ -1,13 +1,15 @@
 """`vodflow bench transcode`: the split-by-GOP pipeline against one ffmpeg making the same ladder.
 
-Generates (or takes with --source) a 1080p30 H.264+AAC clip, then in the same run:
+Generates (or takes with --source) a 1080p30 H.264+AAC clip (`--size 3840x2160` for a 4K one,
+whose ladder adds the HEVC rungs), then in the same run:
 - vodflow: the `ingest` flow on a LocalCluster of this machine (started before timing, as
   `vodflow up` keeps one running), with a real Prefect server;
 - baseline "one ffmpeg": one process decoding once, `split` into every rung, the same x264
   settings (preset, capped CRF, forced keyframes every 2 s, scene-cut off), `-threads 0`, HLS out.
 - "media work alone": the same split, chunk encodes (the encode task's own function) and
   audio on one plain thread per worker, with no Prefect, Dask or packaging: the best wall time
-  any orchestration of this design could reach on this machine (`--no-ideal` skips it).
+  any orchestration of this design could reach on this machine (`--no-ideal` skips it). With
+  HEVC rungs in the ladder it also runs without them: the difference is what they cost.
 Prints the wall times and their ratios, CPU utilisation of the machine's cores by each, the peak
 memory of any single process, every task's duration, the pipeline overhead (wall time outside
 the chunk and audio encodes), the speed-up projected for 4, 16 and 64 workers, and quality
@@ -48,6 +50,7 @@ from flows.intake import accept
 from tasks.audio import audio_renditions, encode_audio_fn
 from tasks.encode import encode_chunk_fn
 from tasks.ladder import choose_ladder
+from tasks.package import is_fmp4
 from tasks.probe import probe_path
 from tasks.split import plan_split, read_packets, split_source_fn, target_chunk_seconds
 from tasks.thumbnails import preview_plan
@@ -79,7 +82,9 @@ def psnr(segments: list[Path], source: Path, width: int, height: int, frames: in
 def rung_files(playlist: Path) -> list[Path]:
 
     pl = m3u8.load(str(playlist))
-    return [playlist.parent / s.uri for s in pl.segments]
+    # fragmented MP4: the init segment first, then the media segments read behind it
+    init = [playlist.parent / m.uri for m in pl.segment_map][:1]
+    return init + [playlist.parent / s.uri for s in pl.segments]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = probe_path(source)
     rungs = [r.to_dict() for r in choose_ladder(info)]
-    print(f"ladder: {', '.join(r['name'] for r in rungs)}; preset {rungs[0]['preset']}, CRF {rungs[0]['crf']} capped")
+    print(f"ladder: {', '.join(r['name'] + (' (HEVC)' if is_fmp4(r) else '') for r in rungs)}; "
+          f"preset {rungs[0]['preset']}, CRF {rungs[0]['crf']} capped")
 
     # a Prefect server and a warm LocalCluster, as `vodflow up` keeps them
     server = None
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         c.run(lambda: __import__("flows.ingest"))  # workers import the pipeline once, like a warm cluster
         n_workers = len(c.scheduler_info()["workers"])
 
-    runs, base_runs, ideal_runs = [], [], []
+    runs, base_runs, ideal_runs, hevc_runs = [], [], [], []
     last_result = None
     base_dir = None
     try:
@@ -236,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
                         r = ideal_run(source, info, rungs, work, n_workers)
                     ideal_runs.append({**r, "cpu": s.used()})
                     print(f"  run {rep + 1}: media work alone {r['wall']:.1f} s")
+                    h264 = [r for r in rungs if not is_fmp4(r)]
+                    if len(h264) < len(rungs):
+                        # the same without the HEVC rungs: what they cost
+                        with TreeSampler() as s:
+                            r = ideal_run(source, info, h264, work, n_workers)
+                        hevc_runs.append({**r, "cpu": s.used()})
+                        print(f"  run {rep + 1}: media work alone, H.264 rungs only {r['wall']:.1f} s")
                 elif side == "vodflow":
                     tmp = work / f"in-{rep}{source.suffix}"
                     tmp.write_bytes(source.read_bytes())
@@ -299,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  floor on this machine: the chunk encodes alone ({enc_cpu:.1f} CPU s) on all {cores} cores "
           f"= {floor:.1f} s, ratio {floor / b_wall:.2f}; the baseline already keeps {b_cpu * cores:.2f} "
           f"of {cores} cores busy")
+    if hevc_runs:
+        h_wall, h_cpu = median([r["wall"] for r in hevc_runs]), median([r["cpu"] for r in hevc_runs])
+        i_wall, i_cpu = median([r["wall"] for r in ideal_runs]), median([r["cpu"] for r in ideal_runs])
+        print(f"  cost of the HEVC rungs ({', '.join(r['name'] for r in rungs if is_fmp4(r))}): media work alone "
+              f"{i_wall:.2f} s / {i_cpu:.1f} CPU s with them, {h_wall:.2f} s / {h_cpu:.1f} CPU s with the H.264 "
+              f"rungs only: x{i_cpu / max(h_cpu, 1e-6):.2f} the CPU of the H.264 ladder")
     if ideal_runs:
         i_wall = median([r["wall"] for r in ideal_runs])
         print(f"  media work alone (the same split, chunk encodes and audio on {n_workers} plain threads, no "
