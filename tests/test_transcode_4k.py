@@ -119,6 +119,12 @@ def check_the_player(base: str, vid: str, hevc_codecs: str) -> None:
         assert expected[0] in got, got
         if not can_hevc:
             assert not got & {"1440p", "2160p"}, got
+        # audio only: the menu now comes from the API's renditions, filtered the same way
+        page.locator("[data-role=quality-button]").click()
+        page.locator("#quality-menu [role=menuitemradio][data-value=audio]").click()
+        page.wait_for_function("() => document.getElementById('player').classList.contains('audio-only')")
+        page.locator("[data-role=quality-button]").click()
+        expect(labels).to_have_text([re.compile(r"^Auto"), *expected, "Audio only"])
         assert errors == []
         context.close()
         browser.close()
@@ -172,3 +178,31 @@ def test_split_fmp4_refuses_a_file_that_is_not_a_whole_fragmented_mp4(tmp_path):
     else:
         raise AssertionError("a segment without its init was accepted")
     assert not (tmp_path / "init.mp4").exists()
+
+
+def test_a_deep_colour_source_keeps_ten_bits_in_its_hevc_rung(tmp_path):
+    """Main10 for a source of more than 8 bits: the chunk encode writes 10-bit HEVC segments
+    that pass the chunk check (profile, pixel format, frames per segment) and declare
+    `hvc1.2.4` (Main10) in their init segment. Small pictures: only the encoder's profile and
+    depth are under test; the ladder sends 4K sources here (test_ladder)."""
+    from tasks import ffmpeg
+    from tasks.encode import _check_rung_dir, build_encode_command
+    from tasks.package import segment_pattern
+
+    src = tmp_path / "deep.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=10:duration=4",
+                    "-pix_fmt", "yuv420p10le", "-c:v", "libx265", "-x265-params", "log-level=error", str(src)],
+                   check=True)
+    rung = {"name": "360p", "width": 640, "height": 360, "maxrate": 1_000_000, "bufsize": 2_000_000, "crf": 28,
+            "profile": "main10", "level": "3.1", "preset": "veryfast", "codec": "hevc"}
+    chunk = {"index": 0, "half_frame": 0.05, "source_start": 0.0, "source_end": 4.0, "key_pts": 0.0, "start": 0.0,
+             "end": 4.0, "segment_frames": [20, 20], "first_segment": 0, "frames": 40}
+    out = tmp_path / "360p"
+    out.mkdir()
+    ffmpeg.run(build_encode_command(chunk, str(src), [rung], [str(out / segment_pattern(rung))], rotation=0,
+                                    cfr=True, frame_rate="10/1", keyframe_seconds=2.0, threads=1, offset=0.0,
+                                    seek=True), timeout=120, what="encode")
+    check = _check_rung_dir(out, rung, chunk, 60)
+    assert check["ok"], check
+    assert check["frames"] == [20, 20] and check["codecs"].startswith("hvc1.2.4.L93"), check
+    assert sorted(p.name for p in out.iterdir()) == ["init.mp4", "seg_00000.m4s", "seg_00001.m4s"]
