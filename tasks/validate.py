@@ -6,7 +6,8 @@ What is checked, from the stored segments themselves (one ffprobe over all of th
   are identical across rungs: every rung is held to the same list);
 - no segment is longer than the target duration;
 - audio and video start within one frame of each other (the AAC priming counted);
-- the picture: H.264 High, yuv420p, the rung's size, square pixels.
+- the picture: H.264 High, yuv420p (an HEVC rung: Main, or Main 10 in yuv420p10le, at most its
+  level), the rung's size, square pixels.
 """
 
 from __future__ import annotations
