@@ -129,8 +129,7 @@ def baseline_command(source: Path, rungs: list[dict], out_dir: Path, keyframe_se
     for fmp4, group in zip((False, True), groups):
         if not group:
             continue
-        for k, (i, _) in enumerate(group):
-            args += ["-map", f"[v{i}]"]
+        args += [x for i, _ in group for x in ("-map", f"[v{i}]")]
         if has_audio:
             for _ in group:
                 args += ["-map", "0:a:0"]

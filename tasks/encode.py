@@ -27,10 +27,9 @@ from prefect.cache_policies import NO_CACHE
 from config import storage
 from config.settings import available_cores, get_settings
 from tasks import ffmpeg, thumbnails
-from tasks.ffmpeg import PermanentMediaError, TransientMediaError
+from tasks.ffmpeg import PermanentMediaError, TransientMediaError, split_fmp4
 from tasks.ladder import HEVC, Rung
-from tasks.package import (INIT_SEGMENT, TS_MUX_DELAY, TS_OFFSET, is_fmp4, marker_url, segment_pattern,
-                           split_fmp4)
+from tasks.package import INIT_SEGMENT, TS_MUX_DELAY, TS_OFFSET, is_fmp4, marker_url, segment_pattern
 from tasks.retry import RETRY_OPTIONS, check_lease, report_progress
 from tasks.validate import check_chunk_segments
 from tasks.split import _logger
@@ -239,7 +238,7 @@ def segment_output(chunk: dict, out_pattern: str, keyframe_seconds: float, *,
     ffmpeg's default 0.1 s, was 6 % of a 360p rung's bytes.
 
     `fmp4`: fragmented MP4 instead (HEVC rungs). Each file is a whole fragmented MP4 (ftyp, an
-    empty moov, then a fragment per keyframe interval) that `tasks.package.split_fmp4` turns into
+    empty moov, then a fragment per keyframe interval) that `tasks.ffmpeg.split_fmp4` turns into
     the rung's init segment and a media segment. The timeline must survive the muxer: the MP4
     muxer's default shifts a file to start at 0 (`avoid_negative_ts`), `frag_discont` makes the
     first fragment's decode time the packet's own, and without an edit list that time is the

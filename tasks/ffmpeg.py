@@ -9,12 +9,15 @@ classified: `PermanentMediaError` (the input itself is bad: never retried) or
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import csv
 import os
 import re
+import shutil
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -269,3 +272,90 @@ def iter_probe_rows(path: str | os.PathLike, *, timeout: float, section: str = "
                                       _tail(stderr), proc.returncode)
         raise PermanentMediaError(f"ffprobe cannot read this input: {_tail(stderr, 1) or 'unknown format'}",
                                   _tail(stderr), proc.returncode)
+
+
+# -- fragmented MP4 (the HEVC rungs): the few box-level reads ffmpeg and ffprobe do not offer ----
+
+def _boxes(f) -> list[tuple[bytes, int, int]]:
+    """(type, offset, size) of the top-level ISO BMFF boxes of an open file."""
+    out, off = [], 0
+    end = f.seek(0, os.SEEK_END)
+    while off < end:
+        f.seek(off)
+        head = f.read(16)
+        if len(head) < 8:
+            raise ValueError(f"a truncated box at byte {off}")
+        size, kind = struct.unpack(">I4s", head[:8])
+        if size == 1:
+            size = struct.unpack(">Q", head[8:16])[0]
+        elif size == 0:
+            size = end - off
+        if size < 8 or off + size > end:
+            raise ValueError(f"a bad {kind!r} box at byte {off}")
+        out.append((kind, off, size))
+        off += size
+    return out
+
+
+def split_fmp4(paths: list[Path], init_path: Path) -> str:
+    """Turn the whole fragmented MP4 files ffmpeg's segment muxer wrote (ftyp, moov, then
+    moof/mdat pairs) into media segments (their fragments only, in place) and one init segment
+    (ftyp and moov) at `init_path`. Every file must carry the same init; returns its path.
+
+    Written here, not left to a muxer, because no muxer of this ffmpeg both cuts at planned frame numbers and writes a
+    separate init segment with the source's timeline: the HLS muxer cuts by time, and restarts the
+    timeline at zero in every chunk."""
+    init: bytes | None = None
+    for path in paths:
+        with open(path, "rb") as f:
+            boxes = _boxes(f)
+            if [b[0] for b in boxes[:2]] != [b"ftyp", b"moov"]:
+                raise ValueError(f"{path.name} does not open with ftyp and moov")
+            f.seek(0)
+            this = f.read(boxes[2][1] if len(boxes) > 2 else boxes[1][1] + boxes[1][2])
+            if init is None:
+                init = this
+            elif this != init:
+                raise ValueError(f"{path.name} has another init segment than the chunk's first")
+            tmp = path.with_suffix(".part")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out)  # from the first fragment on
+        os.replace(tmp, path)
+    if init is None:
+        raise ValueError("no segments")
+    init_path.write_bytes(init)
+    return str(init_path)
+
+
+def init_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _child(data: bytes, kind: bytes, start: int = 0) -> bytes:
+    off = start
+    while off + 8 <= len(data):
+        size, k = struct.unpack(">I4s", data[off:off + 8])
+        if size < 8:
+            break
+        if k == kind:
+            return data[off + 8:off + size]
+        off += size
+    raise ValueError(f"no {kind.decode()} box")
+
+
+def hevc_codecs(init: bytes) -> str:
+    """The RFC 6381 CODECS value of an HEVC init segment, from its hvcC box (ISO/IEC 14496-15
+    Annex E): hvc1.<profile>.<compatibility flags, bit-reversed>.<tier><level>.<constraints>."""
+    box = init
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"):
+        box = _child(box, kind)
+    entry = _child(box, b"hvc1", 8)  # stsd: version, flags, entry count, then the sample entry
+    hvcc = _child(entry, b"hvcC", 78)  # after the VisualSampleEntry's fixed 78 bytes
+    space, tier, profile = hvcc[1] >> 6, (hvcc[1] >> 5) & 1, hvcc[1] & 0x1F
+    compat = int("{:032b}".format(int.from_bytes(hvcc[2:6], "big"))[::-1], 2)
+    constraints = list(hvcc[6:12])
+    while constraints and constraints[-1] == 0:
+        constraints.pop()
+    parts = [f"hvc1.{'ABC'[space - 1] if space else ''}{profile}", f"{compat:X}",
+             f"{'H' if tier else 'L'}{hvcc[12]}"] + [f"{b:02X}" for b in constraints]
+    return ".".join(parts)

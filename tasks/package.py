@@ -22,12 +22,7 @@ first chunk's (the flow checks the digest), so one `EXT-X-MAP` serves the whole 
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import shutil
-import struct
-from pathlib import Path
 
 from tasks.ladder import AUDIO_BITRATE, HEVC, codec_string
 
@@ -36,7 +31,7 @@ SEGMENT_PATTERN = "seg_%05d.ts"
 FMP4_SEGMENT_PATTERN = "seg_%05d.m4s"
 INIT_SEGMENT = "init.mp4"
 # ffmpeg's MPEG-TS muxer presents the first frame 1.4 s after the timestamp it was given (its
-# default mux delay; measured with ffprobe, and the growing-transcode test holds the fMP4 rungs'
+# default mux delay; measured with ffprobe, and the 4K transcode test holds the fMP4 rungs'
 # frames to the MPEG-TS rungs' times)
 TS_MUX_DELAY = 1.4
 AUDIO_RENDITION = "audio"  # folder of the audio rendition in a run, beside the video rungs
@@ -55,8 +50,8 @@ def marker_url(hls_url: str, index: int, kind: str = "") -> str:
     return f"{hls_url.rstrip('/')}/{MARKERS}/{index:05d}{'.' + kind if kind else ''}.json"
 
 
-def is_fmp4(rung: dict) -> bool:
-    """An HEVC rung, packaged as fragmented MP4."""
+def is_fmp4(rung) -> bool:
+    """An HEVC rung (a dict or a `Rung`), packaged as fragmented MP4."""
     return (rung.get("codec") if isinstance(rung, dict) else getattr(rung, "codec", None)) == HEVC
 
 
@@ -64,94 +59,8 @@ def segment_pattern(rung: dict | None = None) -> str:
     return FMP4_SEGMENT_PATTERN if rung is not None and is_fmp4(rung) else SEGMENT_PATTERN
 
 
-def segment_name(index: int, rung: dict | None = None) -> str:
-    return segment_pattern(rung) % index
-
-
-def _boxes(f) -> list[tuple[bytes, int, int]]:
-    """(type, offset, size) of the top-level ISO BMFF boxes of an open file."""
-    out, off = [], 0
-    end = f.seek(0, os.SEEK_END)
-    while off < end:
-        f.seek(off)
-        head = f.read(16)
-        if len(head) < 8:
-            raise ValueError(f"a truncated box at byte {off}")
-        size, kind = struct.unpack(">I4s", head[:8])
-        if size == 1:
-            size = struct.unpack(">Q", head[8:16])[0]
-        elif size == 0:
-            size = end - off
-        if size < 8 or off + size > end:
-            raise ValueError(f"a bad {kind!r} box at byte {off}")
-        out.append((kind, off, size))
-        off += size
-    return out
-
-
-def split_fmp4(paths: list[Path], init_path: Path) -> str:
-    """Turn the whole fragmented MP4 files ffmpeg's segment muxer wrote (ftyp, moov, then
-    moof/mdat pairs) into media segments (their fragments only, in place) and one init segment
-    (ftyp and moov) at `init_path`. Every file must carry the same init; returns its path.
-
-    Written here because no muxer of this ffmpeg both cuts at planned frame numbers and writes a
-    separate init segment with the source's timeline: the HLS muxer cuts by time, and restarts the
-    timeline at zero in every chunk."""
-    init: bytes | None = None
-    for path in paths:
-        with open(path, "rb") as f:
-            boxes = _boxes(f)
-            head = [b for b in boxes if b[0] in (b"ftyp", b"moov")]
-            if [b[0] for b in head] != [b"ftyp", b"moov"] or boxes[:2] != head:
-                raise ValueError(f"{path.name} does not open with ftyp and moov")
-            f.seek(0)
-            this = f.read(boxes[2][1] if len(boxes) > 2 else boxes[1][1] + boxes[1][2])
-            if init is None:
-                init = this
-            elif this != init:
-                raise ValueError(f"{path.name} has another init segment than the chunk's first")
-            tmp = path.with_suffix(".part")
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(f, out)  # from the first fragment on
-        os.replace(tmp, path)
-    if init is None:
-        raise ValueError("no segments")
-    init_path.write_bytes(init)
-    return str(init_path)
-
-
-def init_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _child(data: bytes, kind: bytes, start: int = 0) -> bytes:
-    off = start
-    while off + 8 <= len(data):
-        size, k = struct.unpack(">I4s", data[off:off + 8])
-        if size < 8:
-            break
-        if k == kind:
-            return data[off + 8:off + size]
-        off += size
-    raise ValueError(f"no {kind.decode()} box")
-
-
-def hevc_codecs(init: bytes) -> str:
-    """The RFC 6381 CODECS value of an HEVC init segment, from its hvcC box (ISO/IEC 14496-15
-    Annex E): hvc1.<profile>.<compatibility flags, bit-reversed>.<tier><level>.<constraints>."""
-    box = init
-    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"):
-        box = _child(box, kind)
-    entry = _child(box, b"hvc1", 8)  # stsd: version, flags, entry count, then the sample entry
-    hvcc = _child(entry, b"hvcC", 78)  # after the VisualSampleEntry's fixed 78 bytes
-    space, tier, profile = hvcc[1] >> 6, (hvcc[1] >> 5) & 1, hvcc[1] & 0x1F
-    compat = int("{:032b}".format(int.from_bytes(hvcc[2:6], "big"))[::-1], 2)
-    constraints = list(hvcc[6:12])
-    while constraints and constraints[-1] == 0:
-        constraints.pop()
-    parts = [f"hvc1.{'ABC'[space - 1] if space else ''}{profile}", f"{compat:X}",
-             f"{'H' if tier else 'L'}{hvcc[12]}"] + [f"{b:02X}" for b in constraints]
-    return ".".join(parts)
+def segment_name(index: int) -> str:
+    return SEGMENT_PATTERN % index
 
 
 def segment_durations(segment_times: list[float], duration: float) -> list[float]:

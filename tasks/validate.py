@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks import ffmpeg
+from tasks.ffmpeg import hevc_codecs, init_digest
 from tasks.ladder import HEVC
-from tasks.package import hevc_codecs, init_digest
 
 
 def picture_reasons(meta: dict, rung: dict) -> tuple[list[str], dict]:

@@ -64,7 +64,7 @@ def test_a_4k_source_gets_hevc_fmp4_rungs_beside_the_h264_ladder(ingest_env, tmp
     # one timeline: a frame has the same time in the fMP4 rungs as in the MPEG-TS rungs
     assert len({round(r["first_pts"], 6) for r in rungs.values()}) == 1, rungs
     # one init segment per rung, and the CODECS the master gives are the ones it declares
-    from tasks.package import hevc_codecs
+    from tasks.ffmpeg import hevc_codecs
 
     row = video_row(vid)
     by_name = {r["name"]: r for r in row["renditions"] if r["run"] == row["current_run"]}
@@ -167,7 +167,7 @@ def test_a_chunk_with_other_stream_headers_fails_its_hevc_rung_and_keeps_what_wa
 
 
 def test_split_fmp4_refuses_a_file_that_is_not_a_whole_fragmented_mp4(tmp_path):
-    from tasks.package import split_fmp4
+    from tasks.ffmpeg import split_fmp4
 
     seg = tmp_path / "seg_00000.m4s"
     seg.write_bytes(b"\x00\x00\x00\x10moof" + b"\x00" * 8)
